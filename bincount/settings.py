@@ -1,0 +1,53 @@
+"""The one settings object: environment (``BINCOUNT_*``) and CLI options feed it."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PUBLIC_ABID_BUCKET = "s3://aft-vbi-pds"
+
+
+class Settings(BaseSettings):
+    """Where data comes from and goes to, and how hard to push the object store."""
+
+    model_config = SettingsConfigDict(env_prefix="BINCOUNT_", extra="ignore", frozen=True)
+
+    source: str = Field(
+        PUBLIC_ABID_BUCKET,
+        description="Bucket (or folder) holding bin-images/ and metadata/; read anonymously.",
+    )
+    output: str = Field("bincount-output", description="Where every table is written.")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, LocalStack, moto); None for AWS."
+    )
+    source_anonymous: bool = Field(True, description="Read the source without credentials.")
+    # Writes use the standard AWS credential chain unless these are given.
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_region: str = "us-east-1"
+
+    max_concurrency: int = Field(64, ge=1, le=1024, description="Object fetches in flight.")
+    list_partitions: int = Field(16, ge=1, le=256, description="Key ranges listed in parallel.")
+    chunk_size: int = Field(
+        5000, ge=1, description="Objects fetched and written per part file (bounds memory)."
+    )
+    max_attempts: int = Field(8, ge=1, le=50, description="Tries per S3 request.")
+    max_expected_quantity: int = Field(
+        200, ge=0, description="Largest EXPECTED_QUANTITY the contract accepts."
+    )
+
+    @field_validator("source", "output")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("Expected a path or URL, but got an empty string")
+        return value.rstrip("/") if value not in ("/", "s3://") else value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use (never at import)."""
+    return Settings()

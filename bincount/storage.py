@@ -1,0 +1,372 @@
+"""One storage layer for every location: a local folder, ``file://`` or ``s3://`` (fsspec/s3fs).
+
+A :class:`Location` is a root plus the filesystem that serves it. Keys are always relative to the
+root and use ``/`` (``metadata/00015.json``), so the same code reads the public ABID bucket, a
+moto or MinIO endpoint, and a folder on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import fsspec
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from fsspec.asyn import sync
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+from bincount.settings import Settings
+
+# Errors that say the request itself is wrong: retrying cannot help.
+_PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, ValueError, TypeError)
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One listed object: its key relative to the location root and its identity."""
+
+    key: str
+    etag: str
+    size: int
+    last_modified: datetime
+
+
+LISTING_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("etag", pa.string()),
+        ("size", pa.int64()),
+        ("last_modified", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter for transient object-store faults."""
+
+    max_attempts: int = 8
+    base_delay_s: float = 0.05
+    max_delay_s: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2**attempt))
+
+
+def is_transient(error: BaseException) -> bool:
+    """Throttling, 5xx, timeouts and dropped connections are transient; a missing key is not."""
+    return not isinstance(error, _PERMANENT_ERRORS)
+
+
+class Location:
+    """A root URL (local path, ``file://`` or ``s3://bucket[/prefix]``) and its filesystem."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        endpoint_url: str | None = None,
+        anonymous: bool = False,
+        key: str | None = None,
+        secret: str | None = None,
+        region: str = "us-east-1",
+        max_attempts: int = 8,
+        max_concurrency: int = 64,
+    ) -> None:
+        if not url:
+            raise ValueError("Expected a location (path, file:// or s3:// URL), but got ''")
+        protocol, _, rest = url.partition("://")
+        self.retry = RetryPolicy(max_attempts=max_attempts)
+        if not rest:  # a plain path
+            protocol, rest = "file", url
+        if protocol == "file":
+            self.is_s3 = False
+            self.root = os.path.abspath(os.path.expanduser(rest)).rstrip("/") or "/"
+            self.fs = fsspec.filesystem("file")
+        elif protocol in ("s3", "s3a"):
+            import s3fs  # imported here: local-only use needs no AWS stack
+
+            self.is_s3 = True
+            self.root = rest.strip("/")
+            if not self.root:
+                raise ValueError(f"Expected s3://bucket[/prefix], but got {url!r}")
+            self.fs = s3fs.S3FileSystem(
+                anon=anonymous,
+                key=key,
+                secret=secret,
+                endpoint_url=endpoint_url,
+                client_kwargs={"region_name": region},
+                config_kwargs={
+                    "retries": {"max_attempts": max_attempts, "mode": "standard"},
+                    "max_pool_connections": max(10, max_concurrency),
+                    "connect_timeout": 10,
+                    "read_timeout": 30,
+                },
+                skip_instance_cache=True,
+                use_listings_cache=False,
+            )
+        else:
+            raise ValueError(f"Expected a local path, file:// or s3:// URL, but got {url!r}")
+        self.url = f"s3://{self.root}" if self.is_s3 else self.root
+
+    @classmethod
+    def source(cls, settings: Settings, url: str | None = None) -> Location:
+        """The bucket bin images and metadata are read from (anonymously by default)."""
+        return cls(
+            url or settings.source,
+            endpoint_url=settings.s3_endpoint_url,
+            anonymous=settings.source_anonymous,
+            region=settings.aws_region,
+            max_attempts=settings.max_attempts,
+            max_concurrency=settings.max_concurrency,
+        )
+
+    @classmethod
+    def output(cls, settings: Settings, url: str | None = None) -> Location:
+        """Where tables are written, with the standard AWS credential chain (or given keys)."""
+        key = settings.aws_access_key_id
+        secret = settings.aws_secret_access_key
+        return cls(
+            url or settings.output,
+            endpoint_url=settings.s3_endpoint_url,
+            key=key.get_secret_value() if key else None,
+            secret=secret.get_secret_value() if secret else None,
+            region=settings.aws_region,
+            max_attempts=settings.max_attempts,
+            max_concurrency=settings.max_concurrency,
+        )
+
+    def __repr__(self) -> str:  # never shows credentials
+        return f"Location({self.url!r})"
+
+    # -- paths -------------------------------------------------------------------------------
+    def path(self, key: str = "") -> str:
+        """The filesystem path of ``key`` (no protocol)."""
+        key = key.strip("/")
+        return f"{self.root}/{key}" if key else self.root
+
+    def uri(self, key: str = "") -> str:
+        """A URI a person or another tool can open: ``s3://bucket/key`` or an absolute path."""
+        return f"s3://{self.path(key)}" if self.is_s3 else self.path(key)
+
+    def child(self, key: str) -> Location:
+        """The same filesystem, rooted one level down."""
+        sub = object.__new__(Location)
+        sub.__dict__.update(self.__dict__)
+        sub.root = self.path(key)
+        sub.url = f"s3://{sub.root}" if self.is_s3 else sub.root
+        return sub
+
+    # -- single objects ------------------------------------------------------------------------
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self.path(key))
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._with_retries(lambda: self.fs.cat_file(self.path(key)))
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write so that no reader ever sees a half-written object."""
+        path = self.path(key)
+        if self.is_s3:  # an S3 PUT becomes visible whole or not at all
+            self._with_retries(lambda: self.fs.pipe_file(path, data))
+            return
+        directory, name = os.path.split(path)
+        os.makedirs(directory, exist_ok=True)
+        # A dot-prefixed temporary name: pyarrow.dataset and our listings skip it.
+        tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+    def delete(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            if self.fs.exists(self.path(key)):
+                self.fs.rm_file(self.path(key))
+
+    def _with_retries(self, call: Callable[[], bytes | None]):
+        for attempt in range(self.retry.max_attempts):
+            try:
+                return call()
+            except Exception as error:
+                if not is_transient(error) or attempt + 1 == self.retry.max_attempts:
+                    raise
+                time.sleep(self.retry.delay(attempt))
+        raise AssertionError("unreachable")
+
+    # -- listing -------------------------------------------------------------------------------
+    def list(self, prefix: str, *, partitions: int = 1) -> pa.Table:
+        """Every object under ``prefix`` as a table of :data:`LISTING_SCHEMA`, sorted by key.
+
+        On S3 the key space is cut into ``partitions`` contiguous ranges listed concurrently,
+        each one paginated; the ranges cover every possible key, so nothing is missed however
+        the keys are named.
+        """
+        prefix = prefix.strip("/") + "/"
+        if self.is_s3:
+            rows = sync(self.fs.loop, self._list_s3, prefix, partitions)
+        else:
+            rows = self._list_local(prefix)
+        table = pa.Table.from_pylist(rows, schema=LISTING_SCHEMA)
+        return table.sort_by("key")
+
+    def _list_local(self, prefix: str) -> list[dict]:
+        base = self.path(prefix)
+        rows: list[dict] = []
+        if not os.path.isdir(base):
+            return rows
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                if name.startswith("."):
+                    continue
+                full = os.path.join(dirpath, name)
+                stat = os.stat(full)
+                rows.append(
+                    {
+                        "key": os.path.relpath(full, self.root).replace(os.sep, "/"),
+                        # A local file has no ETag: size and mtime identify a version well enough.
+                        "etag": f"{stat.st_size:x}-{stat.st_mtime_ns:x}",
+                        "size": stat.st_size,
+                        "last_modified": datetime.fromtimestamp(stat.st_mtime, UTC),
+                    }
+                )
+        return rows
+
+    async def _list_s3(self, prefix: str, partitions: int) -> list[dict]:
+        bucket, _, root_prefix = self.root.partition("/")
+        full_prefix = f"{root_prefix}/{prefix}" if root_prefix else prefix
+        bounds = [None, *(full_prefix + b for b in key_range_bounds(partitions)), None]
+        ranges = list(zip(bounds[:-1], bounds[1:], strict=True))
+        pages = await asyncio.gather(
+            *(self._list_s3_range(bucket, full_prefix, lo, hi) for lo, hi in ranges)
+        )
+        strip = len(root_prefix) + 1 if root_prefix else 0
+        return [
+            {
+                "key": obj["Key"][strip:],
+                "etag": obj["ETag"].strip('"'),
+                "size": obj["Size"],
+                "last_modified": obj["LastModified"],
+            }
+            for page in pages
+            for obj in page
+        ]
+
+    async def _list_s3_range(
+        self, bucket: str, prefix: str, after: str | None, up_to: str | None
+    ) -> list[dict]:
+        """Keys in ``(after, up_to]``: exclusive then inclusive, so ranges meet without overlap."""
+        found: list[dict] = []
+        token = None
+        while True:
+            kwargs = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
+            if token:
+                kwargs["ContinuationToken"] = token
+            elif after:
+                kwargs["StartAfter"] = after
+            response = await self.fs._call_s3("list_objects_v2", **kwargs)
+            for obj in response.get("Contents", []):
+                if up_to is not None and obj["Key"] > up_to:
+                    return found
+                found.append(obj)
+            if not response.get("IsTruncated"):
+                return found
+            token = response["NextContinuationToken"]
+
+    # -- many objects ------------------------------------------------------------------------
+    def fetch_many(self, keys: Sequence[str], *, concurrency: int) -> list[bytes | Exception]:
+        """The bytes of every key, in order, ``concurrency`` requests in flight.
+
+        Transient faults are retried with backoff; a key that is gone or forbidden comes back
+        as its exception instead of stopping the others. Exhausted retries raise.
+        """
+        if self.is_s3:
+            return sync(self.fs.loop, self._fetch_s3, list(keys), concurrency)
+        with ThreadPoolExecutor(max_workers=min(concurrency, 8)) as pool:
+            return list(pool.map(self._read_or_error, keys))
+
+    def _read_or_error(self, key: str) -> bytes | Exception:
+        try:
+            return self.read_bytes(key)
+        except _PERMANENT_ERRORS as error:
+            return error
+
+    async def _fetch_s3(self, keys: list[str], concurrency: int) -> list[bytes | Exception]:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def fetch(key: str) -> bytes | Exception:
+            async with gate:
+                for attempt in range(self.retry.max_attempts):
+                    try:
+                        return await self.fs._cat_file(self.path(key))
+                    except _PERMANENT_ERRORS as error:
+                        return error
+                    except Exception:
+                        if attempt + 1 == self.retry.max_attempts:
+                            raise
+                        await asyncio.sleep(self.retry.delay(attempt))
+                raise AssertionError("unreachable")
+
+        return await asyncio.gather(*(fetch(key) for key in keys))
+
+    # -- tables ------------------------------------------------------------------------------
+    def write_parquet(self, key: str, table: pa.Table) -> None:
+        """One Parquet file, written atomically."""
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        self.write_bytes(key, buffer.getvalue())
+
+    def read_parquet(self, key: str) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.read_bytes(key)))
+
+    def dataset(self, prefix: str, schema: pa.Schema | None = None) -> ds.Dataset:
+        """The Parquet dataset under ``prefix`` (Hive partitions understood); empty if absent."""
+        path = self.path(prefix)
+        if not self.fs.exists(path):
+            return ds.dataset(schema.empty_table() if schema else pa.table({}))
+        filesystem = None if not self.is_s3 else PyFileSystem(FSSpecHandler(self.fs))
+        return ds.dataset(
+            path, format="parquet", partitioning="hive", filesystem=filesystem, schema=schema
+        )
+
+    def read_table(self, prefix: str, schema: pa.Schema) -> pa.Table:
+        """All rows of the dataset under ``prefix``, cast to ``schema``."""
+        return self.dataset(prefix, schema=schema).to_table()
+
+    def list_files(self, prefix: str) -> list[str]:
+        """Visible file keys under ``prefix`` (dot- and underscore-prefixed names skipped)."""
+        listing = self.list(prefix)
+        return [
+            key
+            for key in listing.column("key").to_pylist()
+            if not os.path.basename(key).startswith((".", "_"))
+        ]
+
+
+def key_range_bounds(partitions: int) -> list[str]:
+    """Boundaries that cut a key space of digit-named objects into ``partitions`` ranges.
+
+    ABID ids are digit strings, so the bounds are two-digit prefixes spread evenly; keys of any
+    other shape still fall into exactly one range (the first or the last), never into none.
+    """
+    if partitions <= 1:
+        return []
+    step = 100 / partitions
+    return sorted({f"{round(i * step):02d}" for i in range(1, partitions)})
+
+
+def iter_chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
