@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     )
     max_attempts: int = Field(8, ge=1, le=50, description="Tries per S3 request.")
     max_expected_quantity: int = Field(
-        200, ge=0, description="Largest EXPECTED_QUANTITY the contract accepts."
+        250, ge=0, description="Largest EXPECTED_QUANTITY the contract accepts (ABID's is 209)."
     )
 
     @field_validator("source", "output")

@@ -20,10 +20,8 @@ from datetime import UTC, datetime
 
 import fsspec
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from fsspec.asyn import sync
-from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from bincount.settings import Settings
 
@@ -330,20 +328,6 @@ class Location:
 
     def read_parquet(self, key: str) -> pa.Table:
         return pq.read_table(io.BytesIO(self.read_bytes(key)))
-
-    def dataset(self, prefix: str, schema: pa.Schema | None = None) -> ds.Dataset:
-        """The Parquet dataset under ``prefix`` (Hive partitions understood); empty if absent."""
-        path = self.path(prefix)
-        if not self.fs.exists(path):
-            return ds.dataset(schema.empty_table() if schema else pa.table({}))
-        filesystem = None if not self.is_s3 else PyFileSystem(FSSpecHandler(self.fs))
-        return ds.dataset(
-            path, format="parquet", partitioning="hive", filesystem=filesystem, schema=schema
-        )
-
-    def read_table(self, prefix: str, schema: pa.Schema) -> pa.Table:
-        """All rows of the dataset under ``prefix``, cast to ``schema``."""
-        return self.dataset(prefix, schema=schema).to_table()
 
     def list_files(self, prefix: str) -> list[str]:
         """Visible file keys under ``prefix`` (dot- and underscore-prefixed names skipped)."""

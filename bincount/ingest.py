@@ -1,0 +1,294 @@
+"""Incremental ingestion of ABID metadata objects into the ``bins``, ``items`` and ``quarantine``
+tables.
+
+Exactly-once by construction:
+
+* an object version (key, ETag) is ingested when it appears in ``bins`` or in the ingest
+  quarantine; those two tables are the watermark, so a rerun skips it;
+* each chunk of objects is written as three part files sharing one name, ``items`` and
+  ``quarantine`` first and ``bins`` last: the ``bins`` part (empty if every object of the chunk
+  was quarantined) is the chunk's commit marker;
+* a run killed between those writes leaves ``items``/``quarantine`` parts without their ``bins``
+  part; the next run deletes them before it reads the watermark, then fetches the chunk again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import posixpath
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bincount.metadata import METADATA_PREFIX, MalformedMetadata, image_id_from_key, parse_metadata
+from bincount.storage import Location, iter_chunks
+from bincount.tables import (
+    BINS,
+    ITEMS,
+    QUARANTINE,
+    part_key,
+    part_names,
+    read_table,
+    write_part,
+)
+
+logger = logging.getLogger(__name__)
+
+INGEST_STAGE = {"stage": "ingest"}
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    """What one ingestion run did."""
+
+    run_id: str
+    listed: int
+    already_ingested: int
+    new: int
+    ingested: int
+    quarantined: int
+    seconds: float
+    parts: list[str] = field(default_factory=list)
+    requested_missing: int = 0
+    discarded_orphan_parts: int = 0
+
+    @property
+    def objects_per_second(self) -> float:
+        return (self.ingested + self.quarantined) / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "run_id": self.run_id,
+            "listed": self.listed,
+            "already_ingested": self.already_ingested,
+            "new": self.new,
+            "ingested": self.ingested,
+            "quarantined": self.quarantined,
+            "requested_missing": self.requested_missing,
+            "discarded_orphan_parts": self.discarded_orphan_parts,
+            "seconds": round(self.seconds, 3),
+            "objects_per_second": round(self.objects_per_second, 1),
+        }
+
+
+def ingest_metadata(
+    source: Location,
+    output: Location,
+    *,
+    limit: int | None = None,
+    keys: Sequence[str] | None = None,
+    concurrency: int = 64,
+    partitions: int = 16,
+    chunk_size: int = 5000,
+    run_id: str | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> IngestSummary:
+    """Ingest every metadata object of ``source`` not ingested yet into ``output``'s tables."""
+    if limit is not None and limit < 0:
+        raise ValueError(f"Expected limit >= 0, but got {limit}")
+    if chunk_size < 1:
+        raise ValueError(f"Expected chunk_size >= 1, but got {chunk_size}")
+    started = time.perf_counter()
+    run_id = run_id or uuid.uuid4().hex
+    orphans = discard_uncommitted_parts(output)
+
+    listing = source.list(METADATA_PREFIX, partitions=partitions)
+    listed = listing.num_rows
+    requested_missing = 0
+    if keys is not None:
+        wanted = pa.array(sorted(set(keys)), pa.string())
+        requested_missing = len(wanted) - pc.sum(pc.is_in(wanted, listing.column("key"))).as_py()
+        listing = listing.filter(pc.is_in(listing.column("key"), wanted))
+    new = listing.join(
+        ingested_versions(output), keys=["key", "etag"], join_type="left anti"
+    ).sort_by("key")
+    already = listing.num_rows - new.num_rows
+    if limit is not None:
+        new = new.slice(0, limit)
+    logger.info(
+        "listed %d metadata objects under %s: %d already ingested, %d to ingest",
+        listed,
+        source.uri(METADATA_PREFIX),
+        already,
+        new.num_rows,
+    )
+
+    ingested = quarantined = 0
+    parts: list[str] = []
+    for chunk in iter_chunks(new.to_pylist(), chunk_size):
+        payloads = source.fetch_many([obj["key"] for obj in chunk], concurrency=concurrency)
+        bins, items, rejects = rows_from_objects(chunk, payloads, run_id=run_id, now=clock())
+        parts.append(commit_chunk(output, chunk, bins, items, rejects))
+        ingested += len(bins)
+        quarantined += len(rejects)
+        logger.info("ingested %d of %d objects", ingested + quarantined, new.num_rows)
+
+    return IngestSummary(
+        run_id=run_id,
+        listed=listed,
+        already_ingested=already,
+        new=new.num_rows,
+        ingested=ingested,
+        quarantined=quarantined,
+        seconds=time.perf_counter() - started,
+        parts=parts,
+        requested_missing=requested_missing,
+        discarded_orphan_parts=orphans,
+    )
+
+
+def ingested_versions(output: Location) -> pa.Table:
+    """The (key, etag) of every object version already ingested or quarantined at ingest."""
+    bins = read_table(output, BINS, columns=["metadata_key", "etag"])
+    rejected = read_table(output, QUARANTINE, columns=["stage", "object_key", "etag"])
+    rejected = rejected.filter(pc.equal(rejected.column("stage"), INGEST_STAGE["stage"]))
+    versions = pa.schema([("key", pa.string()), ("etag", pa.string())])
+    return pa.concat_tables(
+        [
+            bins.rename_columns(["key", "etag"]).cast(versions),
+            rejected.select(["object_key", "etag"]).rename_columns(["key", "etag"]).cast(versions),
+        ]
+    )
+
+
+def discard_uncommitted_parts(output: Location) -> int:
+    """Delete the ``items``/``quarantine`` parts of chunks whose ``bins`` part never landed."""
+    committed = part_names(output, BINS)
+    orphans = [
+        key
+        for table, partition in ((ITEMS, None), (QUARANTINE, INGEST_STAGE))
+        for key in _part_keys(output, table, partition)
+        if _part_id(key) not in committed
+    ]
+    if orphans:
+        logger.warning("discarding %d parts of a run that stopped midway", len(orphans))
+        output.delete(orphans)
+    return len(orphans)
+
+
+def _part_keys(output: Location, table: str, partition: dict | None) -> list[str]:
+    return [part_key(table, name, partition) for name in part_names(output, table, partition)]
+
+
+def _part_id(key: str) -> str:
+    return posixpath.basename(key).removeprefix("part-").removesuffix(".parquet")
+
+
+def rows_from_objects(
+    objects: Sequence[dict],
+    payloads: Sequence[bytes | Exception],
+    *,
+    run_id: str,
+    now: datetime,
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """Bin rows, item rows and quarantine rows for fetched objects (pure: no I/O)."""
+    bins: list[dict] = []
+    items: list[dict] = []
+    rejects: list[dict] = []
+    for obj, payload in zip(objects, payloads, strict=True):
+        key = obj["key"]
+        try:
+            if isinstance(payload, Exception):
+                raise MalformedMetadata(
+                    "unreadable", f"Expected a readable object, but got {payload!r}"
+                )
+            parsed = parse_metadata(key, payload)
+        except MalformedMetadata as error:
+            rejects.append(
+                {
+                    "stage": INGEST_STAGE["stage"],
+                    "object_key": key,
+                    "image_id": _image_id_or_none(key),
+                    "etag": obj["etag"],
+                    "reason_code": error.code,
+                    "reason": error.reason,
+                    "expectation": None,
+                    "run_id": run_id,
+                    "quarantined_at": now,
+                }
+            )
+            continue
+        bins.append(
+            {
+                "image_id": parsed.image_id,
+                "metadata_key": key,
+                "image_key": parsed.image_key,
+                "expected_quantity": parsed.expected_quantity,
+                "sku_count": parsed.sku_count,
+                "sku_quantity_sum": parsed.sku_quantity_sum,
+                "etag": obj["etag"],
+                "size": obj["size"],
+                "last_modified": obj["last_modified"],
+                "ingested_at": now,
+                "run_id": run_id,
+            }
+        )
+        items.extend({**item, "etag": obj["etag"]} for item in parsed.items)
+    return bins, items, rejects
+
+
+def _image_id_or_none(key: str) -> str | None:
+    try:
+        return image_id_from_key(key)
+    except MalformedMetadata:
+        return None
+
+
+def commit_chunk(
+    output: Location,
+    objects: Sequence[dict],
+    bins: list[dict],
+    items: list[dict],
+    rejects: list[dict],
+) -> str:
+    """Write one chunk's parts, the ``bins`` part (the commit marker) last."""
+    part = chunk_id(objects)
+    write_part(output, ITEMS, part, items)
+    if rejects:
+        write_part(output, QUARANTINE, part, rejects, partition=INGEST_STAGE)
+    write_part(output, BINS, part, bins)
+    return part
+
+
+def chunk_id(objects: Iterable[dict]) -> str:
+    """A name derived from the chunk's content, so a retried chunk rewrites the same files."""
+    digest = hashlib.sha256()
+    for obj in objects:
+        digest.update(f"{obj['key']}\x1f{obj['etag']}\x1e".encode())
+    return digest.hexdigest()[:20]
+
+
+def read_key_list(text: str) -> list[str]:
+    """Metadata keys from a key list: the capstone file-list JSON, a JSON list, or one per line.
+
+    The capstone format (``{"1": ["data/metadata/100313.json", ...], ...}``) and plain ids
+    (``01057``) are both accepted; ids stay strings.
+    """
+    text = text.strip()
+    if not text:
+        raise ValueError("Expected a key list, but the file is empty")
+    entries: list[str]
+    if text[0] in "[{":
+        document = json.loads(text)
+        if isinstance(document, dict):
+            entries = [entry for group in document.values() for entry in group]
+        elif isinstance(document, list):
+            entries = document
+        else:
+            raise ValueError(f"Expected a JSON object or list, but got {type(document).__name__}")
+    else:
+        entries = [line.strip() for line in text.splitlines() if line.strip()]
+    keys = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise ValueError(f"Expected key strings, but got {entry!r}")
+        name = posixpath.basename(entry)
+        keys.append(f"{METADATA_PREFIX}/{name if name.endswith('.json') else name + '.json'}")
+    return keys

@@ -1,0 +1,258 @@
+"""Versioned manifests: the valid bins, their label and a deterministic split.
+
+* Only bins that passed the last validation of the *current* bins are used.
+* A count policy picks the labels: ``moderate`` (0-5, the ABID challenge's moderate task),
+  ``hard`` (every count) or ``max:K``.
+* The split comes from a hash of the image id alone, so a bin keeps its split as the data grows
+  and every class is split in the same proportions (the hash is independent of the label).
+* With the ABID challenge validation list, those bins are the test split and nothing else is:
+  no benchmark bin is ever trained on.
+* The version is a hash of the manifest's content and policy: the same inputs give the same
+  version, and a manifest is never rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bincount.storage import Location
+from bincount.tables import MANIFESTS, QUARANTINE, current_bins, fingerprint, part_key
+from bincount.validate import VALIDATE_STAGE, latest_validation
+
+SPLITS = ("train", "val", "test")
+LATEST_MANIFEST = f"{MANIFESTS}/_latest.json"
+_HASH_BUCKETS = 10_000
+
+
+class StaleValidation(RuntimeError):
+    """The bins changed since they were last validated (or never were)."""
+
+
+@dataclass(frozen=True)
+class CountPolicy:
+    """Which labels a manifest keeps."""
+
+    name: str
+    max_count: int | None
+
+    @classmethod
+    def parse(cls, text: str) -> CountPolicy:
+        text = text.strip().lower()
+        if text == "moderate":
+            return cls("moderate", 5)
+        if text == "hard":
+            return cls("hard", None)
+        if match := re.fullmatch(r"max:(\d+)", text):
+            return cls(text, int(match[1]))
+        raise ValueError(f"Expected a count policy moderate, hard or max:K, but got {text!r}")
+
+    def admits(self, labels: pa.Array) -> pa.Array:
+        if self.max_count is None:
+            return pc.greater_equal(labels, 0)
+        return pc.and_(pc.greater_equal(labels, 0), pc.less_equal(labels, self.max_count))
+
+
+@dataclass(frozen=True)
+class ManifestSummary:
+    """A built (or found again) manifest."""
+
+    version: str
+    uri: str
+    policy: str
+    rows: int
+    created: bool
+    distribution: dict[str, dict[int, int]]
+    excluded: dict[str, int]
+    benchmark: dict | None
+
+    def to_dict(self) -> dict:
+        return {
+            "version": self.version,
+            "uri": self.uri,
+            "policy": self.policy,
+            "rows": self.rows,
+            "created": self.created,
+            "distribution": {s: {str(k): v for k, v in d.items()} for s, d in self.distribution.items()},
+            "excluded": self.excluded,
+            "benchmark": self.benchmark,
+        }
+
+
+def split_of(image_id: str, *, val_percent: float, test_percent: float) -> str:
+    """The split of one bin, from a hash of its id alone (stable as the data grows)."""
+    bucket = int.from_bytes(hashlib.sha256(image_id.encode()).digest()[:8], "big") % _HASH_BUCKETS
+    share = 100.0 * bucket / _HASH_BUCKETS
+    if share < test_percent:
+        return "test"
+    if share < test_percent + val_percent:
+        return "val"
+    return "train"
+
+
+def read_benchmark_split(text: str) -> dict[str, int]:
+    """The ABID challenge list ``[[idx, quantity], ...]`` as ``{image_id: quantity}``.
+
+    The challenge names image ``idx`` as ``"%05d.jpg" % (idx + 1)``.
+    """
+    pairs = json.loads(text)
+    if not isinstance(pairs, list):
+        raise ValueError(f"Expected a JSON list of [idx, quantity], but got {type(pairs).__name__}")
+    split = {}
+    for pair in pairs:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, int) for v in pair)):
+            raise ValueError(f"Expected [idx, quantity] integer pairs, but got {pair!r}")
+        split["%05d" % (pair[0] + 1)] = pair[1]
+    return split
+
+
+def build_manifest(
+    source: Location,
+    output: Location,
+    *,
+    policy: CountPolicy,
+    benchmark: Mapping[str, int] | None = None,
+    benchmark_name: str | None = None,
+    val_percent: float = 10.0,
+    test_percent: float = 10.0,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> ManifestSummary:
+    """Build the manifest of the validated current bins (or return the identical existing one)."""
+    if not (0 <= val_percent and 0 <= test_percent and val_percent + test_percent < 100):
+        raise ValueError(
+            f"Expected val and test percentages that leave a train split, but got "
+            f"{val_percent} and {test_percent}"
+        )
+    bins = current_bins(output)
+    validated = latest_validation(output)
+    bins_fp = fingerprint(bins, ["metadata_key", "etag"]) if bins.num_rows else "empty"
+    if validated is None or validated["bins_fingerprint"] != bins_fp:
+        raise StaleValidation(
+            f"Expected bins validated by `bincount validate` (fingerprint {bins_fp}), but the "
+            f"last validation covered {validated['bins_fingerprint'] if validated else 'nothing'}"
+            ": run validate first"
+        )
+    quarantined = _validate_quarantine(output, bins_fp)
+    valid = bins.filter(pc.invert(pc.is_in(bins.column("image_id"), quarantined)))
+    admitted = valid.filter(policy.admits(valid.column("expected_quantity")))
+
+    ids = admitted.column("image_id").to_pylist()
+    labels = admitted.column("expected_quantity").to_pylist()
+    splits = [
+        "test"
+        if benchmark is not None and image_id in benchmark
+        else split_of(
+            image_id,
+            val_percent=val_percent,
+            test_percent=0.0 if benchmark is not None else test_percent,
+        )
+        for image_id in ids
+    ]
+    manifest = pa.table(
+        {
+            "image_id": pa.array(ids, pa.string()),
+            "image_uri": pa.array(
+                [source.uri(k) for k in admitted.column("image_key").to_pylist()], pa.string()
+            ),
+            "label": pa.array(labels, pa.int32()),
+            "split": pa.array(splits, pa.string()),
+        }
+    ).sort_by("image_id")
+
+    version = _version(manifest, policy)
+    distribution = {s: Counter() for s in SPLITS}
+    for label, split in zip(labels, splits, strict=True):
+        distribution[split][label] += 1
+    details = {
+        "version": version,
+        "policy": policy.name,
+        "max_count": policy.max_count,
+        "rows": manifest.num_rows,
+        "bins_fingerprint": bins_fp,
+        "source": source.url,
+        "val_percent": val_percent,
+        "test_percent": None if benchmark is not None else test_percent,
+        "distribution": {s: dict(sorted(distribution[s].items())) for s in SPLITS},
+        "excluded": {
+            "quarantined_by_validation": bins.num_rows - valid.num_rows,
+            "outside_policy": valid.num_rows - admitted.num_rows,
+        },
+        "benchmark": _benchmark_details(benchmark, benchmark_name, admitted) if benchmark else None,
+    }
+    folder = f"{MANIFESTS}/{version}"
+    created = not output.exists(f"{folder}/_manifest.json")
+    if created:
+        output.write_parquet(f"{folder}/part-0.parquet", manifest)
+        details["created_at"] = clock().isoformat()
+        # The description is written last: a manifest without it is incomplete and is rebuilt.
+        output.write_bytes(f"{folder}/_manifest.json", json.dumps(details, indent=2).encode())
+    output.write_bytes(LATEST_MANIFEST, json.dumps({"version": version}).encode())
+    return ManifestSummary(
+        version=version,
+        uri=output.uri(folder),
+        policy=policy.name,
+        rows=manifest.num_rows,
+        created=created,
+        distribution={s: dict(sorted(distribution[s].items())) for s in SPLITS},
+        excluded=details["excluded"],
+        benchmark=details["benchmark"],
+    )
+
+
+def _validate_quarantine(output: Location, bins_fp: str) -> pa.Array:
+    """Ids quarantined by the validation of exactly these bins."""
+    key = part_key(QUARANTINE, bins_fp, VALIDATE_STAGE)
+    if not output.exists(key):
+        return pa.array([], pa.string())
+    return output.read_parquet(key).column("image_id").combine_chunks().drop_null()
+
+
+def _benchmark_details(
+    benchmark: Mapping[str, int], name: str | None, admitted: pa.Table
+) -> dict:
+    labels = dict(
+        zip(
+            admitted.column("image_id").to_pylist(),
+            admitted.column("expected_quantity").to_pylist(),
+            strict=True,
+        )
+    )
+    found = [image_id for image_id in benchmark if image_id in labels]
+    return {
+        "name": name,
+        "listed": len(benchmark),
+        "in_manifest": len(found),
+        # The challenge's own quantity can differ from the metadata ingested now.
+        "label_mismatches": sum(benchmark[i] != labels[i] for i in found),
+    }
+
+
+def _version(manifest: pa.Table, policy: CountPolicy) -> str:
+    digest = hashlib.sha256(policy.name.encode())
+    for column in manifest.column_names:
+        digest.update(b"\x1d" + column.encode())
+        for value in manifest.column(column).to_pylist():
+            digest.update(b"\x1f" + str(value).encode())
+    return digest.hexdigest()[:12]
+
+
+def load_manifest(output: Location, version: str | None = None) -> tuple[pa.Table, dict]:
+    """A manifest's rows and description; the latest when no version is given."""
+    if version is None:
+        if not output.exists(LATEST_MANIFEST):
+            raise FileNotFoundError(f"Expected a manifest under {output.uri(MANIFESTS)}: none built")
+        version = json.loads(output.read_bytes(LATEST_MANIFEST))["version"]
+    folder = f"{MANIFESTS}/{version}"
+    if not output.exists(f"{folder}/_manifest.json"):
+        raise FileNotFoundError(f"Expected manifest {version} at {output.uri(folder)}")
+    details = json.loads(output.read_bytes(f"{folder}/_manifest.json"))
+    return output.read_parquet(f"{folder}/part-0.parquet"), details
+

@@ -1,0 +1,203 @@
+"""Parse one ABID metadata object into a bin row and its item rows, or say why it is malformed.
+
+The object shape (``metadata/<id>.json``)::
+
+    {"BIN_FCSKU_DATA": {<sku>: {"asin", "name", "normalizedName", "quantity",
+                                "height"/"length"/"width": {"unit": "IN", "value"},
+                                "weight": {"unit": "pounds", "value"}}},
+     "EXPECTED_QUANTITY": <int>}
+
+plus ``image_fname`` on the few unpadded ids. Ids are file-name strings: ``01057`` and ``1057``
+are different bins, so an id is never converted to a number.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+METADATA_PREFIX = "metadata"
+IMAGE_PREFIX = "bin-images"
+
+# Conversion factors to the units the tables use (inches, pounds).
+_LENGTH_TO_INCHES = {"IN": 1.0, "INCHES": 1.0, "CM": 1 / 2.54, "MM": 1 / 25.4, "M": 100 / 2.54}
+_WEIGHT_TO_POUNDS = {
+    "POUNDS": 1.0,
+    "LB": 1.0,
+    "LBS": 1.0,
+    "KILOGRAMS": 2.2046226218,
+    "KG": 2.2046226218,
+    "GRAMS": 0.0022046226218,
+    "G": 0.0022046226218,
+    "OUNCES": 1 / 16,
+    "OZ": 1 / 16,
+}
+
+
+class MalformedMetadata(ValueError):
+    """A metadata object that cannot become a bin row; ``code`` is a stable reason code."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedBin:
+    """What one metadata object says about its bin."""
+
+    image_id: str
+    image_key: str
+    expected_quantity: int
+    items: list[dict[str, Any]]
+
+    @property
+    def sku_count(self) -> int:
+        return len(self.items)
+
+    @property
+    def sku_quantity_sum(self) -> int:
+        return sum(item["quantity"] for item in self.items)
+
+
+def image_id_from_key(key: str) -> str:
+    """``metadata/01057.json`` → ``"01057"`` (kept as a string, padding and all)."""
+    name = posixpath.basename(key)
+    stem, dot, extension = name.rpartition(".")
+    if not dot or not stem or extension.lower() not in ("json", "jpg", "jpeg"):
+        raise MalformedMetadata(
+            "bad_key", f"Expected a key like metadata/<id>.json, but got {key!r}"
+        )
+    return stem
+
+
+def metadata_key(image_id: str) -> str:
+    return f"{METADATA_PREFIX}/{image_id}.json"
+
+
+def parse_metadata(key: str, payload: bytes) -> ParsedBin:
+    """Parse and type-check one metadata object; raise :class:`MalformedMetadata` if it is bad."""
+    image_id = image_id_from_key(key)
+    try:
+        document = json.loads(payload.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise MalformedMetadata("bad_encoding", f"Expected UTF-8 JSON, but {error}") from None
+    except json.JSONDecodeError as error:
+        raise MalformedMetadata("bad_json", f"Expected valid JSON, but {error}") from None
+    if not isinstance(document, dict):
+        raise MalformedMetadata(
+            "wrong_type", f"Expected a JSON object, but got {type(document).__name__}"
+        )
+
+    expected = _require(document, "EXPECTED_QUANTITY", "")
+    if not _is_int(expected):
+        raise MalformedMetadata(
+            "wrong_type",
+            f"Expected EXPECTED_QUANTITY to be an integer, but got {_describe(expected)}",
+        )
+    skus = _require(document, "BIN_FCSKU_DATA", "")
+    if not isinstance(skus, dict):
+        raise MalformedMetadata(
+            "wrong_type", f"Expected BIN_FCSKU_DATA to be an object, but got {_describe(skus)}"
+        )
+
+    image_name = document.get("image_fname", f"{image_id}.jpg")
+    if not isinstance(image_name, str) or not image_name or "/" in image_name:
+        raise MalformedMetadata(
+            "wrong_type",
+            f"Expected image_fname to be a file name, but got {_describe(image_name)}",
+        )
+    items = [_parse_sku(image_id, sku, record) for sku, record in skus.items()]
+    return ParsedBin(
+        image_id=image_id,
+        image_key=f"{IMAGE_PREFIX}/{image_name}",
+        expected_quantity=expected,
+        items=items,
+    )
+
+
+def _parse_sku(image_id: str, sku: str, record: Any) -> dict[str, Any]:
+    where = f"BIN_FCSKU_DATA[{sku!r}]"
+    if not isinstance(record, dict):
+        raise MalformedMetadata(
+            "wrong_type", f"Expected {where} to be an object, but got {_describe(record)}"
+        )
+    quantity = _require(record, "quantity", where)
+    if not _is_int(quantity) or quantity < 0:
+        raise MalformedMetadata(
+            "wrong_type" if not _is_int(quantity) else "bad_value",
+            f"Expected {where}.quantity to be a non-negative integer, but got {_describe(quantity)}",
+        )
+    asin = _require(record, "asin", where)
+    if not isinstance(asin, str):
+        raise MalformedMetadata(
+            "wrong_type", f"Expected {where}.asin to be a string, but got {_describe(asin)}"
+        )
+    return {
+        "image_id": image_id,
+        "sku": sku,
+        "asin": asin,
+        "name": _optional_str(record, "name", where),
+        "normalized_name": _optional_str(record, "normalizedName", where),
+        "quantity": quantity,
+        "height_in": _measure(record, "height", where, _LENGTH_TO_INCHES),
+        "length_in": _measure(record, "length", where, _LENGTH_TO_INCHES),
+        "width_in": _measure(record, "width", where, _LENGTH_TO_INCHES),
+        "weight_lb": _measure(record, "weight", where, _WEIGHT_TO_POUNDS),
+    }
+
+
+def _measure(record: dict, field: str, where: str, factors: dict[str, float]) -> float | None:
+    """A ``{"unit", "value"}`` measure in the table's unit; absent measures are null."""
+    measure = record.get(field)
+    if measure is None:
+        return None
+    if not isinstance(measure, dict):
+        raise MalformedMetadata(
+            "wrong_type",
+            f"Expected {where}.{field} to be {{unit, value}}, but got {_describe(measure)}",
+        )
+    value, unit = measure.get("value"), measure.get("unit")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedMetadata(
+            "wrong_type", f"Expected {where}.{field}.value to be a number, but got {value!r}"
+        )
+    factor = factors.get(str(unit).upper())
+    if factor is None:
+        raise MalformedMetadata(
+            "bad_value",
+            f"Expected {where}.{field}.unit to be one of {sorted(factors)}, but got {unit!r}",
+        )
+    return float(value) * factor
+
+
+def _require(record: dict, field: str, where: str) -> Any:
+    if field not in record:
+        place = f"{where}.{field}" if where else field
+        raise MalformedMetadata("missing_key", f"Expected key {place}, but it is missing")
+    return record[field]
+
+
+def _optional_str(record: dict, field: str, where: str) -> str | None:
+    value = record.get(field)
+    if value is not None and not isinstance(value, str):
+        raise MalformedMetadata(
+            "wrong_type", f"Expected {where}.{field} to be a string, but got {_describe(value)}"
+        )
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _describe(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"

@@ -1,0 +1,117 @@
+"""The platform's Parquet tables under the output location, and the views built on them.
+
+Layout (every table a ``pyarrow.dataset``-readable Parquet dataset)::
+
+    <output>/bins/part-<id>.parquet
+    <output>/items/part-<id>.parquet
+    <output>/quarantine/stage=<stage>/part-<id>.parquet
+    <output>/manifests/<version>/part-0.parquet
+
+Part files are immutable and written atomically; bookkeeping files start with ``_`` so that
+dataset readers skip them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from bincount.contracts import TableContract, table_contract
+from bincount.storage import Location
+
+BINS = "bins"
+ITEMS = "items"
+QUARANTINE = "quarantine"
+MANIFESTS = "manifests"
+
+
+def part_key(table: str, part: str, partition: dict[str, str] | None = None) -> str:
+    """``quarantine/stage=ingest/part-<part>.parquet``."""
+    folders = [table, *(f"{k}={v}" for k, v in (partition or {}).items())]
+    return posixpath.join(*folders, f"part-{part}.parquet")
+
+
+def write_part(
+    output: Location,
+    table_name: str,
+    part: str,
+    rows: pa.Table | list[dict],
+    *,
+    partition: dict[str, str] | None = None,
+) -> str:
+    """Write one immutable part file of ``table_name``, conformed to its contract."""
+    contract = table_contract(table_name)
+    if isinstance(rows, list):
+        rows = pa.Table.from_pylist(rows, schema=contract.schema)
+    missing = set(contract.partitioning) - set(partition or {})
+    if missing:
+        raise ValueError(f"Expected partition values for {sorted(missing)} of {table_name}")
+    table = contract.conform(rows.drop_columns(list(partition or {})), files_only=True)
+    key = part_key(table_name, part, partition)
+    output.write_parquet(key, table)
+    return key
+
+
+def read_table(output: Location, table_name: str, *, columns: list[str] | None = None) -> pa.Table:
+    """Every row of ``table_name`` (empty, with the contract's schema, when none is written)."""
+    contract = table_contract(table_name)
+    return _dataset(output, contract).to_table(columns=columns)
+
+
+def _dataset(output: Location, contract: TableContract) -> ds.Dataset:
+    if not output.exists(contract.name):
+        return ds.dataset(contract.schema.empty_table())
+    filesystem = None
+    if output.is_s3:
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        filesystem = PyFileSystem(FSSpecHandler(output.fs))
+    partitioning = (
+        ds.partitioning(contract.partition_schema, flavor="hive") if contract.partitioning else None
+    )
+    return ds.dataset(
+        output.path(contract.name),
+        schema=contract.schema,
+        format="parquet",
+        filesystem=filesystem,
+        partitioning=partitioning,
+    )
+
+
+def part_names(output: Location, table_name: str, partition: dict[str, str] | None = None) -> set:
+    """The ``<id>`` of every committed ``part-<id>.parquet`` of a table (or one partition)."""
+    folder = posixpath.dirname(part_key(table_name, "x", partition))
+    names = set()
+    for key in output.list_files(folder):
+        name = posixpath.basename(key)
+        if posixpath.dirname(key) == folder and name.startswith("part-"):
+            names.add(name.removeprefix("part-").removesuffix(".parquet"))
+    return names
+
+
+def current_bins(output: Location) -> pa.Table:
+    """The latest ingested version of every metadata object (bins is an append-only history)."""
+    bins = read_table(output, BINS)
+    if bins.num_rows == 0:
+        return bins
+    ordered = bins.sort_by([("metadata_key", "ascending"), ("ingested_at", "descending")])
+    keys = ordered.column("metadata_key")
+    # After the sort the first row of each key is its newest version.
+    first = pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1))
+    keep = pa.concat_arrays([pa.array([True]), first.combine_chunks()])
+    return ordered.filter(keep).sort_by("image_id")
+
+
+def fingerprint(table: pa.Table, columns: list[str]) -> str:
+    """A content hash of ``columns`` over all rows, independent of row order and chunking."""
+    digest = hashlib.sha256()
+    ordered = table.select(columns).sort_by([(c, "ascending") for c in columns])
+    for column in columns:
+        digest.update(column.encode())
+        for value in ordered.column(column).to_pylist():
+            digest.update(b"\x1f" + repr(value).encode())
+    return digest.hexdigest()[:16]
