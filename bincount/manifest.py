@@ -81,7 +81,9 @@ class ManifestSummary:
             "policy": self.policy,
             "rows": self.rows,
             "created": self.created,
-            "distribution": {s: {str(k): v for k, v in d.items()} for s, d in self.distribution.items()},
+            "distribution": {
+                s: {str(k): v for k, v in d.items()} for s, d in self.distribution.items()
+            },
             "excluded": self.excluded,
             "benchmark": self.benchmark,
         }
@@ -108,9 +110,11 @@ def read_benchmark_split(text: str) -> dict[str, int]:
         raise ValueError(f"Expected a JSON list of [idx, quantity], but got {type(pairs).__name__}")
     split = {}
     for pair in pairs:
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, int) for v in pair)):
+        if not (
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, int) for v in pair)
+        ):
             raise ValueError(f"Expected [idx, quantity] integer pairs, but got {pair!r}")
-        split["%05d" % (pair[0] + 1)] = pair[1]
+        split[f"{pair[0] + 1:05d}"] = pair[1]
     return split
 
 
@@ -126,7 +130,7 @@ def build_manifest(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ManifestSummary:
     """Build the manifest of the validated current bins (or return the identical existing one)."""
-    if not (0 <= val_percent and 0 <= test_percent and val_percent + test_percent < 100):
+    if not (val_percent >= 0 and test_percent >= 0 and val_percent + test_percent < 100):
         raise ValueError(
             f"Expected val and test percentages that leave a train split, but got "
             f"{val_percent} and {test_percent}"
@@ -215,9 +219,7 @@ def _validate_quarantine(output: Location, bins_fp: str) -> pa.Array:
     return output.read_parquet(key).column("image_id").combine_chunks().drop_null()
 
 
-def _benchmark_details(
-    benchmark: Mapping[str, int], name: str | None, admitted: pa.Table
-) -> dict:
+def _benchmark_details(benchmark: Mapping[str, int], name: str | None, admitted: pa.Table) -> dict:
     labels = dict(
         zip(
             admitted.column("image_id").to_pylist(),
@@ -248,11 +250,12 @@ def load_manifest(output: Location, version: str | None = None) -> tuple[pa.Tabl
     """A manifest's rows and description; the latest when no version is given."""
     if version is None:
         if not output.exists(LATEST_MANIFEST):
-            raise FileNotFoundError(f"Expected a manifest under {output.uri(MANIFESTS)}: none built")
+            raise FileNotFoundError(
+                f"Expected a manifest under {output.uri(MANIFESTS)}: none built"
+            )
         version = json.loads(output.read_bytes(LATEST_MANIFEST))["version"]
     folder = f"{MANIFESTS}/{version}"
     if not output.exists(f"{folder}/_manifest.json"):
         raise FileNotFoundError(f"Expected manifest {version} at {output.uri(folder)}")
     details = json.loads(output.read_bytes(f"{folder}/_manifest.json"))
     return output.read_parquet(f"{folder}/part-0.parquet"), details
-

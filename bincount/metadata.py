@@ -129,7 +129,8 @@ def _parse_sku(image_id: str, sku: str, record: Any) -> dict[str, Any]:
     if not _is_int(quantity) or quantity < 0:
         raise MalformedMetadata(
             "wrong_type" if not _is_int(quantity) else "bad_value",
-            f"Expected {where}.quantity to be a non-negative integer, but got {_describe(quantity)}",
+            f"Expected {where}.quantity to be a non-negative integer, "
+            f"but got {_describe(quantity)}",
         )
     asin = _require(record, "asin", where)
     if not isinstance(asin, str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import os
 import random
 import time
@@ -246,7 +247,7 @@ class Location:
         bucket, _, root_prefix = self.root.partition("/")
         full_prefix = f"{root_prefix}/{prefix}" if root_prefix else prefix
         bounds = [None, *(full_prefix + b for b in key_range_bounds(partitions)), None]
-        ranges = list(zip(bounds[:-1], bounds[1:], strict=True))
+        ranges = list(itertools.pairwise(bounds))
         pages = await asyncio.gather(
             *(self._list_s3_range(bucket, full_prefix, lo, hi) for lo, hi in ranges)
         )

@@ -1,0 +1,117 @@
+"""Small real buckets for tests: ABID-shaped metadata JSON and real JPEGs."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from PIL import Image
+
+
+def metadata_document(quantities: dict[str, int], *, expected: object = None, **extra) -> dict:
+    """An ABID metadata document with one sku per entry of ``quantities``."""
+    skus = {
+        sku: {
+            "asin": sku if not sku.startswith("X") else "B00" + sku[1:],
+            "height": {"unit": "IN", "value": 2.5},
+            "length": {"unit": "IN", "value": 4.0},
+            "name": f"Product {sku}",
+            "normalizedName": f"product {sku}",
+            "quantity": quantity,
+            "weight": {"unit": "pounds", "value": 0.75},
+            "width": {"unit": "IN", "value": 3.0},
+        }
+        for sku, quantity in quantities.items()
+    }
+    document = {
+        "BIN_FCSKU_DATA": skus,
+        "EXPECTED_QUANTITY": sum(quantities.values()) if expected is None else expected,
+    }
+    document.update(extra)
+    return document
+
+
+def jpeg_bytes(width: int = 64, height: int = 48, shade: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (shade, shade // 2, shade // 3)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def write_bin(
+    root: Path,
+    image_id: str,
+    quantities: dict[str, int],
+    *,
+    expected: object = None,
+    image: bool = True,
+    raw: bytes | None = None,
+) -> None:
+    """Write ``metadata/<id>.json`` (or ``raw`` bytes) and, unless told not to, its image."""
+    (root / "metadata").mkdir(parents=True, exist_ok=True)
+    (root / "bin-images").mkdir(parents=True, exist_ok=True)
+    payload = raw
+    if payload is None:
+        payload = json.dumps(metadata_document(quantities, expected=expected), indent=4).encode()
+    (root / "metadata" / f"{image_id}.json").write_bytes(payload)
+    if image:
+        (root / "bin-images" / f"{image_id}.jpg").write_bytes(jpeg_bytes())
+
+
+def write_clean_bucket(root: Path, count: int, *, start: int = 1) -> list[str]:
+    """``count`` well-formed bins with ids ``%05d`` from ``start``; returns the ids."""
+    ids = [f"{i:05d}" for i in range(start, start + count)]
+    for number, image_id in enumerate(ids):
+        quantities = {f"B{number:08d}": number % 4, f"X{number:08d}": number % 3}
+        write_bin(root, image_id, quantities)
+    return ids
+
+
+# Every kind of malformed metadata object, with the reason code ingest must give it.
+MALFORMED_OBJECTS: dict[str, tuple[bytes, str]] = {
+    "90001": (b'{"BIN_FCSKU_DATA": {}, "EXPECTED_QUAN', "bad_json"),
+    "90002": (b"\xff\xfe not utf-8", "bad_encoding"),
+    "90003": (b"[1, 2, 3]", "wrong_type"),
+    "90004": (json.dumps({"BIN_FCSKU_DATA": {}}).encode(), "missing_key"),
+    "90005": (json.dumps({"EXPECTED_QUANTITY": 1}).encode(), "missing_key"),
+    "90006": (json.dumps({"BIN_FCSKU_DATA": {}, "EXPECTED_QUANTITY": "3"}).encode(), "wrong_type"),
+    "90007": (json.dumps({"BIN_FCSKU_DATA": {}, "EXPECTED_QUANTITY": 2.5}).encode(), "wrong_type"),
+    "90008": (json.dumps({"BIN_FCSKU_DATA": {}, "EXPECTED_QUANTITY": True}).encode(), "wrong_type"),
+    "90009": (json.dumps({"BIN_FCSKU_DATA": [], "EXPECTED_QUANTITY": 0}).encode(), "wrong_type"),
+    "90010": (
+        json.dumps({"BIN_FCSKU_DATA": {"A": {"asin": "A"}}, "EXPECTED_QUANTITY": 1}).encode(),
+        "missing_key",
+    ),
+    "90011": (
+        json.dumps(
+            {"BIN_FCSKU_DATA": {"A": {"asin": "A", "quantity": "1"}}, "EXPECTED_QUANTITY": 1}
+        ).encode(),
+        "wrong_type",
+    ),
+    "90012": (
+        json.dumps(
+            {"BIN_FCSKU_DATA": {"A": {"asin": "A", "quantity": -1}}, "EXPECTED_QUANTITY": 1}
+        ).encode(),
+        "bad_value",
+    ),
+    "90013": (
+        json.dumps(
+            {
+                "BIN_FCSKU_DATA": {
+                    "A": {"asin": "A", "quantity": 1, "weight": {"unit": "stone", "value": 1}}
+                },
+                "EXPECTED_QUANTITY": 1,
+            }
+        ).encode(),
+        "bad_value",
+    ),
+    "90014": (b"", "bad_json"),
+    "90015": (b"null", "wrong_type"),
+}
+
+
+def write_malformed(root: Path) -> dict[str, str]:
+    """Write every malformed object (with images); returns ``{image_id: reason_code}``."""
+    for image_id, (payload, _) in MALFORMED_OBJECTS.items():
+        write_bin(root, image_id, {}, raw=payload)
+    return {image_id: code for image_id, (_, code) in MALFORMED_OBJECTS.items()}

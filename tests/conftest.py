@@ -1,0 +1,73 @@
+"""Fixtures over real components: a moto S3 server on loopback, the Prefect test harness,
+real JPEGs and Parquet in temporary folders, and the real ABID sample when it is present."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_ABID = REPO.parent / "shared" / "abid"
+
+# Before Prefect or GX is imported anywhere: local, quiet, no telemetry.
+os.environ.setdefault("PREFECT_HOME", str(REPO / ".prefect"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ["GX_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+@pytest.fixture(scope="session")
+def shared_abid() -> Path:
+    """The real ABID material beside the checkout; tests that need it skip without it."""
+    if not (SHARED_ABID / "sample" / "metadata").is_dir():
+        pytest.skip(f"real ABID data not found at {SHARED_ABID}")
+    return SHARED_ABID
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 endpoint: moto's server as a subprocess on 127.0.0.1."""
+    from bincount.testing.s3server import moto_s3_server
+
+    with moto_s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def bucket(s3_server) -> str:
+    """A fresh public bucket on the moto server; its name."""
+    from bincount.testing.s3server import create_public_bucket
+
+    name = f"abid-{uuid.uuid4().hex[:12]}"
+    create_public_bucket(s3_server.endpoint_url, name)
+    return name
+
+
+@pytest.fixture
+def settings_env(monkeypatch, s3_server):
+    """Point the settings at the moto server with dummy credentials (never real ones)."""
+    from bincount.settings import get_settings
+    from bincount.testing.s3server import TEST_CREDENTIALS
+
+    for name in list(os.environ):
+        if name.startswith("BINCOUNT_"):
+            monkeypatch.delenv(name)
+    for name, value in TEST_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("BINCOUNT_S3_ENDPOINT_URL", s3_server.endpoint_url)
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real Prefect API (temporary database and server) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
