@@ -1,0 +1,199 @@
+"""The ``bincount`` command: every flow is also a subcommand.
+
+Options that configure the platform (source, output, endpoint, concurrency) feed the one
+settings object through its ``BINCOUNT_*`` environment, so a flow run from the CLI, a deployment
+or a test sees the same configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+# Quiet, local-first defaults; a user's own environment wins. Set before Prefect is imported.
+_QUIET_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "bincount",
+}
+
+# CLI option → settings field (environment variable BINCOUNT_<FIELD>).
+_SETTINGS_OPTIONS = {
+    "s3_endpoint_url": "--s3-endpoint-url",
+    "max_concurrency": "--max-concurrency",
+    "list_partitions": "--list-partitions",
+    "chunk_size": "--chunk-size",
+    "max_expected_quantity": "--max-expected-quantity",
+}
+
+
+def _add_settings_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("platform settings (also BINCOUNT_* environment variables)")
+    group.add_argument("--s3-endpoint-url", help="S3-compatible endpoint (MinIO, moto, ...)")
+    group.add_argument("--max-concurrency", type=int, help="object fetches in flight")
+    group.add_argument("--list-partitions", type=int, help="key ranges listed in parallel")
+    group.add_argument("--chunk-size", type=int, help="objects per part file")
+    group.add_argument("--max-expected-quantity", type=int, help="contract's largest count")
+
+
+def _add_locations(parser: argparse.ArgumentParser, *, source: bool = True) -> None:
+    if source:
+        parser.add_argument("--source", help="bucket or folder (default s3://aft-vbi-pds)")
+    parser.add_argument("--output", help="where tables are written (path, file:// or s3://)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bincount",
+        description="Count the items in warehouse bin photos and flag suspicious inventory.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    synth = commands.add_parser("synth", help="write a synthetic ABID bucket")
+    synth.add_argument("dest", help="folder or s3:// URL to write bin-images/ and metadata/ to")
+    synth.add_argument("--bins", type=int, required=True, help="number of bins to write")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--max-count", type=int, default=10, help="largest item count (K)")
+    synth.add_argument("--append", action="store_true", help="add new bins with fresh ids")
+    synth.add_argument(
+        "--defect-rate", type=float, default=0.0, help="share of bins with injected faults"
+    )
+    synth.add_argument("--workers", type=int, help="processes (default: all cores)")
+
+    ingest = commands.add_parser("ingest", help="ingest new metadata objects")
+    _add_locations(ingest)
+    ingest.add_argument("--limit", type=int, help="ingest at most N new objects")
+    ingest.add_argument("--keys-from", help="only these keys (capstone file list, JSON or lines)")
+
+    validate = commands.add_parser("validate", help="validate labels against the data contract")
+    _add_locations(validate)
+
+    manifest = commands.add_parser("manifest", help="build a versioned manifest")
+    _add_locations(manifest)
+    _add_manifest_options(manifest)
+
+    pipeline = commands.add_parser("pipeline", help="ingest, validate and manifest in one run")
+    _add_locations(pipeline)
+    pipeline.add_argument("--limit", type=int)
+    pipeline.add_argument("--keys-from")
+    _add_manifest_options(pipeline)
+
+    demo = commands.add_parser("demo", help="the whole chain on a synthetic bucket")
+    demo.add_argument("--workdir", default="demo-output", help="where the demo writes everything")
+    demo.add_argument("--bins", type=int, default=2000)
+    demo.add_argument("--seed", type=int, default=7)
+
+    for sub in (ingest, validate, manifest, pipeline, demo):
+        _add_settings_options(sub)
+    return parser
+
+
+def _add_manifest_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy", default="moderate", help="moderate (counts 0-5), hard (all) or max:K"
+    )
+    parser.add_argument(
+        "--benchmark-split", help="ABID challenge validation list used as the test split"
+    )
+
+
+def _apply_settings(args: argparse.Namespace) -> None:
+    for field in _SETTINGS_OPTIONS:
+        value = getattr(args, field, None)
+        if value is not None:
+            os.environ[f"BINCOUNT_{field.upper()}"] = str(value)
+    from bincount.settings import get_settings
+
+    get_settings.cache_clear()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    for name, value in _QUIET_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    args = build_parser().parse_args(argv)
+    _apply_settings(args)
+    result = COMMANDS[args.command](args)
+    json.dump(result, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> dict:
+    from dataclasses import asdict
+
+    from bincount.settings import get_settings
+    from bincount.storage import Location
+    from bincount.synth import synthesize
+
+    summary = synthesize(
+        Location.output(get_settings(), args.dest),
+        bins=args.bins,
+        seed=args.seed,
+        max_count=args.max_count,
+        append=args.append,
+        defect_rate=args.defect_rate,
+        workers=args.workers,
+    )
+    return asdict(summary)
+
+
+def _ingest(args: argparse.Namespace) -> dict:
+    from flows.ingest import ingest
+
+    return ingest(
+        source=args.source, output=args.output, limit=args.limit, keys_from=args.keys_from
+    )
+
+
+def _validate(args: argparse.Namespace) -> dict:
+    from flows.validate import validate
+
+    return validate(source=args.source, output=args.output)
+
+
+def _manifest(args: argparse.Namespace) -> dict:
+    from flows.manifest import manifest
+
+    return manifest(
+        source=args.source,
+        output=args.output,
+        policy=args.policy,
+        benchmark_split=args.benchmark_split,
+    )
+
+
+def _pipeline(args: argparse.Namespace) -> dict:
+    from flows.data import data_pipeline
+
+    return data_pipeline(
+        source=args.source,
+        output=args.output,
+        limit=args.limit,
+        keys_from=args.keys_from,
+        policy=args.policy,
+        benchmark_split=args.benchmark_split,
+    )
+
+
+def _demo(args: argparse.Namespace) -> dict:
+    from flows.demo import demo
+
+    return demo(workdir=os.path.abspath(args.workdir), bins=args.bins, seed=args.seed)
+
+
+COMMANDS = {
+    "synth": _synth,
+    "ingest": _ingest,
+    "validate": _validate,
+    "manifest": _manifest,
+    "pipeline": _pipeline,
+    "demo": _demo,
+}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Thin Prefect task wrappers over :mod:`bincount`: retries, caching, logging and artifacts."""

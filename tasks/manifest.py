@@ -1,0 +1,78 @@
+"""Task: build the versioned manifest."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from bincount.manifest import (
+    SPLITS,
+    CountPolicy,
+    ManifestSummary,
+    StaleValidation,
+    build_manifest,
+    read_benchmark_split,
+)
+from tasks.runtime import locations, retry_unless
+
+
+@task(
+    name="build-manifest",
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_unless(StaleValidation, ValueError),
+    cache_policy=NO_CACHE,
+)
+def build_versioned_manifest(
+    source: str | None, output: str | None, policy: str, benchmark_split: str | None
+) -> ManifestSummary:
+    """Valid bins to a content-versioned manifest with deterministic splits."""
+    _, source_location, output_location = locations(source, output)
+    benchmark = None
+    if benchmark_split:
+        with open(benchmark_split, encoding="utf-8") as handle:
+            benchmark = read_benchmark_split(handle.read())
+    summary = build_manifest(
+        source_location,
+        output_location,
+        policy=CountPolicy.parse(policy),
+        benchmark=benchmark,
+        benchmark_name=benchmark_split,
+    )
+    get_run_logger().info(
+        "manifest %s: %d rows (%s)",
+        summary.version,
+        summary.rows,
+        "new" if summary.created else "unchanged",
+    )
+    create_markdown_artifact(
+        key="manifest-class-distribution",
+        markdown=distribution_markdown(summary),
+        description=f"Class distribution per split of manifest {summary.version}",
+    )
+    return summary
+
+
+def distribution_markdown(summary: ManifestSummary) -> str:
+    labels = sorted({label for split in summary.distribution.values() for label in split})
+    header = "| split | " + " | ".join(str(label) for label in labels) + " | total |"
+    lines = [
+        f"# Manifest {summary.version} ({summary.policy})",
+        "",
+        f"{summary.rows:,} bins at `{summary.uri}`; excluded: {summary.excluded}.",
+        "",
+        header,
+        "|---|" + "---:|" * (len(labels) + 1),
+    ]
+    for split in SPLITS:
+        counts = summary.distribution[split]
+        total = sum(counts.values()) or 1
+        cells = " | ".join(
+            f"{counts.get(label, 0):,} ({100 * counts.get(label, 0) / total:.1f}%)"
+            for label in labels
+        )
+        lines.append(f"| {split} | {cells} | {sum(counts.values()):,} |")
+    if summary.benchmark:
+        lines += ["", f"Benchmark test split: {summary.benchmark}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,25 @@
+"""Task: write a synthetic ABID bucket."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from bincount.settings import get_settings
+from bincount.storage import Location
+from bincount.synth import SynthSummary, synthesize
+
+
+@task(name="synthesize-bucket", cache_policy=NO_CACHE)
+def synthesize_bucket(
+    dest: str, bins: int, seed: int, max_count: int, append: bool, defect_rate: float
+) -> SynthSummary:
+    """Write synthetic bins (photos and metadata) in the real bucket's layout."""
+    return synthesize(
+        Location.output(get_settings(), dest),
+        bins=bins,
+        seed=seed,
+        max_count=max_count,
+        append=append,
+        defect_rate=defect_rate,
+    )
