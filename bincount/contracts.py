@@ -84,7 +84,9 @@ def _read_json(*parts: str) -> dict[str, Any]:
 def contract_names(kind: str) -> list[str]:
     """Names of every contract of a kind (``schemas`` or ``suites``)."""
     folder = resources.files("data_contracts").joinpath(kind)
-    return sorted(n.name.removesuffix(".json") for n in folder.iterdir() if n.name.endswith(".json"))
+    return sorted(
+        n.name.removesuffix(".json") for n in folder.iterdir() if n.name.endswith(".json")
+    )
 
 
 @cache

@@ -170,10 +170,10 @@ def validate_bins(
 
 def _validation_frame(bins: pa.Table, image_keys: pa.ChunkedArray) -> pa.Table:
     exists = pc.is_in(bins.column("image_key"), value_set=image_keys.combine_chunks())
-    return bins.select(
-        ["image_id", "metadata_key", "etag", "expected_quantity", "sku_quantity_sum"]
-    ).append_column("image_exists", exists).append_column(
-        ROW, pa.array(range(bins.num_rows), pa.int64())
+    return (
+        bins.select(["image_id", "metadata_key", "etag", "expected_quantity", "sku_quantity_sum"])
+        .append_column("image_exists", exists)
+        .append_column(ROW, pa.array(range(bins.num_rows), pa.int64()))
     )
 
 
@@ -230,7 +230,8 @@ def run_suite(
                 code=meta["code"],
                 expectation=spec["type"],
                 description=meta.get("description", spec["type"]),
-                column=kwargs.get("column") or f"{kwargs.get('column_A')}, {kwargs.get('column_B')}",
+                column=kwargs.get("column")
+                or f"{kwargs.get('column_A')}, {kwargs.get('column_B')}",
                 evaluated=frame.num_rows,
                 # Column-level expectations (e.g. the type) fail the whole column at once.
                 failed=len(rows) if rows or outcome.success else frame.num_rows,
