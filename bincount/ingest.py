@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bincount.metadata import METADATA_PREFIX, MalformedMetadata, image_id_from_key, parse_metadata
-from bincount.storage import Location, iter_chunks
+from bincount.storage import Location
 from bincount.tables import (
     BINS,
     ITEMS,
@@ -122,7 +122,9 @@ def ingest_metadata(
 
     ingested = quarantined = 0
     parts: list[str] = []
-    for chunk in iter_chunks(new.to_pylist(), chunk_size):
+    # Slices of the Arrow listing, so only one chunk at a time is held as Python objects.
+    for offset in range(0, new.num_rows, chunk_size):
+        chunk = new.slice(offset, chunk_size).to_pylist()
         payloads = source.fetch_many([obj["key"] for obj in chunk], concurrency=concurrency)
         bins, items, rejects = rows_from_objects(chunk, payloads, run_id=run_id, now=clock())
         parts.append(commit_chunk(output, chunk, bins, items, rejects))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from bincount.manifest import (
@@ -51,6 +51,13 @@ def build_versioned_manifest(
         markdown=distribution_markdown(summary),
         description=f"Class distribution per split of manifest {summary.version}",
     )
+    for split in SPLITS:
+        counts = summary.distribution[split]
+        create_table_artifact(
+            key=f"manifest-{split}-distribution",
+            table=[{"label": label, "bins": n} for label, n in sorted(counts.items())],
+            description=f"Bins per count in the {split} split of manifest {summary.version}",
+        )
     return summary
 
 
