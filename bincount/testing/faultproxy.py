@@ -1,0 +1,423 @@
+"""A delaying, fault-injecting HTTP proxy to put in front of a local S3 endpoint.
+
+Every request waits ``latency_ms`` (an ``asyncio.sleep``, so requests in flight overlap the way
+they do against real S3 from outside its region), then is either answered with a fault or
+forwarded unchanged: method, raw path and query, headers (``Host`` and ``Authorization``
+included, so signed requests stay as they were signed) and body. Faults are drawn from a seeded
+RNG, only for GET and HEAD (object reads and listings):
+
+- ``throttle``: 503 with S3's ``SlowDown`` error body
+- ``error500``: 500 with S3's ``InternalError`` error body
+- ``drop``: the connection is closed without a response
+- ``truncate``: the full ``Content-Length`` is promised, half the body sent, then the connection
+  closed (a HEAD or an empty object, having no body to cut, is dropped instead)
+
+``GET /__proxy__/stats`` answers ``{"requests": n, "requests_by_method": {...},
+"faults_by_kind": {...}}`` and
+``POST /__proxy__/reset`` zeroes the counters and re-seeds the RNG.
+
+Run it as a program (``python -m bincount.testing.faultproxy --upstream URL``) or through
+:func:`fault_proxy`, which starts that program as a subprocess, so its CPU time never competes
+with a benchmarked client for one GIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import selectors
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FAULT_KINDS = ("throttle", "error500", "drop", "truncate")
+CONTROL_PREFIX = "/__proxy__/"
+STATS_PATH = "/__proxy__/stats"
+RESET_PATH = "/__proxy__/reset"
+_FAULTABLE_METHODS = frozenset({"GET", "HEAD"})
+# Per-connection headers (RFC 9110 §7.6.1) and the ones the proxy recomputes for its own hop.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "expect",
+    }
+)
+_READY_LINE = "fault proxy listening on "
+_CHUNK_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Where to forward, how long every request waits, and which faults to inject how often."""
+
+    upstream: str
+    latency_ms: float = 30.0
+    fault_rate: float = 0.0
+    faults: tuple[str, ...] = FAULT_KINDS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.upstream.startswith(("http://", "https://")):
+            raise ValueError(f"Expected an http(s):// upstream URL, but got {self.upstream!r}")
+        if self.latency_ms < 0:
+            raise ValueError(f"Expected latency_ms >= 0, but got {self.latency_ms}")
+        if not 0.0 <= self.fault_rate <= 1.0:
+            raise ValueError(f"Expected fault_rate in [0, 1], but got {self.fault_rate}")
+        unknown = sorted(set(self.faults) - set(FAULT_KINDS))
+        if unknown or not self.faults:
+            raise ValueError(
+                f"Expected one or more fault kinds of {FAULT_KINDS}, but got {self.faults}"
+            )
+
+
+@dataclass(frozen=True)
+class ProxyStats:
+    """What the proxy has seen since it started or was last reset."""
+
+    requests: int
+    faults_by_kind: dict[str, int] = field(default_factory=dict)
+    requests_by_method: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def faults(self) -> int:
+        return sum(self.faults_by_kind.values())
+
+
+class FaultPicker:
+    """The seeded sequence of fault decisions: the n-th faultable request gets the n-th draw."""
+
+    def __init__(self, fault_rate: float, faults: Sequence[str], seed: int) -> None:
+        self.fault_rate = fault_rate
+        self.faults = tuple(faults)
+        self.seed = seed
+        self.reset()
+
+    def reset(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def next(self) -> str | None:
+        if self.fault_rate <= 0.0:
+            return None
+        if self._rng.random() >= self.fault_rate:
+            return None
+        return self._rng.choice(self.faults)
+
+
+def s3_error_body(code: str, message: str) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    ).encode()
+
+
+# -- the server (runs in its own process) ---------------------------------------------------------
+class _Proxy:
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self.latency_s = config.latency_ms / 1000
+        self.picker = FaultPicker(config.fault_rate, config.faults, config.seed)
+        self.requests = 0
+        self.requests_by_method: dict[str, int] = {}
+        self.faults_by_kind = dict.fromkeys(config.faults, 0)
+        self.session = None  # created inside the running loop
+
+    async def start_session(self) -> None:
+        import aiohttp
+
+        self.session = aiohttp.ClientSession(
+            # No pool limit: the client under test decides how many requests are in flight.
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+            # Bytes pass through as the upstream sent them (Content-Encoding untouched).
+            auto_decompress=False,
+            # Forward only the client's own headers, not aiohttp's defaults.
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120),
+        )
+
+    async def close_session(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def handle(self, request):
+        from aiohttp import web
+
+        if request.path.startswith(CONTROL_PREFIX):
+            return self.control(request)
+        self.requests += 1
+        self.requests_by_method[request.method] = self.requests_by_method.get(request.method, 0) + 1
+        await asyncio.sleep(self.latency_s)
+        fault = self.picker.next() if request.method in _FAULTABLE_METHODS else None
+        if fault is not None:
+            self.faults_by_kind[fault] += 1
+        if fault == "throttle":
+            return self._s3_error(503, "SlowDown", "Please reduce your request rate.")
+        if fault == "error500":
+            return self._s3_error(500, "InternalError", "We encountered an internal error.")
+        if fault == "drop" or (fault == "truncate" and request.method == "HEAD"):
+            request.transport.close()
+            # Never sent: aiohttp sees the closed transport and quietly gives up on it.
+            return web.Response(status=204)
+        return await self.forward(request, truncate=fault == "truncate")
+
+    def control(self, request):
+        from aiohttp import web
+
+        if request.path == STATS_PATH and request.method == "GET":
+            return web.json_response(
+                {
+                    "requests": self.requests,
+                    "requests_by_method": self.requests_by_method,
+                    "faults_by_kind": self.faults_by_kind,
+                }
+            )
+        if request.path == RESET_PATH and request.method == "POST":
+            self.requests = 0
+            self.requests_by_method = {}
+            self.faults_by_kind = dict.fromkeys(self.config.faults, 0)
+            self.picker.reset()
+            return web.json_response({"reset": True})
+        return web.json_response(
+            {
+                "error": f"Expected GET {STATS_PATH} or POST {RESET_PATH}, but got "
+                f"{request.method} {request.path}"
+            },
+            status=404,
+        )
+
+    async def forward(self, request, *, truncate: bool):
+        """Pass the request upstream and stream the answer back (cut in half if ``truncate``)."""
+        import aiohttp
+        from aiohttp import web
+        from yarl import URL
+
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
+        body = await request.read() if request.body_exists else None
+        url = URL(self.config.upstream.rstrip("/") + request.raw_path, encoded=True)
+        response = web.StreamResponse()
+        try:
+            async with self.session.request(
+                request.method, url, headers=headers, data=body, allow_redirects=False
+            ) as upstream:
+                response.set_status(upstream.status, upstream.reason)
+                for name, value in upstream.headers.items():
+                    if name.lower() not in _HOP_BY_HOP:
+                        response.headers.add(name, value)
+                # The upstream's own length: a HEAD promises the object's size and sends nothing.
+                length = upstream.headers.get("Content-Length")
+                buffered = None
+                if length is None:  # a chunked answer: buffer it to know the length to promise
+                    buffered = await upstream.read()
+                    length = len(buffered)
+                response.content_length = int(length)
+                cut = int(length) // 2 if truncate else None
+                if cut is not None and int(length) == 0:  # nothing to cut: drop instead
+                    request.transport.close()
+                    return response
+                await response.prepare(request)
+                sent = 0
+                async for chunk in _body_chunks(upstream, buffered):
+                    if cut is not None and sent + len(chunk) >= cut:
+                        await response.write(chunk[: cut - sent])
+                        request.transport.close()
+                        return response
+                    await response.write(chunk)
+                    sent += len(chunk)
+        except aiohttp.ClientError as error:
+            if response.prepared:  # the status line is out: all that is left is to hang up
+                request.transport.close()
+                return response
+            return self._s3_error(
+                502, "BadGateway", f"Expected {self.config.upstream} to answer, but got {error!r}"
+            )
+        await response.write_eof()
+        return response
+
+    @staticmethod
+    def _s3_error(status: int, code: str, message: str):
+        from aiohttp import web
+
+        return web.Response(
+            status=status, body=s3_error_body(code, message), content_type="application/xml"
+        )
+
+
+async def _body_chunks(upstream, buffered: bytes | None):
+    if buffered is not None:
+        if buffered:
+            yield buffered
+        return
+    async for chunk in upstream.content.iter_chunked(_CHUNK_BYTES):
+        yield chunk
+
+
+async def serve(config: ProxyConfig, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    """Run the proxy until cancelled; prints one line with its URL once it accepts requests."""
+    from aiohttp import web
+
+    proxy = _Proxy(config)
+    await proxy.start_session()
+    app = web.Application(client_max_size=1024**3)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    bound_port = runner.addresses[0][1]
+    print(f"{_READY_LINE}http://{host}:{bound_port}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+        await proxy.close_session()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--upstream", required=True, help="e.g. http://127.0.0.1:5000")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--latency-ms", type=float, default=30.0)
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument("--faults", default=",".join(FAULT_KINDS), help="comma-separated kinds")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    config = ProxyConfig(
+        upstream=args.upstream,
+        latency_ms=args.latency_ms,
+        fault_rate=args.fault_rate,
+        faults=tuple(kind.strip() for kind in args.faults.split(",") if kind.strip()),
+        seed=args.seed,
+    )
+    # Ctrl-C is how a person stops it: no traceback for that.
+    with suppress(KeyboardInterrupt):
+        asyncio.run(serve(config, host=args.host, port=args.port))
+
+
+# -- the client side: run it as a subprocess ------------------------------------------------------
+@dataclass(frozen=True)
+class FaultProxy:
+    """A running proxy process: point S3 clients at ``endpoint_url``."""
+
+    endpoint_url: str
+    process: subprocess.Popen
+    config: ProxyConfig
+
+    def stats(self) -> ProxyStats:
+        with urllib.request.urlopen(self.endpoint_url + STATS_PATH, timeout=10) as answer:
+            data = json.load(answer)
+        return ProxyStats(
+            requests=data["requests"],
+            faults_by_kind=data["faults_by_kind"],
+            requests_by_method=data["requests_by_method"],
+        )
+
+    def reset(self) -> None:
+        request = urllib.request.Request(self.endpoint_url + RESET_PATH, method="POST", data=b"")
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            answer.read()
+
+
+@contextmanager
+def fault_proxy(
+    upstream: str,
+    *,
+    latency_ms: float = 30.0,
+    fault_rate: float = 0.0,
+    faults: Sequence[str] = FAULT_KINDS,
+    seed: int = 0,
+    startup_timeout_s: float = 30.0,
+) -> Iterator[FaultProxy]:
+    """Start the proxy as a subprocess in front of ``upstream``; stop it on exit."""
+    config = ProxyConfig(
+        upstream=upstream,
+        latency_ms=latency_ms,
+        fault_rate=fault_rate,
+        faults=tuple(faults),
+        seed=seed,
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "bincount.testing.faultproxy",
+        f"--upstream={config.upstream}",
+        f"--latency-ms={config.latency_ms}",
+        f"--fault-rate={config.fault_rate}",
+        f"--faults={','.join(config.faults)}",
+        f"--seed={config.seed}",
+    ]
+    env = dict(os.environ)
+    # The child must import this very package, installed or not.
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    log_dir = tempfile.mkdtemp(prefix="fault-proxy-")
+    log_path = Path(log_dir) / "proxy.log"
+    try:
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=env,
+                text=True,
+            )
+        try:
+            endpoint_url = _read_ready_line(process, startup_timeout_s)
+            if endpoint_url is None:
+                raise RuntimeError(
+                    f"Expected the fault proxy to print '{_READY_LINE}URL' within "
+                    f"{startup_timeout_s:.0f} s, but got exit code {process.poll()}; its log "
+                    f"ends:\n{log_path.read_text(errors='replace')[-2000:]}"
+                )
+            yield FaultProxy(endpoint_url=endpoint_url, process=process, config=config)
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            process.stdout.close()
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def _read_ready_line(process: subprocess.Popen, timeout_s: float) -> str | None:
+    deadline = time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not selector.select(timeout=min(remaining, 0.5)):
+                if process.poll() is not None:
+                    return None
+                continue
+            line = process.stdout.readline()
+            if not line:  # the child closed stdout: it exited
+                return None
+            if line.startswith(_READY_LINE):
+                return line[len(_READY_LINE) :].strip()
+    return None
+
+
+if __name__ == "__main__":
+    main()
