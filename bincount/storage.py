@@ -209,7 +209,7 @@ class Location:
         raise AssertionError("unreachable")
 
     # -- listing -------------------------------------------------------------------------------
-    def list(self, prefix: str, *, partitions: int = 1) -> pa.Table:
+    def list(self, prefix: str, *, partitions: int = 1, page_size: int = 1000) -> pa.Table:
         """Every object under ``prefix`` as a table of :data:`LISTING_SCHEMA`, sorted by key.
 
         On S3 the key space is cut into ``partitions`` contiguous ranges listed concurrently,
@@ -218,7 +218,7 @@ class Location:
         """
         prefix = prefix.strip("/") + "/"
         if self.is_s3:
-            rows = sync(self.fs.loop, self._list_s3, prefix, partitions)
+            rows = sync(self.fs.loop, self._list_s3, prefix, partitions, page_size)
         else:
             rows = self._list_local(prefix)
         table = pa.Table.from_pylist(rows, schema=LISTING_SCHEMA)
@@ -247,14 +247,23 @@ class Location:
                 )
         return rows
 
-    async def _list_s3(self, prefix: str, partitions: int) -> list[dict]:
+    async def _list_s3(self, prefix: str, partitions: int, page_size: int) -> list[dict]:
         bucket, _, root_prefix = self.root.partition("/")
         full_prefix = f"{root_prefix}/{prefix}" if root_prefix else prefix
-        bounds = [None, *(full_prefix + b for b in key_range_bounds(partitions)), None]
-        ranges = list(itertools.pairwise(bounds))
-        pages = await asyncio.gather(
-            *(self._list_s3_range(bucket, full_prefix, lo, hi) for lo, hi in ranges)
+        # One page first: a prefix that fits in a page costs one request, not one per range.
+        first = await self.fs._call_s3(
+            "list_objects_v2", Bucket=bucket, Prefix=full_prefix, MaxKeys=page_size
         )
+        pages = [first.get("Contents", [])]
+        if first.get("IsTruncated"):
+            after = pages[0][-1]["Key"]
+            bounds = [
+                b for b in (full_prefix + b for b in key_range_bounds(partitions)) if b > after
+            ]
+            ranges = list(itertools.pairwise([after, *bounds, None]))
+            pages += await asyncio.gather(
+                *(self._list_s3_range(bucket, full_prefix, lo, hi, page_size) for lo, hi in ranges)
+            )
         strip = len(root_prefix) + 1 if root_prefix else 0
         return [
             {
@@ -268,13 +277,13 @@ class Location:
         ]
 
     async def _list_s3_range(
-        self, bucket: str, prefix: str, after: str | None, up_to: str | None
+        self, bucket: str, prefix: str, after: str | None, up_to: str | None, page_size: int
     ) -> list[dict]:
         """Keys in ``(after, up_to]``: exclusive then inclusive, so ranges meet without overlap."""
         found: list[dict] = []
         token = None
         while True:
-            kwargs = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
+            kwargs = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
             if token:
                 kwargs["ContinuationToken"] = token
             elif after:

@@ -166,8 +166,9 @@ def test_listing_partitions_cover_every_key_exactly_once(s3_server, bucket):
     source = Location(f"s3://{bucket}", endpoint_url=s3_server.endpoint_url, anonymous=True)
 
     for partitions in (1, 3, 16, 64):
-        listed = source.list("metadata", partitions=partitions).column("key").to_pylist()
-        assert listed == sorted(keys), partitions
+        for page_size in (1000, 25):  # small pages: the ranges and their pagination are used
+            listed = source.list("metadata", partitions=partitions, page_size=page_size)
+            assert listed.column("key").to_pylist() == sorted(keys), (partitions, page_size)
 
 
 def test_transient_s3_faults_are_survived(s3_server, bucket, tmp_path):
