@@ -1,0 +1,48 @@
+"""Training hyperparameters: one frozen, validated config saved with every checkpoint and model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides what a training run learns (and so the model's version)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    arch: str = Field("resnet18", description="torchvision classification model name")
+    loss: Literal["ce", "ordinal"] = Field("ce", description="softmax over counts, or CORAL")
+    max_count: int = Field(5, ge=1, le=250, description="largest count the head predicts (K)")
+    image_size: int = Field(128, ge=32, le=1024)
+    epochs: int = Field(10, ge=1, le=1000)
+    batch_size: int = Field(64, ge=1, le=4096)
+    lr: float = Field(2e-3, gt=0, le=10)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(0.5, ge=0)
+    patience: int = Field(4, ge=1, description="epochs without a better val score before stopping")
+    max_minutes: float | None = Field(
+        None, gt=0, description="stop after this much training time (the schedule follows it)"
+    )
+    augment: bool = True
+    seed: int = 0
+    weights: str | None = Field(None, description="a user-supplied weights file to start from")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        from bincount.models import available_architectures
+
+        if arch not in available_architectures():
+            raise ValueError(f"Expected a torchvision classification model name, got {arch!r}")
+        return arch
+
+    def fingerprint(self, manifest_version: str) -> str:
+        """The model version: a hash of the config and the data it learns from."""
+        payload = json.dumps(
+            {"config": self.model_dump(), "manifest": manifest_version}, sort_keys=True
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]

@@ -1,0 +1,118 @@
+"""Counting models: a torchvision classification backbone with a count head.
+
+Two heads give a predicted count and per-count probabilities over ``0..K``:
+
+* ``ce``: softmax over the K+1 counts (the ABID baseline);
+* ``ordinal``: CORAL (Cao et al., 2020): one shared score plus K ordered thresholds, trained
+  with a binary cross-entropy per threshold ``count > k``; it knows 3 is closer to 4 than to
+  0, which usually lowers RMSE.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bincount.vision import torchvision
+
+logger = logging.getLogger(__name__)
+
+Head = Literal["ce", "ordinal"]
+HEADS: tuple[str, ...] = ("ce", "ordinal")
+
+
+def available_architectures() -> list[str]:
+    """Every torchvision classification model name (resnet18, mobilenet_v3_small, ...)."""
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+class CountingModel(nn.Module):
+    """A backbone whose classifier emits the head's logits."""
+
+    def __init__(self, arch: str, *, head: Head, max_count: int) -> None:
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"Expected head in {HEADS}, but got {head!r}")
+        if arch not in available_architectures():
+            raise ValueError(
+                f"Expected a torchvision classification model name (e.g. resnet18, "
+                f"mobilenet_v3_small), but got {arch!r}"
+            )
+        if max_count < 1:
+            raise ValueError(f"Expected max_count >= 1, but got {max_count}")
+        self.arch, self.head, self.max_count = arch, head, max_count
+        # ordinal: the backbone's last layer is the shared score; biases are the thresholds.
+        outputs = max_count + 1 if head == "ce" else 1
+        self.backbone = torchvision.models.get_model(arch, weights=None, num_classes=outputs)
+        if head == "ordinal":
+            self.thresholds = nn.Parameter(torch.linspace(1.0, -1.0, max_count))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        scores = self.backbone(images)
+        if self.head == "ce":
+            return scores
+        return scores + self.thresholds  # (N, 1) + (K,) → (N, K): logit of count > k
+
+    def loss(self, logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        if self.head == "ce":
+            return F.cross_entropy(logits, counts)
+        levels = torch.arange(self.max_count, device=counts.device)
+        targets = (counts.unsqueeze(1) > levels).to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits, targets)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-count probabilities, shape (N, K+1), each row summing to 1."""
+        logits = logits.float()
+        if self.head == "ce":
+            return logits.softmax(dim=1)
+        above = torch.sigmoid(logits)  # P(count > k), k = 0..K-1
+        # Rank consistency: P(count > k) must not grow with k.
+        above = torch.cummin(above, dim=1).values
+        ones = torch.ones_like(above[:, :1])
+        zeros = torch.zeros_like(above[:, :1])
+        exceed = torch.cat([ones, above, zeros], dim=1)
+        return (exceed[:, :-1] - exceed[:, 1:]).clamp_min(0)
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        """The predicted count of each image."""
+        if self.head == "ce":
+            return logits.argmax(dim=1)
+        return (torch.sigmoid(logits.float()) > 0.5).sum(dim=1)
+
+
+def load_weights_file(model: CountingModel, path: str | Path) -> dict[str, list[str]]:
+    """Load a user's weights (``weights_only``): a full model, or a backbone such as ImageNet's.
+
+    Tensors whose name and shape match are loaded; a classifier of another size is skipped and
+    reported, so ImageNet weights initialise everything but the count head.
+    """
+    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"Expected a state dict in {path}, but got {type(state).__name__}")
+    state = state.get("model", state)
+    own = model.state_dict()
+    prefixed = {k if k in own else f"backbone.{k}": v for k, v in state.items()}
+    matching = {k: v for k, v in prefixed.items() if k in own and own[k].shape == v.shape}
+    if not matching:
+        raise ValueError(
+            f"Expected weights for {model.arch} in {path}, but no tensor name and shape matched"
+        )
+    model.load_state_dict(matching, strict=False)
+    report = {
+        "loaded": sorted(matching),
+        "skipped": sorted(set(prefixed) - set(matching)),
+        "not_in_file": sorted(set(own) - set(matching)),
+    }
+    logger.info(
+        "loaded %d tensors from %s; skipped %d; %d left as initialised",
+        len(report["loaded"]),
+        path,
+        len(report["skipped"]),
+        len(report["not_in_file"]),
+    )
+    return report

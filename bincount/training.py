@@ -1,0 +1,526 @@
+"""Train a counting model on a manifest's cached images: CUDA when present, CPU otherwise.
+
+The loop in one reading: resolve the device and process group → load the cached splits →
+build model, optimiser and schedule → resume from the checkpoint if one exists → per epoch:
+train, validate, checkpoint, report → keep the best weights in the registry.
+
+The same entry point runs under ``torchrun`` for distributed data parallel (gloo on CPU, NCCL on
+GPU): each rank trains on its share of every epoch's permutation, rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from bincount.config import TrainConfig
+from bincount.imagecache import CachedSplit, load_cached_splits
+from bincount.metrics import counting_metrics
+from bincount.models import CountingModel, load_weights_file
+from bincount.registry import ModelFiles, model_folder, save_model
+from bincount.storage import Location
+
+logger = logging.getLogger(__name__)
+
+# Per-channel statistics of ABID bin photos are close to ImageNet's; a fixed normalisation keeps
+# the model independent of the data it happened to be trained on.
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process trains: device, precision, and its place in a process group."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    autocast_dtype: torch.dtype | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_runtime(device: str | None = None) -> Runtime:
+    """CUDA with bf16 autocast when present, else CPU; joins a torchrun process group if any."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    wanted = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if wanted.startswith("cuda"):
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        resolved = torch.device("cuda", local_rank)
+        torch.cuda.set_device(resolved)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        resolved = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
+    return Runtime(
+        device=resolved,
+        rank=rank,
+        world_size=world_size,
+        autocast_dtype=torch.bfloat16 if resolved.type == "cuda" else None,
+    )
+
+
+# -- data --------------------------------------------------------------------------------------
+class BatchLoader:
+    """Batches of normalised float images from a cached split, prepared in a background thread.
+
+    Augmentations cannot change the count: flips, and brightness and contrast jitter. No crop,
+    since a crop can cut an item out of the frame.
+    """
+
+    def __init__(
+        self,
+        split: CachedSplit,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        augment: bool,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        prefetch: int = 3,
+    ) -> None:
+        self.split, self.batch_size, self.shuffle, self.augment = (
+            split,
+            batch_size,
+            shuffle,
+            augment,
+        )
+        self.seed, self.rank, self.world_size, self.prefetch = seed, rank, world_size, prefetch
+        self.epoch = 0
+        self.wait_seconds = 0.0
+
+    def __len__(self) -> int:
+        per_rank = math.ceil(len(self.split) / self.world_size)
+        return math.ceil(per_rank / self.batch_size)
+
+    def indices(self) -> np.ndarray:
+        """This rank's share of the epoch's order: the same for a seed and epoch, so resumable."""
+        order = np.arange(len(self.split))
+        if self.shuffle:
+            order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.split))
+        per_rank = math.ceil(len(order) / self.world_size)
+        padded = np.resize(order, per_rank * self.world_size)  # every rank gets as many steps
+        return padded[self.rank :: self.world_size]
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rng = np.random.default_rng((self.seed, self.epoch, 1))
+        order = self.indices()
+        for start in range(0, len(order), self.batch_size):
+            chosen = np.sort(order[start : start + self.batch_size])
+            images = torch.from_numpy(np.ascontiguousarray(self.split.images[chosen]))
+            images = images.permute(0, 3, 1, 2).float().div_(255)
+            if self.augment:
+                images = augment_batch(images, rng)
+            images = images.sub_(MEAN).div_(STD).contiguous(memory_format=torch.channels_last)
+            yield images, torch.from_numpy(self.split.labels[chosen])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        done = object()
+
+        def produce() -> None:
+            try:
+                for batch in self._batches():
+                    batches.put(batch)
+            except BaseException as error:  # handed to the consumer, never lost
+                batches.put(error)
+            batches.put(done)
+
+        threading.Thread(target=produce, daemon=True, name="batch-prefetch").start()
+        self.wait_seconds = 0.0
+        while True:
+            started = time.perf_counter()
+            item = batches.get()
+            self.wait_seconds += time.perf_counter() - started
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+def augment_batch(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Random flips and per-image brightness/contrast: transformations that keep the count."""
+    n = images.shape[0]
+    flip_h = torch.from_numpy(rng.random(n) < 0.5)
+    flip_v = torch.from_numpy(rng.random(n) < 0.25)
+    images[flip_h] = images[flip_h].flip(3)
+    images[flip_v] = images[flip_v].flip(2)
+    brightness = torch.from_numpy(rng.uniform(0.6, 1.4, n)).float().view(n, 1, 1, 1)
+    contrast = torch.from_numpy(rng.uniform(0.7, 1.3, n)).float().view(n, 1, 1, 1)
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    return ((images - mean) * contrast + mean * brightness).clamp_(0, 1)
+
+
+# -- loop --------------------------------------------------------------------------------------
+@dataclass
+class EpochMetrics:
+    """What one epoch did, for logs, artifacts and the registry."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    val_rmse: float
+    images_per_second: float
+    data_wait_share: float
+    seconds: float
+    lr: float
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TrainResult:
+    """A finished (or found) training run."""
+
+    version: str
+    uri: str
+    best_epoch: int
+    val_accuracy: float
+    val_rmse: float
+    history: list[dict] = field(default_factory=list)
+    resumed_from_epoch: int | None = None
+    created: bool = True
+
+
+def train_model(
+    output: Location,
+    config: TrainConfig,
+    *,
+    manifest_version: str,
+    lineage: dict | None = None,
+    on_epoch: Callable[[EpochMetrics, list[dict]], None] | None = None,
+    device: str | None = None,
+) -> TrainResult:
+    """Train (or resume, or find finished) the model of ``config`` on a manifest's cache."""
+    version = config.fingerprint(manifest_version)
+    folder = model_folder(version)
+    runtime = resolve_runtime(device)
+    existing = _finished(output, version)
+    if existing is not None:
+        return existing
+
+    torch.manual_seed(config.seed)
+    splits = load_cached_splits(output, manifest_version, config.image_size, ("train", "val"))
+    if not len(splits["train"]):
+        raise ValueError(f"Expected training images in manifest {manifest_version}, but got none")
+    if not len(splits["val"]):
+        raise ValueError(f"Expected validation images in manifest {manifest_version}, got none")
+    _check_labels(splits, config.max_count)
+
+    model = CountingModel(config.arch, head=config.loss, max_count=config.max_count)
+    if config.weights:
+        load_weights_file(model, config.weights)
+    model = model.to(runtime.device, memory_format=torch.channels_last)
+    wrapped: nn.Module = model
+    if runtime.world_size > 1:
+        wrapped = nn.parallel.DistributedDataParallel(
+            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
+        )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    train_loader = BatchLoader(
+        splits["train"],
+        batch_size=config.batch_size,
+        shuffle=True,
+        augment=config.augment,
+        seed=config.seed,
+        rank=runtime.rank,
+        world_size=runtime.world_size,
+    )
+    state = _resume(output, folder, model, optimizer)
+    schedule = Schedule(config, steps_per_epoch=len(train_loader))
+
+    while state.epoch < config.epochs and not state.stopped:
+        started = time.perf_counter()
+        train_loader.epoch = state.epoch
+        train_loss, images = _train_epoch(
+            wrapped, model, train_loader, optimizer, schedule, state, runtime
+        )
+        seconds = time.perf_counter() - started
+        val = evaluate_split(model, splits["val"], runtime=runtime, batch_size=config.batch_size)
+        metrics = EpochMetrics(
+            epoch=state.epoch + 1,
+            train_loss=train_loss,
+            val_loss=val["loss"],
+            val_accuracy=val["metrics"].accuracy,
+            val_rmse=val["metrics"].rmse,
+            images_per_second=images * runtime.world_size / seconds,
+            data_wait_share=train_loader.wait_seconds / seconds,
+            seconds=seconds,
+            lr=optimizer.param_groups[0]["lr"],
+        )
+        state.record(metrics, model, patience=config.patience)
+        if schedule.out_of_time(state):
+            state.stopped = True
+        state.epoch += 1
+        logger.info(
+            "epoch %d/%d: loss %.4f, val accuracy %.4f, val RMSE %.4f, %.1f images/s, "
+            "%.1f%% of step time waiting for data",
+            metrics.epoch,
+            config.epochs,
+            metrics.train_loss,
+            metrics.val_accuracy,
+            metrics.val_rmse,
+            metrics.images_per_second,
+            100 * metrics.data_wait_share,
+        )
+        if runtime.is_main:
+            _save_checkpoint(output, folder, model, optimizer, state, config)
+            if on_epoch is not None:
+                on_epoch(metrics, state.history)
+
+    best = state.best_metrics()
+    result = TrainResult(
+        version=version,
+        uri=output.uri(folder),
+        best_epoch=best["epoch"],
+        val_accuracy=best["val_accuracy"],
+        val_rmse=best["val_rmse"],
+        history=state.history,
+        resumed_from_epoch=state.resumed_from,
+    )
+    if runtime.is_main:
+        save_model(
+            output,
+            ModelFiles(
+                version=version,
+                state_dict=state.best_state or model.state_dict(),
+                config=config.model_dump(),
+                manifest_version=manifest_version,
+                metrics={"best_epoch": best, "history": state.history},
+                lineage={
+                    **(lineage or {}),
+                    "device": str(runtime.device),
+                    "world_size": runtime.world_size,
+                    "torch": torch.__version__,
+                    "resumed_from_epoch": state.resumed_from,
+                },
+            ),
+        )
+    if runtime.world_size > 1:
+        dist.barrier()
+    return result
+
+
+class Schedule:
+    """Linear warmup then cosine decay, over steps or, with a time budget, over time."""
+
+    def __init__(self, config: TrainConfig, *, steps_per_epoch: int) -> None:
+        self.config = config
+        self.total_steps = max(1, config.epochs * steps_per_epoch)
+        self.warmup_steps = config.warmup_epochs * steps_per_epoch
+
+    def progress(self, state: TrainState) -> float:
+        done = state.step / self.total_steps
+        if self.config.max_minutes:
+            done = max(done, state.train_seconds / (60 * self.config.max_minutes))
+        return min(done, 1.0)
+
+    def lr(self, state: TrainState) -> float:
+        base = self.config.lr
+        if state.step < self.warmup_steps:
+            return base * (state.step + 1) / self.warmup_steps
+        return base * 0.5 * (1 + math.cos(math.pi * self.progress(state)))
+
+    def out_of_time(self, state: TrainState) -> bool:
+        limit = self.config.max_minutes
+        return bool(limit) and state.train_seconds >= 60 * limit
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs besides the model and optimiser."""
+
+    epoch: int = 0
+    step: int = 0
+    train_seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+    best_state: dict | None = None
+    best_index: int | None = None
+    since_best: int = 0
+    stopped: bool = False
+    resumed_from: int | None = None
+
+    def record(self, metrics: EpochMetrics, model: nn.Module, *, patience: int) -> None:
+        """Append an epoch; keep the best weights (accuracy, ties broken by RMSE)."""
+        self.history.append(metrics.as_dict())
+        best = self.best_metrics() if self.best_index is not None else None
+        if best is None or (metrics.val_accuracy, -metrics.val_rmse) > (
+            best["val_accuracy"],
+            -best["val_rmse"],
+        ):
+            self.best_index = len(self.history) - 1
+            self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            self.since_best = 0
+        else:
+            self.since_best += 1
+            if self.since_best >= patience:
+                logger.info("early stop: no better validation score for %d epochs", patience)
+                self.stopped = True
+
+    def best_metrics(self) -> dict:
+        return self.history[self.best_index if self.best_index is not None else -1]
+
+
+def _train_epoch(
+    wrapped: nn.Module,
+    model: CountingModel,
+    loader: BatchLoader,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    state: TrainState,
+    runtime: Runtime,
+) -> tuple[float, int]:
+    wrapped.train()
+    total_loss, seen = 0.0, 0
+    started = time.perf_counter()
+    for images, counts in loader:
+        images = images.to(runtime.device, non_blocking=True)
+        counts = counts.to(runtime.device, non_blocking=True)
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.lr(state)
+        with torch.autocast(
+            runtime.device.type,
+            dtype=runtime.autocast_dtype or torch.bfloat16,
+            enabled=runtime.autocast_dtype is not None,
+        ):
+            logits = wrapped(images)
+        loss = model.loss(logits.float(), counts)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(counts)
+        seen += len(counts)
+        state.step += 1
+        if schedule.out_of_time(_with_time(state, started)):
+            break
+    state.train_seconds += time.perf_counter() - started
+    return total_loss / max(seen, 1), seen
+
+
+def _with_time(state: TrainState, started: float) -> TrainState:
+    probe = TrainState(step=state.step)
+    probe.train_seconds = state.train_seconds + time.perf_counter() - started
+    return probe
+
+
+@torch.no_grad()
+def predict_split(
+    model: CountingModel, split: CachedSplit, *, runtime: Runtime, batch_size: int = 128
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and probabilities for every image of a cached split, in order."""
+    model.eval()
+    loader = BatchLoader(split, batch_size=batch_size, shuffle=False, augment=False, seed=0)
+    logits = []
+    for images, _ in loader:
+        with torch.autocast(
+            runtime.device.type,
+            dtype=runtime.autocast_dtype or torch.bfloat16,
+            enabled=runtime.autocast_dtype is not None,
+        ):
+            logits.append(model(images.to(runtime.device)).float().cpu())
+    if not logits:
+        width = model.max_count + 1 if model.head == "ce" else model.max_count
+        return torch.zeros((0, width)), torch.zeros((0, model.max_count + 1))
+    stacked = torch.cat(logits)
+    return stacked, model.probabilities(stacked)
+
+
+def evaluate_split(
+    model: CountingModel, split: CachedSplit, *, runtime: Runtime, batch_size: int = 128
+) -> dict:
+    """Loss and ABID metrics of a model on a cached split."""
+    logits, _ = predict_split(model, split, runtime=runtime, batch_size=batch_size)
+    targets = torch.from_numpy(split.labels)
+    loss = model.loss(logits, targets).item()
+    predictions = model.predict(logits).tolist()
+    metrics = counting_metrics(predictions, split.labels.tolist(), num_classes=model.max_count + 1)
+    return {"loss": loss, "metrics": metrics, "predictions": predictions}
+
+
+def _check_labels(splits: dict[str, CachedSplit], max_count: int) -> None:
+    for name, split in splits.items():
+        if len(split) and int(split.labels.max()) > max_count:
+            raise ValueError(
+                f"Expected labels within 0..{max_count} (the head's max_count), but the {name} "
+                f"split has {int(split.labels.max())}: build the manifest with --policy max:K"
+            )
+
+
+def _resume(
+    output: Location, folder: str, model: CountingModel, optimizer: torch.optim.Optimizer
+) -> TrainState:
+    key = f"{folder}/checkpoint.pt"
+    if not output.exists(key):
+        return TrainState()
+    checkpoint = torch.load(
+        io.BytesIO(output.read_bytes(key)), map_location="cpu", weights_only=False
+    )
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    state = TrainState(**checkpoint["state"])
+    state.resumed_from = state.epoch
+    logger.info("resuming %s after epoch %d", folder, state.epoch)
+    return state
+
+
+def _save_checkpoint(
+    output: Location,
+    folder: str,
+    model: CountingModel,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    config: TrainConfig,
+) -> None:
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "state": {k: v for k, v in state.__dict__.items() if k != "resumed_from"},
+            "config": config.model_dump(),
+        },
+        buffer,
+    )
+    output.write_bytes(f"{folder}/checkpoint.pt", buffer.getvalue())  # atomic: never half
+
+
+def _finished(output: Location, version: str) -> TrainResult | None:
+    from bincount.registry import read_model_record
+
+    record = read_model_record(output, version)
+    if record is None:
+        return None
+    best = record["metrics"]["best_epoch"]
+    return TrainResult(
+        version=version,
+        uri=output.uri(model_folder(version)),
+        best_epoch=best["epoch"],
+        val_accuracy=best["val_accuracy"],
+        val_rmse=best["val_rmse"],
+        history=record["metrics"]["history"],
+        created=False,
+    )
