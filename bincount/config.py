@@ -16,7 +16,9 @@ class TrainConfig(BaseModel):
 
     arch: str = Field("resnet18", description="torchvision classification model name")
     loss: Literal["ce", "ordinal"] = Field("ce", description="softmax over counts, or CORAL")
-    max_count: int = Field(5, ge=1, le=250, description="largest count the head predicts (K)")
+    max_count: int | None = Field(
+        None, ge=1, le=250, description="largest count the head predicts (K); None: the manifest's"
+    )
     image_size: int = Field(128, ge=32, le=1024)
     epochs: int = Field(10, ge=1, le=1000)
     batch_size: int = Field(64, ge=1, le=4096)
@@ -39,6 +41,18 @@ class TrainConfig(BaseModel):
         if arch not in available_architectures():
             raise ValueError(f"Expected a torchvision classification model name, got {arch!r}")
         return arch
+
+    def for_manifest(self, details: dict) -> TrainConfig:
+        """This config with ``max_count`` taken from the manifest when it was left open."""
+        if self.max_count is not None:
+            return self
+        largest = details.get("max_count")
+        if largest is None:  # policy "hard": the largest label present
+            largest = max(
+                (int(label) for split in details["distribution"].values() for label in split),
+                default=1,
+            )
+        return self.model_copy(update={"max_count": max(1, int(largest))})
 
     def fingerprint(self, manifest_version: str) -> str:
         """The model version: a hash of the config and the data it learns from."""

@@ -27,6 +27,7 @@ from torch import nn
 
 from bincount.config import TrainConfig
 from bincount.imagecache import CachedSplit, load_cached_splits
+from bincount.manifest import load_manifest
 from bincount.metrics import counting_metrics
 from bincount.models import CountingModel, load_weights_file
 from bincount.registry import ModelFiles, model_folder, save_model
@@ -214,6 +215,7 @@ def train_model(
     device: str | None = None,
 ) -> TrainResult:
     """Train (or resume, or find finished) the model of ``config`` on a manifest's cache."""
+    config = config.for_manifest(load_manifest(output, manifest_version)[1])
     version = config.fingerprint(manifest_version)
     folder = model_folder(version)
     runtime = resolve_runtime(device)

@@ -82,12 +82,42 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--keys-from")
     _add_manifest_options(pipeline)
 
+    train = commands.add_parser("train", help="train a counting model on a manifest")
+    train.add_argument("--output")
+    train.add_argument("--manifest", help="manifest version (default: the latest)")
+    train.add_argument("--arch", default="resnet18", help="torchvision model name")
+    train.add_argument("--loss", choices=("ce", "ordinal"), default="ce")
+    train.add_argument("--max-count", type=int, help="largest count (default: the manifest's)")
+    train.add_argument("--image-size", type=int, default=128)
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--max-minutes", type=float, help="stop training after this long")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--weights", help="a weights file to start from (loaded weights_only)")
+    train.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when present)")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a model on a frozen set")
+    evaluate.add_argument("--output")
+    evaluate.add_argument("--model", default="champion", help="model version or 'champion'")
+    evaluate.add_argument("--split", choices=("test", "val", "benchmark"), default="test")
+    evaluate.add_argument("--manifest", help="manifest version (default: the model's)")
+
+    promote = commands.add_parser("promote", help="send a model through the promotion gate")
+    promote.add_argument("--output")
+    promote.add_argument("--model", required=True, help="the challenger's version")
+    promote.add_argument("--split", choices=("test", "val", "benchmark"), default="test")
+    promote.add_argument("--manifest", help="manifest version (default: the model's)")
+
+    models = commands.add_parser("models", help="list the registered models")
+    models.add_argument("--output")
+
     demo = commands.add_parser("demo", help="the whole chain on a synthetic bucket")
     demo.add_argument("--workdir", default="demo-output", help="where the demo writes everything")
     demo.add_argument("--bins", type=int, default=2000)
     demo.add_argument("--seed", type=int, default=7)
 
-    for sub in (ingest, validate, manifest, pipeline, demo):
+    for sub in (ingest, validate, manifest, pipeline, train, evaluate, promote, models, demo):
         _add_settings_options(sub)
     return parser
 
@@ -179,6 +209,76 @@ def _pipeline(args: argparse.Namespace) -> dict:
     )
 
 
+def _train(args: argparse.Namespace) -> dict:
+    options = {
+        "manifest": args.manifest,
+        "arch": args.arch,
+        "loss": args.loss,
+        "max_count": args.max_count,
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "max_minutes": args.max_minutes,
+        "seed": args.seed,
+        "weights": args.weights,
+    }
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _train_distributed(args.output, options, args.device)
+    from flows.train import train
+
+    return train(output=args.output, device=args.device, **options)
+
+
+def _train_distributed(output: str | None, options: dict, device: str | None) -> dict:
+    """Under torchrun every rank trains its share; rank 0 decodes the cache and writes."""
+    import torch.distributed as dist
+
+    from bincount.config import TrainConfig
+    from bincount.imagecache import build_image_cache
+    from bincount.manifest import load_manifest
+    from bincount.settings import get_settings
+    from bincount.storage import Location
+    from bincount.training import resolve_runtime, train_model
+
+    settings = get_settings()
+    target = Location.output(settings, output)
+    rows, details = load_manifest(target, options.pop("manifest"))
+    config = TrainConfig(**options)
+    runtime = resolve_runtime(device)
+    if runtime.is_main:
+        build_image_cache(
+            Location.source(settings, details["source"]),
+            target,
+            rows,
+            manifest_version=details["version"],
+            size=config.image_size,
+        )
+    dist.barrier()
+    result = train_model(target, config, manifest_version=details["version"], device=device)
+    return result.__dict__ if runtime.is_main else {}
+
+
+def _evaluate(args: argparse.Namespace) -> dict:
+    from flows.evaluate import evaluate
+
+    return evaluate(output=args.output, model=args.model, split=args.split, manifest=args.manifest)
+
+
+def _promote(args: argparse.Namespace) -> dict:
+    from flows.promote import promote
+
+    return promote(output=args.output, model=args.model, split=args.split, manifest=args.manifest)
+
+
+def _models(args: argparse.Namespace) -> list[dict]:
+    from bincount.registry import list_models
+    from bincount.settings import get_settings
+    from bincount.storage import Location
+
+    return list_models(Location.output(get_settings(), args.output))
+
+
 def _demo(args: argparse.Namespace) -> dict:
     from flows.demo import demo
 
@@ -191,6 +291,10 @@ COMMANDS = {
     "validate": _validate,
     "manifest": _manifest,
     "pipeline": _pipeline,
+    "train": _train,
+    "evaluate": _evaluate,
+    "promote": _promote,
+    "models": _models,
     "demo": _demo,
 }
 

@@ -21,6 +21,11 @@ def locations(source: str | None, output: str | None) -> tuple[Settings, Locatio
     return settings, Location.source(settings, source), Location.output(settings, output)
 
 
+def resolve_output(output: str | None) -> Location:
+    """The output location alone, for steps that do not read the source bucket."""
+    return Location.output(get_settings(), output)
+
+
 def retry_unless(*permanent: type[BaseException]):
     """A retry condition that does not retry errors a retry cannot fix."""
 

@@ -1,0 +1,21 @@
+"""Flow: send a model through the promotion gate."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.naming import run_name
+from tasks.evaluation import evaluate_registered_model, promotion_gate
+
+
+@flow(name="promote", flow_run_name=run_name("promote"))
+def promote(
+    output: str | None = None,
+    model: str = "",
+    split: str = "test",
+    manifest: str | None = None,
+) -> dict:
+    """Evaluate the challenger, then promote it only if it beats the champion on that set."""
+    report = evaluate_registered_model(output, model, split, manifest)
+    decision = promotion_gate(output, report)
+    return decision.to_dict()

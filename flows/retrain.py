@@ -1,0 +1,43 @@
+"""Flow: the model half of the pipeline, manifest → train → evaluate → promote."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.manifest import manifest as build_manifest
+from flows.naming import run_name
+from flows.promote import promote
+from flows.train import train
+
+
+@flow(name="retrain", flow_run_name=run_name("retrain"))
+def retrain(
+    source: str | None = None,
+    output: str | None = None,
+    policy: str = "moderate",
+    benchmark_split: str | None = None,
+    arch: str = "resnet18",
+    loss: str = "ce",
+    image_size: int = 128,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    max_minutes: float | None = None,
+) -> dict:
+    """Build the manifest, train a challenger on it, and send it through the gate."""
+    built = build_manifest(
+        source=source, output=output, policy=policy, benchmark_split=benchmark_split
+    )
+    trained = train(
+        output=output,
+        manifest=built["version"],
+        arch=arch,
+        loss=loss,
+        image_size=image_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        max_minutes=max_minutes,
+    )
+    decision = promote(output=output, model=trained["version"], manifest=built["version"])
+    return {"manifest": built, "train": trained, "promotion": decision}

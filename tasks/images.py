@@ -1,0 +1,38 @@
+"""Task: decode a manifest's images once into the training cache."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from bincount.imagecache import CacheSummary, build_image_cache
+from bincount.manifest import load_manifest
+from bincount.storage import Location
+from tasks.runtime import current_run_id, locations
+
+
+@task(name="cache-images", retries=2, retry_delay_seconds=30, cache_policy=NO_CACHE)
+def cache_manifest_images(
+    output: str | None, manifest: str | None, image_size: int
+) -> CacheSummary:
+    """Decode and shard a manifest's images at the training size (reused when complete)."""
+    settings, _, output_location = locations(None, output)
+    rows, details = load_manifest(output_location, manifest)
+    source = Location.source(settings, details["source"])  # where the manifest's images are
+    summary = build_image_cache(
+        source,
+        output_location,
+        rows,
+        manifest_version=details["version"],
+        size=image_size,
+        concurrency=settings.max_concurrency,
+        run_id=current_run_id(),
+    )
+    get_run_logger().info(
+        "image cache %s: %d images, %d quarantined (%s)",
+        summary.uri,
+        summary.images,
+        summary.quarantined,
+        "built" if summary.created else "reused",
+    )
+    return summary
