@@ -95,6 +95,7 @@ class BatchLoader:
         shuffle: bool,
         augment: bool,
         seed: int,
+        drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
         prefetch: int = 3,
@@ -106,12 +107,19 @@ class BatchLoader:
             augment,
         )
         self.seed, self.rank, self.world_size, self.prefetch = seed, rank, world_size, prefetch
+        # Training drops a short last batch (batch norm cannot train on one image); the order
+        # changes every epoch, so no image is left out for good.
+        self.drop_last = drop_last and self._per_rank() >= batch_size
         self.epoch = 0
         self.wait_seconds = 0.0
 
+    def _per_rank(self) -> int:
+        return math.ceil(len(self.split) / self.world_size)
+
     def __len__(self) -> int:
-        per_rank = math.ceil(len(self.split) / self.world_size)
-        return math.ceil(per_rank / self.batch_size)
+        if self.drop_last:
+            return self._per_rank() // self.batch_size
+        return math.ceil(self._per_rank() / self.batch_size)
 
     def indices(self) -> np.ndarray:
         """This rank's share of the epoch's order: the same for a seed and epoch, so resumable."""
@@ -125,7 +133,7 @@ class BatchLoader:
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         rng = np.random.default_rng((self.seed, self.epoch, 1))
         order = self.indices()
-        for start in range(0, len(order), self.batch_size):
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
             chosen = np.sort(order[start : start + self.batch_size])
             images = torch.from_numpy(np.ascontiguousarray(self.split.images[chosen]))
             images = images.permute(0, 3, 1, 2).float().div_(255)
@@ -249,6 +257,7 @@ def train_model(
         shuffle=True,
         augment=config.augment,
         seed=config.seed,
+        drop_last=True,
         rank=runtime.rank,
         world_size=runtime.world_size,
     )
