@@ -78,6 +78,7 @@ class CacheSummary:
     """A built (or found) image cache."""
 
     uri: str
+    manifest_version: str
     size: int
     images: int
     quarantined: int
@@ -155,6 +156,7 @@ def build_image_cache(
     output.write_parquet(f"{folder}/index.parquet", pa.Table.from_pylist(index, INDEX_SCHEMA))
     summary = CacheSummary(
         uri=output.uri(folder),
+        manifest_version=manifest_version,
         size=size,
         images=len(index),
         quarantined=len(rejects),

@@ -109,6 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--split", choices=("test", "val", "benchmark"), default="test")
     promote.add_argument("--manifest", help="manifest version (default: the model's)")
 
+    tune = commands.add_parser("tune", help="search hyperparameters; promote the best trial")
+    tune.add_argument("--output")
+    tune.add_argument("--manifest", help="manifest version (default: the latest)")
+    tune.add_argument(
+        "--space",
+        default="lr=0.001,0.003;loss=ce,ordinal",
+        help='values per name: "lr=1e-3,3e-3;arch=resnet18,mobilenet_v3_small" or JSON',
+    )
+    tune.add_argument("--trials", type=int, help="sample this many from the grid")
+    tune.add_argument("--epochs", type=int, default=5)
+    tune.add_argument("--arch", default="resnet18")
+    tune.add_argument("--image-size", type=int, default=128)
+    tune.add_argument("--batch-size", type=int, default=64)
+    tune.add_argument("--max-minutes", type=float, help="per trial")
+    tune.add_argument("--seed", type=int, default=0)
+
     models = commands.add_parser("models", help="list the registered models")
     models.add_argument("--output")
 
@@ -117,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--bins", type=int, default=2000)
     demo.add_argument("--seed", type=int, default=7)
 
-    for sub in (ingest, validate, manifest, pipeline, train, evaluate, promote, models, demo):
+    for sub in (ingest, validate, manifest, pipeline, train, evaluate, promote, tune, models, demo):
         _add_settings_options(sub)
     return parser
 
@@ -271,6 +287,23 @@ def _promote(args: argparse.Namespace) -> dict:
     return promote(output=args.output, model=args.model, split=args.split, manifest=args.manifest)
 
 
+def _tune(args: argparse.Namespace) -> dict:
+    from flows.tune import tune
+
+    return tune(
+        output=args.output,
+        manifest=args.manifest,
+        space=args.space,
+        trials=args.trials,
+        epochs=args.epochs,
+        arch=args.arch,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+    )
+
+
 def _models(args: argparse.Namespace) -> list[dict]:
     from bincount.registry import list_models
     from bincount.settings import get_settings
@@ -294,6 +327,7 @@ COMMANDS = {
     "train": _train,
     "evaluate": _evaluate,
     "promote": _promote,
+    "tune": _tune,
     "models": _models,
     "demo": _demo,
 }

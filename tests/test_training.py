@@ -177,3 +177,45 @@ def test_distributed_data_parallel_with_two_cpu_processes(manifest_output):
     (model,) = list_models(Location(output))
     lineage = json.loads(Path(output, "models", model["version"], "lineage.json").read_text())
     assert lineage["world_size"] == 2 and lineage["device"] == "cpu"
+
+
+def test_search_space_parsing_and_sampling():
+    from bincount.tuning import SearchSpace
+
+    space = SearchSpace.parse("lr=0.001,0.003;loss=ce,ordinal;image_size=32")
+    assert space.values == {"lr": [0.001, 0.003], "loss": ["ce", "ordinal"], "image_size": [32]}
+    assert SearchSpace.parse('{"lr": [0.1]}').values == {"lr": [0.1]}
+    base = TrainConfig(arch="mobilenet_v3_small")
+    grid = space.trials(base, limit=None, seed=0)
+    assert len(grid) == 4 and {(c.lr, c.loss) for c in grid} == {
+        (0.001, "ce"),
+        (0.001, "ordinal"),
+        (0.003, "ce"),
+        (0.003, "ordinal"),
+    }
+    assert space.trials(base, limit=2, seed=0) == space.trials(base, limit=2, seed=0)
+    with pytest.raises(ValueError, match="Expected hyperparameters among"):
+        SearchSpace.parse("momentum=0.9")
+
+
+def test_tune_records_every_trial_and_promotes_the_best(prefect_api, settings_env, manifest_output):
+    from flows.tune import tune
+
+    output, _ = manifest_output
+    result = tune(
+        output=output,
+        space="lr=0.001,0.004;loss=ce,ordinal",
+        trials=3,
+        epochs=1,
+        arch="mobilenet_v3_small",
+        image_size=32,
+        batch_size=16,
+    )
+    table = pq.read_table(
+        os.path.join(output, "tuning", f"study={result['study']}", "trials.parquet")
+    )
+    assert table.num_rows == 3 and set(table["status"].to_pylist()) == {"completed"}
+    best = max(table.to_pylist(), key=lambda r: (r["val_accuracy"], -r["val_rmse"]))
+    assert result["best"]["model_version"] == best["model_version"]
+    assert result["promotion"]["challenger"] == best["model_version"]
+    assert champion(Location(output))["version"] == best["model_version"]
