@@ -49,6 +49,12 @@ class CountingModel(nn.Module):
         # ordinal: the backbone's last layer is the shared score; biases are the thresholds.
         outputs = max_count + 1 if head == "ce" else 1
         self.backbone = torchvision.models.get_model(arch, weights=None, num_classes=outputs)
+        # Some torchvision models (MobileNetV3, EfficientNet) use a batch-norm momentum of 0.01,
+        # tuned for long ImageNet schedules; from scratch on a short one the running statistics
+        # lag the weights and evaluation is poor for epochs. 0.1 is PyTorch's default.
+        for module in self.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.momentum < 0.1:
+                module.momentum = 0.1
         if head == "ordinal":
             self.thresholds = nn.Parameter(torch.linspace(1.0, -1.0, max_count))
 

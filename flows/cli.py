@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="demo-output", help="where the demo writes everything")
     demo.add_argument("--bins", type=int, default=2000)
     demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--train-minutes", type=float, default=3.0)
 
     for sub in (ingest, validate, manifest, pipeline, train, evaluate, promote, tune, models, demo):
         _add_settings_options(sub)
@@ -163,8 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _apply_settings(args)
     result = COMMANDS[args.command](args)
-    json.dump(result, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
+    if isinstance(result, str):
+        sys.stdout.write(result + "\n")
+    else:
+        json.dump(result, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
     return 0
 
 
@@ -312,10 +316,16 @@ def _models(args: argparse.Namespace) -> list[dict]:
     return list_models(Location.output(get_settings(), args.output))
 
 
-def _demo(args: argparse.Namespace) -> dict:
-    from flows.demo import demo
+def _demo(args: argparse.Namespace) -> str:
+    from flows.demo import demo, demo_summary
 
-    return demo(workdir=os.path.abspath(args.workdir), bins=args.bins, seed=args.seed)
+    result = demo(
+        workdir=os.path.abspath(args.workdir),
+        bins=args.bins,
+        seed=args.seed,
+        train_minutes=args.train_minutes,
+    )
+    return demo_summary(result)
 
 
 COMMANDS = {
