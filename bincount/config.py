@@ -25,11 +25,14 @@ class TrainConfig(BaseModel):
     lr: float = Field(2e-3, gt=0, le=10)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: float = Field(0.5, ge=0)
-    patience: int = Field(4, ge=1, description="epochs without a better val score before stopping")
+    patience: int = Field(8, ge=1, description="epochs without a better val score before stopping")
     max_minutes: float | None = Field(
         None, gt=0, description="stop after this much training time (the schedule follows it)"
     )
     augment: bool = True
+    test_time_flips: bool = Field(
+        True, description="predict from the image and its mirrors averaged (3 forward passes)"
+    )
     seed: int = 0
     weights: str | None = Field(None, description="a user-supplied weights file to start from")
 

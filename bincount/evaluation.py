@@ -78,8 +78,10 @@ def evaluate_model(
         raise ValueError(f"Expected images in the {split} split of {manifest_version}, got none")
     runtime = resolve_runtime(device)
     model = model.to(runtime.device)
-    logits, probabilities = predict_split(model, target, runtime=runtime)
-    predictions = model.predict(logits).tolist()
+    _, probabilities = predict_split(
+        model, target, runtime=runtime, flips=record["config"].get("test_time_flips", False)
+    )
+    predictions = model.count_from_probabilities(probabilities).tolist()
     labels = target.labels.tolist()
     num_classes = max(model.max_count, max(labels)) + 1
     metrics = counting_metrics(predictions, labels, num_classes=num_classes)

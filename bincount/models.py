@@ -86,9 +86,18 @@ class CountingModel(nn.Module):
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         """The predicted count of each image."""
+        return self.count_from_probabilities(self.probabilities(logits))
+
+    def count_from_probabilities(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """The count the head would predict from (possibly averaged) per-count probabilities.
+
+        ``ce`` takes the most probable count; ``ordinal`` counts the thresholds k with
+        P(count > k) > 0.5, as CORAL predicts.
+        """
         if self.head == "ce":
-            return logits.argmax(dim=1)
-        return (torch.sigmoid(logits.float()) > 0.5).sum(dim=1)
+            return probabilities.argmax(dim=1)
+        exceed = probabilities.flip(1).cumsum(1).flip(1)[:, 1:]  # P(count > k), k = 0..K-1
+        return (exceed > 0.5).sum(dim=1)
 
 
 def load_weights_file(model: CountingModel, path: str | Path) -> dict[str, list[str]]:

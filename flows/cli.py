@@ -8,10 +8,12 @@ or a test sees the same configuration.
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 # Quiet, local-first defaults; a user's own environment wins. Set before Prefect is imported.
 _QUIET_DEFAULTS = {
@@ -93,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--max-minutes", type=float, help="stop training after this long")
+    train.add_argument("--patience", type=int, default=8, help="early-stopping patience (epochs)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--weights", help="a weights file to start from (loaded weights_only)")
     train.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when present)")
@@ -191,66 +194,28 @@ def _synth(args: argparse.Namespace) -> dict:
     return asdict(summary)
 
 
-def _ingest(args: argparse.Namespace) -> dict:
-    from flows.ingest import ingest
+def _flow_command(target: str) -> Callable[[argparse.Namespace], dict]:
+    """A command that runs flow ``module:function`` with the options named like its parameters.
 
-    return ingest(
-        source=args.source, output=args.output, limit=args.limit, keys_from=args.keys_from
-    )
+    Flows are imported only when their command runs: ``bincount synth`` never loads Prefect.
+    """
 
+    def run(args: argparse.Namespace) -> dict:
+        module, name = target.split(":")
+        flow = getattr(importlib.import_module(module), name)
+        wanted = inspect.signature(flow.fn).parameters
+        return flow(**{k: v for k, v in vars(args).items() if k in wanted})
 
-def _validate(args: argparse.Namespace) -> dict:
-    from flows.validate import validate
-
-    return validate(source=args.source, output=args.output)
-
-
-def _manifest(args: argparse.Namespace) -> dict:
-    from flows.manifest import manifest
-
-    return manifest(
-        source=args.source,
-        output=args.output,
-        policy=args.policy,
-        benchmark_split=args.benchmark_split,
-    )
-
-
-def _pipeline(args: argparse.Namespace) -> dict:
-    from flows.data import data_pipeline
-
-    return data_pipeline(
-        source=args.source,
-        output=args.output,
-        limit=args.limit,
-        keys_from=args.keys_from,
-        policy=args.policy,
-        benchmark_split=args.benchmark_split,
-    )
+    return run
 
 
 def _train(args: argparse.Namespace) -> dict:
-    options = {
-        "manifest": args.manifest,
-        "arch": args.arch,
-        "loss": args.loss,
-        "max_count": args.max_count,
-        "image_size": args.image_size,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "max_minutes": args.max_minutes,
-        "seed": args.seed,
-        "weights": args.weights,
-    }
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return _train_distributed(args.output, options, args.device)
-    from flows.train import train
-
-    return train(output=args.output, device=args.device, **options)
+        return _train_distributed(args)
+    return _flow_command("flows.train:train")(args)
 
 
-def _train_distributed(output: str | None, options: dict, device: str | None) -> dict:
+def _train_distributed(args: argparse.Namespace) -> dict:
     """Under torchrun every rank trains its share; rank 0 decodes the cache and writes."""
     import torch.distributed as dist
 
@@ -262,10 +227,10 @@ def _train_distributed(output: str | None, options: dict, device: str | None) ->
     from bincount.training import resolve_runtime, train_model
 
     settings = get_settings()
-    target = Location.output(settings, output)
-    rows, details = load_manifest(target, options.pop("manifest"))
-    config = TrainConfig(**options)
-    runtime = resolve_runtime(device)
+    target = Location.output(settings, args.output)
+    rows, details = load_manifest(target, args.manifest)
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.model_fields})
+    runtime = resolve_runtime(args.device)
     if runtime.is_main:
         build_image_cache(
             Location.source(settings, details["source"]),
@@ -275,37 +240,8 @@ def _train_distributed(output: str | None, options: dict, device: str | None) ->
             size=config.image_size,
         )
     dist.barrier()
-    result = train_model(target, config, manifest_version=details["version"], device=device)
+    result = train_model(target, config, manifest_version=details["version"], device=args.device)
     return result.__dict__ if runtime.is_main else {}
-
-
-def _evaluate(args: argparse.Namespace) -> dict:
-    from flows.evaluate import evaluate
-
-    return evaluate(output=args.output, model=args.model, split=args.split, manifest=args.manifest)
-
-
-def _promote(args: argparse.Namespace) -> dict:
-    from flows.promote import promote
-
-    return promote(output=args.output, model=args.model, split=args.split, manifest=args.manifest)
-
-
-def _tune(args: argparse.Namespace) -> dict:
-    from flows.tune import tune
-
-    return tune(
-        output=args.output,
-        manifest=args.manifest,
-        space=args.space,
-        trials=args.trials,
-        epochs=args.epochs,
-        arch=args.arch,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        max_minutes=args.max_minutes,
-        seed=args.seed,
-    )
 
 
 def _models(args: argparse.Namespace) -> list[dict]:
@@ -330,14 +266,14 @@ def _demo(args: argparse.Namespace) -> str:
 
 COMMANDS = {
     "synth": _synth,
-    "ingest": _ingest,
-    "validate": _validate,
-    "manifest": _manifest,
-    "pipeline": _pipeline,
+    "ingest": _flow_command("flows.ingest:ingest"),
+    "validate": _flow_command("flows.validate:validate"),
+    "manifest": _flow_command("flows.manifest:manifest"),
+    "pipeline": _flow_command("flows.data:data_pipeline"),
     "train": _train,
-    "evaluate": _evaluate,
-    "promote": _promote,
-    "tune": _tune,
+    "evaluate": _flow_command("flows.evaluate:evaluate"),
+    "promote": _flow_command("flows.promote:promote"),
+    "tune": _flow_command("flows.tune:tune"),
     "models": _models,
     "demo": _demo,
 }

@@ -22,6 +22,7 @@ def train(
     batch_size: int = 64,
     lr: float = 2e-3,
     max_minutes: float | None = None,
+    patience: int = 8,
     seed: int = 0,
     weights: str | None = None,
     device: str | None = None,
@@ -36,6 +37,7 @@ def train(
         batch_size=batch_size,
         lr=lr,
         max_minutes=max_minutes,
+        patience=patience,
         seed=seed,
         weights=weights,
     )

@@ -54,3 +54,14 @@ def test_unknown_architecture_and_unrelated_weights_are_refused(tmp_path):
     torch.save({"something.else": torch.zeros(3)}, path)
     with pytest.raises(ValueError, match="no tensor name and shape matched"):
         load_weights_file(CountingModel("resnet18", head="ce", max_count=5), path)
+
+
+@pytest.mark.parametrize("head", ["ce", "ordinal"])
+def test_counts_from_probabilities_agree_with_the_head(head):
+    torch.manual_seed(1)
+    model = CountingModel("mobilenet_v3_small", head=head, max_count=5).eval()
+    logits = model(torch.randn(8, 3, 48, 48))
+    probabilities = model.probabilities(logits)
+    assert model.count_from_probabilities(probabilities).tolist() == model.predict(logits).tolist()
+    if head == "ce":
+        assert model.predict(logits).tolist() == logits.argmax(dim=1).tolist()

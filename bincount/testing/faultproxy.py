@@ -40,6 +40,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bincount.testing.s3server import stop_process
+
 FAULT_KINDS = ("throttle", "error500", "drop", "truncate")
 CONTROL_PREFIX = "/__proxy__/"
 STATS_PATH = "/__proxy__/stats"
@@ -390,13 +392,7 @@ def fault_proxy(
                 )
             yield FaultProxy(endpoint_url=endpoint_url, process=process, config=config)
         finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process)
             process.stdout.close()
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)

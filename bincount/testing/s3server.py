@@ -101,7 +101,7 @@ def moto_s3_server(*, startup_timeout_s: float = 30.0, attempts: int = 3) -> Ite
                         f"its log ends:\n{_tail(log_path)}"
                     )
             finally:
-                _stop(process)
+                stop_process(process)
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)
 
@@ -123,7 +123,8 @@ def _wait_until_answering(process: subprocess.Popen, port: int, timeout_s: float
     return False
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_process(process: subprocess.Popen) -> None:
+    """Terminate a child server, killing it if it does not stop within 10 s."""
     if process.poll() is None:
         process.terminate()
         try:
