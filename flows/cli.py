@@ -133,9 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the whole chain on a synthetic bucket")
     demo.add_argument("--workdir", default="demo-output", help="where the demo writes everything")
-    demo.add_argument("--bins", type=int, default=2000)
+    demo.add_argument("--bins", type=int, default=4000)
     demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--train-minutes", type=float, default=3.0)
+    demo.add_argument("--train-minutes", type=float, default=4.5)
 
     for sub in (ingest, validate, manifest, pipeline, train, evaluate, promote, tune, models, demo):
         _add_settings_options(sub)

@@ -10,7 +10,7 @@ from flows.data import data_pipeline
 from flows.retrain import retrain
 from tasks.synth import synthesize_bucket
 
-# A CPU-sized recipe: a few minutes on 2 cores (see README, "the CPU recipe").
+# A CPU-sized recipe for a few minutes on 2 cores (README, "The CPU recipe", uses 10k bins).
 DEMO_TRAINING = {
     "arch": "mobilenet_v3_small",
     "loss": "ordinal",
@@ -23,7 +23,7 @@ DEMO_TRAINING = {
 
 @flow(name="demo")
 def demo(
-    workdir: str = "demo-output", bins: int = 2000, seed: int = 7, train_minutes: float = 3.0
+    workdir: str = "demo-output", bins: int = 4000, seed: int = 7, train_minutes: float = 4.5
 ) -> dict:
     """Synthesize a bucket (once), run the data pipeline, train, evaluate and promote."""
     bucket = os.path.join(workdir, "bucket")
@@ -31,7 +31,7 @@ def demo(
     synthesized = None
     if not os.path.isdir(os.path.join(bucket, "metadata")):
         synthesized = synthesize_bucket(
-            bucket, bins=bins, seed=seed, max_count=8, append=False, defect_rate=0.01
+            bucket, bins=bins, seed=seed, max_count=6, append=False, defect_rate=0.01
         )
     data = data_pipeline(source=bucket, output=output, policy="moderate")
     model = retrain(source=bucket, output=output, max_minutes=train_minutes, **DEMO_TRAINING)
