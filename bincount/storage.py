@@ -162,14 +162,6 @@ class Location:
         """A URI a person or another tool can open: ``s3://bucket/key`` or an absolute path."""
         return f"s3://{self.path(key)}" if self.is_s3 else self.path(key)
 
-    def child(self, key: str) -> Location:
-        """The same filesystem, rooted one level down."""
-        sub = object.__new__(Location)
-        sub.__dict__.update(self.__dict__)
-        sub.root = self.path(key)
-        sub.url = f"s3://{sub.root}" if self.is_s3 else sub.root
-        return sub
-
     # -- single objects ------------------------------------------------------------------------
     def exists(self, key: str) -> bool:
         return self.fs.exists(self.path(key))
