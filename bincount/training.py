@@ -54,6 +54,14 @@ class Runtime:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast on CUDA; a no-op context on the CPU."""
+        return torch.autocast(
+            self.device.type,
+            dtype=self.autocast_dtype or torch.bfloat16,
+            enabled=self.autocast_dtype is not None,
+        )
+
 
 def resolve_runtime(device: str | None = None) -> Runtime:
     """CUDA with bf16 autocast when present, else CPU; joins a torchrun process group if any."""
@@ -419,11 +427,7 @@ def _train_epoch(
         counts = counts.to(runtime.device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = schedule.lr(state)
-        with torch.autocast(
-            runtime.device.type,
-            dtype=runtime.autocast_dtype or torch.bfloat16,
-            enabled=runtime.autocast_dtype is not None,
-        ):
+        with runtime.autocast():
             logits = wrapped(images)
         loss = model.loss(logits.float(), counts)
         optimizer.zero_grad(set_to_none=True)
@@ -464,11 +468,7 @@ def predict_split(
     logits, probabilities = [], []
     for images, _ in loader:
         views = [images, images.flip(3), images.flip(2)] if flips else [images]
-        with torch.autocast(
-            runtime.device.type,
-            dtype=runtime.autocast_dtype or torch.bfloat16,
-            enabled=runtime.autocast_dtype is not None,
-        ):
+        with runtime.autocast():
             outputs = [model(view.to(runtime.device)).float().cpu() for view in views]
         logits.append(outputs[0])
         probabilities.append(torch.stack([model.probabilities(o) for o in outputs]).mean(0))
