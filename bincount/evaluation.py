@@ -12,6 +12,7 @@ import hashlib
 import math
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from bincount.imagecache import load_cached_splits
 from bincount.manifest import load_manifest
@@ -33,7 +34,7 @@ def evaluation_set(manifest: pa.Table, details: dict, split: str) -> dict:
             f"Expected manifest {details['version']} to be built with --benchmark-split, but it "
             "has no benchmark: its test split is a hash sample, evaluate with --split test"
         )
-    rows = manifest.filter(pa.compute.equal(manifest["split"], _manifest_split(split)))
+    rows = manifest.filter(pc.equal(manifest["split"], _manifest_split(split)))
     digest = hashlib.sha256(f"{details['version']}/{split}".encode())
     for image_id, label in zip(
         rows["image_id"].to_pylist(), rows["label"].to_pylist(), strict=True

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bincount.storage import Location
-from bincount.tables import MANIFESTS, QUARANTINE, current_bins, fingerprint, part_key
+from bincount.tables import MANIFESTS, QUARANTINE, bins_fingerprint, current_bins, part_key
 from bincount.validate import VALIDATE_STAGE, latest_validation
 
 SPLITS = ("train", "val", "test")
@@ -137,7 +137,7 @@ def build_manifest(
         )
     bins = current_bins(output)
     validated = latest_validation(output)
-    bins_fp = fingerprint(bins, ["metadata_key", "etag"]) if bins.num_rows else "empty"
+    bins_fp = bins_fingerprint(bins)
     if validated is None or validated["bins_fingerprint"] != bins_fp:
         raise StaleValidation(
             f"Expected bins validated by `bincount validate` (fingerprint {bins_fp}), but the "

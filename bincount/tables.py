@@ -106,6 +106,11 @@ def current_bins(output: Location) -> pa.Table:
     return ordered.filter(keep).sort_by("image_id")
 
 
+def bins_fingerprint(bins: pa.Table) -> str:
+    """Which object versions a bins table holds: what a validation covered."""
+    return fingerprint(bins, ["metadata_key", "etag"]) if bins.num_rows else "empty"
+
+
 def fingerprint(table: pa.Table, columns: list[str]) -> str:
     """A content hash of ``columns`` over all rows, independent of row order and chunking."""
     digest = hashlib.sha256()

@@ -30,7 +30,7 @@ from bincount.imagecache import CachedSplit, load_cached_splits
 from bincount.manifest import load_manifest
 from bincount.metrics import counting_metrics
 from bincount.models import CountingModel, load_weights_file
-from bincount.registry import ModelFiles, model_folder, save_model
+from bincount.registry import ModelFiles, model_folder, read_model_record, save_model
 from bincount.storage import Location
 
 logger = logging.getLogger(__name__)
@@ -298,7 +298,7 @@ def train_model(
             lr=optimizer.param_groups[0]["lr"],
         )
         state.record(metrics, model, patience=config.patience)
-        if schedule.out_of_time(state):
+        if schedule.out_of_time(state.train_seconds):
             state.stopped = True
         state.epoch += 1
         logger.info(
@@ -370,9 +370,9 @@ class Schedule:
             return base * (state.step + 1) / self.warmup_steps
         return base * 0.5 * (1 + math.cos(math.pi * self.progress(state)))
 
-    def out_of_time(self, state: TrainState) -> bool:
+    def out_of_time(self, train_seconds: float) -> bool:
         limit = self.config.max_minutes
-        return bool(limit) and state.train_seconds >= 60 * limit
+        return bool(limit) and train_seconds >= 60 * limit
 
 
 @dataclass
@@ -436,16 +436,10 @@ def _train_epoch(
         total_loss += loss.item() * len(counts)
         seen += len(counts)
         state.step += 1
-        if schedule.out_of_time(_with_time(state, started)):
+        if schedule.out_of_time(state.train_seconds + time.perf_counter() - started):
             break
     state.train_seconds += time.perf_counter() - started
     return total_loss / max(seen, 1), seen
-
-
-def _with_time(state: TrainState, started: float) -> TrainState:
-    probe = TrainState(step=state.step)
-    probe.train_seconds = state.train_seconds + time.perf_counter() - started
-    return probe
 
 
 @torch.no_grad()
@@ -545,8 +539,6 @@ def _save_checkpoint(
 
 
 def _finished(output: Location, version: str) -> TrainResult | None:
-    from bincount.registry import read_model_record
-
     record = read_model_record(output, version)
     if record is None:
         return None

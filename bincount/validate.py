@@ -24,8 +24,15 @@ import pyarrow.compute as pc
 from bincount.contracts import expectation_suite
 from bincount.metadata import IMAGE_PREFIX
 from bincount.storage import Location
-from bincount.tables import QUARANTINE, current_bins, fingerprint, part_key, part_names, read_table
-from bincount.tables import write_part as write_table_part
+from bincount.tables import (
+    QUARANTINE,
+    bins_fingerprint,
+    current_bins,
+    part_key,
+    part_names,
+    read_table,
+    write_part,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +147,7 @@ def validate_bins(
     outcomes, failures = run_suite(suite, frame, parameters)
 
     rejects = _quarantine_rows(frame, suite, failures, run_id=run_id, now=now)
-    bins_fp = fingerprint(bins, ["metadata_key", "etag"]) if bins.num_rows else "empty"
+    bins_fp = bins_fingerprint(bins)
     _replace_snapshot(output, bins_fp, rejects)
 
     known_images = pa.concat_arrays(
@@ -289,7 +296,7 @@ def _reason(spec: dict, row: dict) -> str:
 def _replace_snapshot(output: Location, bins_fp: str, rejects: list[dict]) -> None:
     """Write the new validate-stage quarantine, then remove the snapshots it replaces."""
     stale = part_names(output, QUARANTINE, VALIDATE_STAGE) - {bins_fp}
-    write_table_part(output, QUARANTINE, bins_fp, rejects, partition=VALIDATE_STAGE)
+    write_part(output, QUARANTINE, bins_fp, rejects, partition=VALIDATE_STAGE)
     output.delete([part_key(QUARANTINE, name, VALIDATE_STAGE) for name in stale])
 
 
