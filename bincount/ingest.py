@@ -78,27 +78,45 @@ class IngestSummary:
         }
 
 
-def ingest_metadata(
+@dataclass(frozen=True)
+class IngestPlan:
+    """The object versions to ingest, as chunks of the Arrow listing, and what was left out."""
+
+    listed: int
+    already_ingested: int
+    chunks: list[pa.Table]
+    requested_missing: int = 0
+    discarded_orphan_parts: int = 0
+
+    @property
+    def new(self) -> int:
+        return sum(chunk.num_rows for chunk in self.chunks)
+
+
+@dataclass(frozen=True)
+class ChunkOutcome:
+    """One committed chunk: its part name and how many objects became bins or quarantine."""
+
+    part: str
+    ingested: int
+    quarantined: int
+
+
+def plan_ingest(
     source: Location,
     output: Location,
     *,
     limit: int | None = None,
     keys: Sequence[str] | None = None,
-    concurrency: int = 64,
     partitions: int = 16,
     chunk_size: int = 5000,
-    run_id: str | None = None,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-) -> IngestSummary:
-    """Ingest every metadata object of ``source`` not ingested yet into ``output``'s tables."""
+) -> IngestPlan:
+    """List the metadata objects, leave out the versions already ingested, cut the rest."""
     if limit is not None and limit < 0:
         raise ValueError(f"Expected limit >= 0, but got {limit}")
     if chunk_size < 1:
         raise ValueError(f"Expected chunk_size >= 1, but got {chunk_size}")
-    started = time.perf_counter()
-    run_id = run_id or uuid.uuid4().hex
     orphans = discard_uncommitted_parts(output)
-
     listing = source.list(METADATA_PREFIX, partitions=partitions)
     listed = listing.num_rows
     requested_missing = 0
@@ -119,31 +137,77 @@ def ingest_metadata(
         already,
         new.num_rows,
     )
-
-    ingested = quarantined = 0
-    parts: list[str] = []
-    # Slices of the Arrow listing, so only one chunk at a time is held as Python objects.
-    for offset in range(0, new.num_rows, chunk_size):
-        chunk = new.slice(offset, chunk_size).to_pylist()
-        payloads = source.fetch_many([obj["key"] for obj in chunk], concurrency=concurrency)
-        bins, items, rejects = rows_from_objects(chunk, payloads, run_id=run_id, now=clock())
-        parts.append(commit_chunk(output, chunk, bins, items, rejects))
-        ingested += len(bins)
-        quarantined += len(rejects)
-        logger.info("ingested %d of %d objects", ingested + quarantined, new.num_rows)
-
-    return IngestSummary(
-        run_id=run_id,
+    # Slices of the Arrow listing: a chunk becomes Python objects only when it is ingested.
+    return IngestPlan(
         listed=listed,
         already_ingested=already,
-        new=new.num_rows,
-        ingested=ingested,
-        quarantined=quarantined,
-        seconds=time.perf_counter() - started,
-        parts=parts,
+        chunks=[new.slice(i, chunk_size) for i in range(0, new.num_rows, chunk_size)],
         requested_missing=requested_missing,
         discarded_orphan_parts=orphans,
     )
+
+
+def ingest_chunk(
+    source: Location,
+    output: Location,
+    objects: pa.Table,
+    *,
+    concurrency: int = 64,
+    run_id: str = "",
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> ChunkOutcome:
+    """Fetch, parse and commit one chunk of listed objects (safe to retry: same part name)."""
+    chunk = objects.to_pylist()
+    payloads = source.fetch_many([obj["key"] for obj in chunk], concurrency=concurrency)
+    bins, items, rejects = rows_from_objects(chunk, payloads, run_id=run_id, now=clock())
+    part = commit_chunk(output, chunk, bins, items, rejects)
+    return ChunkOutcome(part=part, ingested=len(bins), quarantined=len(rejects))
+
+
+def summarize_ingest(
+    plan: IngestPlan, outcomes: Sequence[ChunkOutcome], *, run_id: str, seconds: float
+) -> IngestSummary:
+    """One run's summary from its plan and its chunks."""
+    return IngestSummary(
+        run_id=run_id,
+        listed=plan.listed,
+        already_ingested=plan.already_ingested,
+        new=plan.new,
+        ingested=sum(o.ingested for o in outcomes),
+        quarantined=sum(o.quarantined for o in outcomes),
+        seconds=seconds,
+        parts=[o.part for o in outcomes],
+        requested_missing=plan.requested_missing,
+        discarded_orphan_parts=plan.discarded_orphan_parts,
+    )
+
+
+def ingest_metadata(
+    source: Location,
+    output: Location,
+    *,
+    limit: int | None = None,
+    keys: Sequence[str] | None = None,
+    concurrency: int = 64,
+    partitions: int = 16,
+    chunk_size: int = 5000,
+    run_id: str | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> IngestSummary:
+    """Ingest every metadata object of ``source`` not ingested yet into ``output``'s tables."""
+    started = time.perf_counter()
+    run_id = run_id or uuid.uuid4().hex
+    plan = plan_ingest(
+        source, output, limit=limit, keys=keys, partitions=partitions, chunk_size=chunk_size
+    )
+    outcomes = []
+    for chunk in plan.chunks:
+        outcomes.append(
+            ingest_chunk(source, output, chunk, concurrency=concurrency, run_id=run_id, clock=clock)
+        )
+        done = sum(o.ingested + o.quarantined for o in outcomes)
+        logger.info("ingested %d of %d objects", done, plan.new)
+    return summarize_ingest(plan, outcomes, run_id=run_id, seconds=time.perf_counter() - started)
 
 
 def ingested_versions(output: Location) -> pa.Table:

@@ -201,14 +201,17 @@ class Location:
         raise AssertionError("unreachable")
 
     # -- listing -------------------------------------------------------------------------------
-    def list(self, prefix: str, *, partitions: int = 1, page_size: int = 1000) -> pa.Table:
-        """Every object under ``prefix`` as a table of :data:`LISTING_SCHEMA`, sorted by key.
+    def list(
+        self, prefix: str, *, partitions: int = 1, page_size: int = 1000, starting_with: str = ""
+    ) -> pa.Table:
+        """Every object in folder ``prefix`` as a table of :data:`LISTING_SCHEMA`, sorted by key.
 
-        On S3 the key space is cut into ``partitions`` contiguous ranges listed concurrently,
-        each one paginated; the ranges cover every possible key, so nothing is missed however
-        the keys are named.
+        ``starting_with`` narrows it to names that start so (``bin-images`` + ``1000`` lists
+        ``bin-images/1000*``), on S3 in the request itself. On S3 the key space is cut into
+        ``partitions`` contiguous ranges listed concurrently, each one paginated; the ranges
+        cover every possible key, so nothing is missed however the keys are named.
         """
-        prefix = prefix.strip("/") + "/"
+        prefix = prefix.strip("/") + "/" + starting_with
         if self.is_s3:
             rows = sync(self.fs.loop, self._list_s3, prefix, partitions, page_size)
         else:
@@ -217,20 +220,22 @@ class Location:
         return table.sort_by("key")
 
     def _list_local(self, prefix: str) -> list[dict]:
-        base = self.path(prefix)
+        folder, _, starting_with = prefix.rpartition("/")
+        base = self.path(folder)
         rows: list[dict] = []
         if not os.path.isdir(base):
             return rows
         for dirpath, dirnames, filenames in os.walk(base):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in filenames:
-                if name.startswith("."):
-                    continue
                 full = os.path.join(dirpath, name)
+                relative = os.path.relpath(full, base).replace(os.sep, "/")
+                if name.startswith(".") or not relative.startswith(starting_with):
+                    continue
                 stat = os.stat(full)
                 rows.append(
                     {
-                        "key": os.path.relpath(full, self.root).replace(os.sep, "/"),
+                        "key": f"{folder}/{relative}" if folder else relative,
                         # A local file has no ETag: size and mtime identify a version well enough.
                         "etag": f"{stat.st_size:x}-{stat.st_mtime_ns:x}",
                         "size": stat.st_size,
@@ -326,7 +331,7 @@ class Location:
                 # One GET: with max_concurrency > 1 s3fs sends a HEAD first to plan ranged
                 # reads, doubling the requests for objects of a few KB.
                 return await self.fs._cat_file(self.path(key), max_concurrency=1)
-            async with session.get(self._public_url(key)) as response:
+            async with session.get(self.public_url(key)) as response:
                 if response.status == 200:
                     return await response.read()
                 raise _http_error(response.status, self.uri(key), await response.read())
@@ -350,8 +355,11 @@ class Location:
             if session is not None:
                 await session.close()
 
-    def _public_url(self, key: str) -> str:
-        """The plain HTTPS URL of a public object (path style on a custom endpoint)."""
+    def public_url(self, key: str) -> str:
+        """A link a person can open: the plain HTTPS URL of an S3 object (path style on a
+        custom endpoint), or a ``file://`` URL locally."""
+        if not self.is_s3:
+            return "file://" + quote(self.path(key), safe="/~")
         bucket, _, prefix = self.root.partition("/")
         object_key = quote(f"{prefix}/{key}" if prefix else key, safe="/~")
         if self.endpoint_url:

@@ -6,6 +6,7 @@ Layout (every table a ``pyarrow.dataset``-readable Parquet dataset)::
     <output>/items/part-<id>.parquet
     <output>/quarantine/stage=<stage>/part-<id>.parquet
     <output>/manifests/<version>/part-0.parquet
+    <output>/scores/scored_date=<YYYY-MM-DD>/part-<id>.parquet
 
 Part files are immutable and written atomically; bookkeeping files start with ``_`` so that
 dataset readers skip them.
@@ -27,6 +28,7 @@ BINS = "bins"
 ITEMS = "items"
 QUARANTINE = "quarantine"
 MANIFESTS = "manifests"
+SCORES = "scores"
 
 
 def part_key(table: str, part: str, partition: dict[str, str] | None = None) -> str:
@@ -50,7 +52,8 @@ def write_part(
     missing = set(contract.partitioning) - set(partition or {})
     if missing:
         raise ValueError(f"Expected partition values for {sorted(missing)} of {table_name}")
-    table = contract.conform(rows.drop_columns(list(partition or {})), files_only=True)
+    in_path = [name for name in partition or {} if name in rows.column_names]
+    table = contract.conform(rows.drop_columns(in_path), files_only=True)
     key = part_key(table_name, part, partition)
     output.write_parquet(key, table)
     return key
@@ -83,12 +86,13 @@ def _dataset(output: Location, contract: TableContract) -> ds.Dataset:
 
 
 def part_names(output: Location, table_name: str, partition: dict[str, str] | None = None) -> set:
-    """The ``<id>`` of every committed ``part-<id>.parquet`` of a table (or one partition)."""
+    """The ``<id>`` of every committed ``part-<id>.parquet`` of one partition of a table, or of
+    the whole table (every partition) when none is named."""
     folder = posixpath.dirname(part_key(table_name, "x", partition))
     names = set()
     for key in output.list_files(folder):
         name = posixpath.basename(key)
-        if posixpath.dirname(key) == folder and name.startswith("part-"):
+        if (partition is None or posixpath.dirname(key) == folder) and name.startswith("part-"):
             names.add(name.removeprefix("part-").removesuffix(".parquet"))
     return names
 

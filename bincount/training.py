@@ -14,8 +14,6 @@ import io
 import logging
 import math
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from bincount.imagecache import CachedSplit, load_cached_splits
 from bincount.manifest import load_manifest
 from bincount.metrics import counting_metrics
 from bincount.models import CountingModel, load_weights_file
+from bincount.prefetch import Prefetched
 from bincount.registry import ModelFiles, model_folder, read_model_record, save_model
 from bincount.storage import Location
 
@@ -119,7 +118,7 @@ class BatchLoader:
         # changes every epoch, so no image is left out for good.
         self.drop_last = drop_last and self._per_rank() >= batch_size
         self.epoch = 0
-        self.wait_seconds = 0.0
+        self._prefetched: Prefetched | None = None
 
     def _per_rank(self) -> int:
         return math.ceil(len(self.split) / self.world_size)
@@ -143,36 +142,29 @@ class BatchLoader:
         order = self.indices()
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             chosen = np.sort(order[start : start + self.batch_size])
-            images = torch.from_numpy(np.ascontiguousarray(self.split.images[chosen]))
-            images = images.permute(0, 3, 1, 2).float().div_(255)
-            if self.augment:
-                images = augment_batch(images, rng)
-            images = images.sub_(MEAN).div_(STD).contiguous(memory_format=torch.channels_last)
+            images = to_model_input(
+                self.split.images[chosen], augment=rng if self.augment else None
+            )
             yield images, torch.from_numpy(self.split.labels[chosen])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        batches: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        done = object()
+        self._prefetched = Prefetched(self._batches(), depth=self.prefetch, name="batch-prefetch")
+        return iter(self._prefetched)
 
-        def produce() -> None:
-            try:
-                for batch in self._batches():
-                    batches.put(batch)
-            except BaseException as error:  # handed to the consumer, never lost
-                batches.put(error)
-            batches.put(done)
+    @property
+    def wait_seconds(self) -> float:
+        """How long the last pass waited for batches."""
+        return self._prefetched.wait_seconds if self._prefetched else 0.0
 
-        threading.Thread(target=produce, daemon=True, name="batch-prefetch").start()
-        self.wait_seconds = 0.0
-        while True:
-            started = time.perf_counter()
-            item = batches.get()
-            self.wait_seconds += time.perf_counter() - started
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+
+def to_model_input(
+    images: np.ndarray, *, augment: np.random.Generator | None = None
+) -> torch.Tensor:
+    """uint8 images (N, S, S, 3) → the normalised float batch (N, 3, S, S) models take."""
+    batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+    if augment is not None:
+        batch = augment_batch(batch, augment)
+    return batch.sub_(MEAN).div_(STD).contiguous(memory_format=torch.channels_last)
 
 
 def augment_batch(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -461,15 +453,27 @@ def predict_split(
     loader = BatchLoader(split, batch_size=batch_size, shuffle=False, augment=False, seed=0)
     logits, probabilities = [], []
     for images, _ in loader:
-        views = [images, images.flip(3), images.flip(2)] if flips else [images]
-        with runtime.autocast():
-            outputs = [model(view.to(runtime.device)).float().cpu() for view in views]
-        logits.append(outputs[0])
-        probabilities.append(torch.stack([model.probabilities(o) for o in outputs]).mean(0))
+        batch_logits, batch_probabilities = predict_batch(
+            model, images, runtime=runtime, flips=flips
+        )
+        logits.append(batch_logits)
+        probabilities.append(batch_probabilities)
     if not logits:
         width = model.max_count + 1 if model.head == "ce" else model.max_count
         return torch.zeros((0, width)), torch.zeros((0, model.max_count + 1))
     return torch.cat(logits), torch.cat(probabilities)
+
+
+@torch.no_grad()
+def predict_batch(
+    model: CountingModel, images: torch.Tensor, *, runtime: Runtime, flips: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of the images as they are, and per-count probabilities (averaged over the image
+    and its horizontal and vertical mirrors with ``flips``), both on the CPU."""
+    views = [images, images.flip(3), images.flip(2)] if flips else [images]
+    with runtime.autocast():
+        outputs = [model(view.to(runtime.device)).float().cpu() for view in views]
+    return outputs[0], torch.stack([model.probabilities(o) for o in outputs]).mean(0)
 
 
 def evaluate_split(

@@ -1,0 +1,596 @@
+"""Score bin images with a registered model and flag bins whose count disagrees with the record.
+
+``<output>/scores/scored_date=<YYYY-MM-DD>/part-<id>.parquet`` (contract
+``data_contracts/schemas/scores.json``) holds one row per image. Exactly once by construction,
+as ingestion is:
+
+* the scores table, with the score quarantine (images that would not decode), is the
+  watermark: an image whose URI is in either is never scored again;
+* images are scored in chunks; a chunk writes its quarantine part first and its scores part
+  last, atomically: the scores part (empty if nothing in the chunk decoded) is its commit
+  marker;
+* a run killed midway leaves at most a quarantine part without its scores part; the next run
+  deletes it before reading the watermark and scores that chunk again.
+
+Within a chunk, fetching and decoding run ahead of the model in background threads
+(:class:`~bincount.prefetch.Prefetched`), so the model rarely waits for images.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import posixpath
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from bincount.imagecache import UndecodableImage, decode_image
+from bincount.metadata import IMAGE_PREFIX
+from bincount.models import CountingModel
+from bincount.prefetch import Prefetched
+from bincount.registry import load_model, resolve_version
+from bincount.storage import Location
+from bincount.tables import QUARANTINE, SCORES, current_bins, part_key, part_names, read_table
+from bincount.tables import write_part as write_table_part
+from bincount.training import Runtime, predict_batch, resolve_runtime, to_model_input
+
+logger = logging.getLogger(__name__)
+
+SCORE_STAGE = {"stage": "score"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+REVIEW_LIST_SIZE = 25
+
+
+# -- the model ---------------------------------------------------------------------------------
+@dataclass
+class Scorer:
+    """A registered model ready to count: its input size and test-time flips come from its
+    saved config, so it scores exactly as it was evaluated."""
+
+    model: CountingModel
+    version: str
+    image_size: int
+    flips: bool
+    runtime: Runtime
+
+    @property
+    def max_count(self) -> int:
+        return self.model.max_count
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images (N, S, S, 3) → per-count probabilities (N, max_count + 1)."""
+        _, probabilities = predict_batch(
+            self.model, to_model_input(images), runtime=self.runtime, flips=self.flips
+        )
+        return probabilities.numpy()
+
+    def counts(self, probabilities: np.ndarray) -> np.ndarray:
+        """The count the model's head predicts from per-count probabilities."""
+        return self.model.count_from_probabilities(torch.from_numpy(probabilities)).numpy()
+
+
+def load_scorer(output: Location, model: str = "champion", *, device: str | None = None) -> Scorer:
+    """A registered model (a version, or ``champion``) on the best device present."""
+    version = resolve_version(output, model)
+    network, record = load_model(output, version)
+    runtime = resolve_runtime(device)
+    network = network.to(runtime.device, memory_format=torch.channels_last).eval()
+    config = record["config"]
+    return Scorer(
+        model=network,
+        version=version,
+        image_size=config["image_size"],
+        flips=config.get("test_time_flips", False),
+        runtime=runtime,
+    )
+
+
+# -- images ahead of the model ------------------------------------------------------------------
+@dataclass
+class DecodedBatch:
+    """Images of one batch that decoded, and the keys of those that did not, with why."""
+
+    keys: list[str]
+    images: np.ndarray
+    failures: list[tuple[str, str]]
+
+
+def decoded_batches(
+    source: Location,
+    keys: Sequence[str],
+    *,
+    size: int,
+    batch_size: int,
+    concurrency: int = 64,
+    workers: int | None = None,
+    depth: int = 4,
+) -> Iterator[DecodedBatch]:
+    """Batches of decoded images, fetched and decoded ahead of the consumer in two threads.
+
+    Pillow releases the GIL while it decodes, so a thread pool decodes in parallel without the
+    cost of shipping images between processes.
+    """
+    windows = [list(keys[i : i + batch_size]) for i in range(0, len(keys), batch_size)]
+
+    def fetched() -> Iterator[tuple[list[str], list[bytes | Exception]]]:
+        for window in windows:
+            yield window, source.fetch_many(window, concurrency=concurrency)
+
+    def decoded() -> Iterator[DecodedBatch]:
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            for window, payloads in Prefetched(fetched(), depth=depth, name="image-fetch"):
+                results = list(pool.map(_decode_or_reason, payloads, [size] * len(payloads)))
+                yield _batch_of(window, results, size)
+
+    return iter(Prefetched(decoded(), depth=depth, name="image-decode"))
+
+
+def _batch_of(keys: list[str], results: list[np.ndarray | str], size: int) -> DecodedBatch:
+    pairs = list(zip(keys, results, strict=True))
+    good = [(key, image) for key, image in pairs if not isinstance(image, str)]
+    return DecodedBatch(
+        keys=[key for key, _ in good],
+        images=np.stack([image for _, image in good])
+        if good
+        else np.zeros((0, size, size, 3), np.uint8),
+        failures=[(key, reason) for key, reason in pairs if isinstance(reason, str)],
+    )
+
+
+def _decode_or_reason(payload: bytes | Exception, size: int) -> np.ndarray | str:
+    if isinstance(payload, Exception):
+        return f"Expected a readable image object, but got {payload!r}"
+    try:
+        return decode_image(payload, size)
+    except UndecodableImage as error:
+        return str(error)
+
+
+# -- planning ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScoringPlan:
+    """The images to score, in chunks, and how many were left out and why."""
+
+    source: str
+    prefix: str
+    model_version: str
+    listed: int
+    not_images: int
+    already_scored: int
+    chunks: list[list[str]]
+    discarded_orphan_parts: int = 0
+
+    @property
+    def new(self) -> int:
+        return sum(len(chunk) for chunk in self.chunks)
+
+
+def plan_scoring(
+    source: Location,
+    output: Location,
+    *,
+    model_version: str,
+    prefix: str = f"{IMAGE_PREFIX}/",
+    limit: int | None = None,
+    chunk_size: int = 5000,
+    partitions: int = 16,
+) -> ScoringPlan:
+    """List the images under ``prefix``, leave out those already scored, cut the rest in chunks.
+
+    ``prefix`` is a folder (``bin-images/``) or a folder and the start of names
+    (``bin-images/1000`` scores ids starting with 1000).
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"Expected limit >= 0, but got {limit}")
+    if chunk_size < 1:
+        raise ValueError(f"Expected chunk_size >= 1, but got {chunk_size}")
+    orphans = discard_uncommitted_score_parts(output)
+    folder, starting_with = _split_prefix(prefix)
+    listing = source.list(folder, partitions=partitions, starting_with=starting_with)
+    lowered = pc.utf8_lower(listing.column("key"))
+    is_image = functools.reduce(pc.or_, (pc.ends_with(lowered, s) for s in IMAGE_SUFFIXES))
+    images = listing.filter(is_image)
+    uris = pa.array([source.uri(key) for key in images.column("key").to_pylist()], pa.string())
+    fresh = pc.invert(pc.is_in(uris, value_set=scored_uris(output)))
+    new = images.filter(fresh).column("key").to_pylist()
+    already = images.num_rows - len(new)
+    if limit is not None:
+        new = new[:limit]
+    logger.info(
+        "listed %d images under %s: %d already scored, %d to score",
+        images.num_rows,
+        source.uri(prefix),
+        already,
+        len(new),
+    )
+    return ScoringPlan(
+        source=source.uri(),
+        prefix=prefix,
+        model_version=model_version,
+        listed=listing.num_rows,
+        not_images=listing.num_rows - images.num_rows,
+        already_scored=already,
+        chunks=[new[i : i + chunk_size] for i in range(0, len(new), chunk_size)],
+        discarded_orphan_parts=orphans,
+    )
+
+
+def _split_prefix(prefix: str) -> tuple[str, str]:
+    prefix = prefix.lstrip("/")
+    if not prefix:
+        raise ValueError("Expected an image prefix such as bin-images/, but got ''")
+    if prefix.endswith("/") or "/" not in prefix:
+        return prefix.rstrip("/"), ""
+    folder, _, starting_with = prefix.rpartition("/")
+    return folder, starting_with
+
+
+def scored_uris(output: Location) -> pa.Array:
+    """The watermark: every image URI scored, or quarantined by scoring."""
+    scored = read_table(output, SCORES, columns=["image_uri"]).column("image_uri")
+    rejected = read_table(output, QUARANTINE, columns=["stage", "object_key"])
+    rejected = rejected.filter(pc.equal(rejected.column("stage"), SCORE_STAGE["stage"]))
+    return pa.concat_arrays(
+        [
+            scored.combine_chunks().cast(pa.string()),
+            rejected.column("object_key").combine_chunks().cast(pa.string()),
+        ]
+    )
+
+
+def discard_uncommitted_score_parts(output: Location) -> int:
+    """Delete score-quarantine parts of chunks whose scores part never landed."""
+    committed = part_names(output, SCORES)
+    orphans = [
+        part_key(QUARANTINE, name, SCORE_STAGE)
+        for name in part_names(output, QUARANTINE, SCORE_STAGE)
+        if name not in committed
+    ]
+    if orphans:
+        logger.warning("discarding %d score parts of a run that stopped midway", len(orphans))
+        output.delete(orphans)
+    return len(orphans)
+
+
+# -- one chunk ---------------------------------------------------------------------------------
+@dataclass
+class ChunkResult:
+    """What scoring one chunk did; ``review`` is the top of its review list."""
+
+    part: str
+    scored: int
+    quarantined: int
+    discrepancies: int
+    needs_review: int
+    unknown_expected: int
+    seconds: float
+    model_seconds: float
+    review: list[dict] = field(default_factory=list)
+
+
+def score_chunk(
+    source: Location,
+    output: Location,
+    scorer: Scorer,
+    keys: Sequence[str],
+    *,
+    min_confidence: float = 0.5,
+    batch_size: int = 64,
+    concurrency: int = 64,
+    run_id: str = "",
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> ChunkResult:
+    """Score one chunk of image keys and commit it: quarantine part first, scores part last."""
+    if not 0 <= min_confidence <= 1:
+        raise ValueError(f"Expected min_confidence in [0, 1], but got {min_confidence}")
+    started = time.perf_counter()
+    expected = expected_quantities(output, [image_id_from_image_key(k) for k in keys])
+    scored_keys: list[str] = []
+    probabilities: list[np.ndarray] = []
+    failures: list[tuple[str, str]] = []
+    model_seconds = 0.0
+    for batch in decoded_batches(
+        source, keys, size=scorer.image_size, batch_size=batch_size, concurrency=concurrency
+    ):
+        failures.extend(batch.failures)
+        if batch.keys:
+            tick = time.perf_counter()
+            probabilities.append(scorer.probabilities(batch.images))
+            model_seconds += time.perf_counter() - tick
+            scored_keys.extend(batch.keys)
+
+    now = clock()
+    width = scorer.max_count + 1
+    stacked = np.concatenate(probabilities) if probabilities else np.zeros((0, width), np.float32)
+    table = score_table(
+        source,
+        scored_keys,
+        stacked,
+        scorer.counts(stacked),
+        expected=expected,
+        min_confidence=min_confidence,
+        model_version=scorer.version,
+        run_id=run_id,
+        scored_at=now,
+    )
+    part = chunk_part_name(keys)
+    if failures:
+        rejects = [_reject(source, key, reason, run_id=run_id, now=now) for key, reason in failures]
+        write_table_part(output, QUARANTINE, part, rejects, partition=SCORE_STAGE)
+    write_table_part(output, SCORES, part, table, partition={"scored_date": f"{now:%Y-%m-%d}"})
+    discrepancy = table.column("discrepancy")
+    return ChunkResult(
+        part=part,
+        scored=table.num_rows,
+        quarantined=len(failures),
+        discrepancies=pc.sum(discrepancy).as_py() or 0,
+        needs_review=pc.sum(table.column("needs_review")).as_py() or 0,
+        unknown_expected=discrepancy.null_count,
+        seconds=time.perf_counter() - started,
+        model_seconds=model_seconds,
+        review=review_list(table, source),
+    )
+
+
+def score_table(
+    source: Location,
+    keys: Sequence[str],
+    probabilities: np.ndarray,
+    counts: np.ndarray,
+    *,
+    expected: dict[str, int],
+    min_confidence: float,
+    model_version: str,
+    run_id: str,
+    scored_at: datetime,
+) -> pa.Table:
+    """Scores rows (pure: no I/O), with the contract's columns and the partition column."""
+    ids = [image_id_from_image_key(key) for key in keys]
+    counts = counts.astype(np.int32)
+    confidence = (
+        probabilities[np.arange(len(counts)), counts]
+        if len(counts)
+        else np.zeros(0, probabilities.dtype)
+    )
+    known = [expected.get(image_id) for image_id in ids]
+    discrepancy = [None if e is None else int(c) != e for c, e in zip(counts, known, strict=True)]
+    low = confidence < min_confidence
+    needs_review = [bool(d) or bool(lo) for d, lo in zip(discrepancy, low, strict=True)]
+    n, width = probabilities.shape
+    flat = pa.array(probabilities.astype(np.float32).reshape(-1), pa.float32())
+    offsets = pa.array(np.arange(0, n * width + 1, width), pa.int32())
+    return pa.table(
+        {
+            "image_id": pa.array(ids, pa.string()),
+            "image_uri": pa.array([source.uri(key) for key in keys], pa.string()),
+            "predicted_count": pa.array(counts, pa.int32()),
+            "count_probabilities": pa.ListArray.from_arrays(offsets, flat),
+            "confidence": pa.array(confidence.astype(np.float32), pa.float32()),
+            "expected_quantity": pa.array(known, pa.int32()),
+            "discrepancy": pa.array(discrepancy, pa.bool_()),
+            "needs_review": pa.array(needs_review, pa.bool_()),
+            "model_version": pa.array([model_version] * n, pa.string()),
+            "run_id": pa.array([run_id] * n, pa.string()),
+            "scored_at": pa.array([scored_at] * n, pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+def review_list(scores: pa.Table, source: Location, size: int = REVIEW_LIST_SIZE) -> list[dict]:
+    """The rows a person should look at first: the largest disagreements with the record, then
+    the least confident predictions; each with a link to its image."""
+    rows = [
+        {
+            "image_id": row["image_id"],
+            "predicted_count": row["predicted_count"],
+            "expected_quantity": row["expected_quantity"],
+            "confidence": round(float(row["confidence"]), 4),
+            "link": _link(source, row["image_uri"]),
+        }
+        for row in scores.to_pylist()
+        if row["needs_review"]
+    ]
+    return sorted(rows, key=_urgency)[:size]
+
+
+def _urgency(row: dict) -> tuple:
+    expected = row["expected_quantity"]
+    gap = 0 if expected is None else abs(row["predicted_count"] - expected)
+    return (-gap, row["confidence"], row["image_id"])
+
+
+def _link(source: Location, image_uri: str) -> str:
+    root = source.uri() + "/"
+    return source.public_url(image_uri[len(root) :]) if image_uri.startswith(root) else image_uri
+
+
+def expected_quantities(output: Location, image_ids: Sequence[str]) -> dict[str, int]:
+    """EXPECTED_QUANTITY of each of ``image_ids`` from the newest ingested metadata."""
+    bins = current_bins(output)
+    if bins.num_rows == 0:
+        return {}
+    wanted = bins.filter(pc.is_in(bins.column("image_id"), pa.array(list(image_ids), pa.string())))
+    return dict(
+        zip(
+            wanted.column("image_id").to_pylist(),
+            wanted.column("expected_quantity").to_pylist(),
+            strict=True,
+        )
+    )
+
+
+def image_id_from_image_key(key: str) -> str:
+    """``bin-images/01057.jpg`` → ``01057`` (a string: leading zeros are part of the id)."""
+    return posixpath.splitext(posixpath.basename(key))[0]
+
+
+def chunk_part_name(keys: Sequence[str]) -> str:
+    """A name derived from the chunk's keys, so a retried chunk rewrites the same files."""
+    digest = hashlib.sha256()
+    for key in keys:
+        digest.update(key.encode() + b"\x1e")
+    return digest.hexdigest()[:20]
+
+
+def _reject(source: Location, key: str, reason: str, *, run_id: str, now: datetime) -> dict:
+    return {
+        "stage": SCORE_STAGE["stage"],
+        "object_key": source.uri(key),
+        "image_id": image_id_from_image_key(key),
+        "etag": None,
+        "reason_code": "undecodable_image",
+        "reason": reason,
+        "expectation": None,
+        "run_id": run_id,
+        "quarantined_at": now,
+    }
+
+
+# -- the run -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScoringSummary:
+    """What one scoring run did, for logs, the summary artifact and the CLI."""
+
+    source: str
+    output: str
+    model_version: str
+    listed: int
+    not_images: int
+    already_scored: int
+    new: int
+    scored: int
+    quarantined: int
+    discrepancies: int
+    needs_review: int
+    unknown_expected: int
+    seconds: float
+    model_seconds: float
+    parts: list[str]
+    review: list[dict]
+    discarded_orphan_parts: int = 0
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.scored + self.quarantined) / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "images_per_second": round(self.images_per_second, 1)}
+
+    def to_markdown(self) -> str:
+        measures = [
+            ("images listed", self.listed),
+            ("already scored (skipped)", self.already_scored),
+            ("scored now", self.scored),
+            ("undecodable (quarantined)", self.quarantined),
+            ("discrepancies with EXPECTED_QUANTITY", self.discrepancies),
+            ("needing review", self.needs_review),
+            ("no metadata ingested (expected unknown)", self.unknown_expected),
+            ("images/s", f"{self.images_per_second:.1f}"),
+            ("seconds", f"{self.seconds:.1f}"),
+        ]
+        lines = [
+            f"# Scoring with model {self.model_version}",
+            "",
+            f"Images from `{self.source}`, scores in `{self.output}/scores/`.",
+            "",
+            "| measure | value |",
+            "|---|---:|",
+            *(
+                f"| {name} | {value:,} |" if isinstance(value, int) else f"| {name} | {value} |"
+                for name, value in measures
+            ),
+            "",
+            f"## Review first ({len(self.review)} of {self.needs_review:,})",
+            "",
+        ]
+        if self.review:
+            lines += ["| bin | predicted | expected | confidence |", "|---|---:|---:|---:|"]
+            lines += [
+                f"| [{row['image_id']}]({row['link']}) | {row['predicted_count']} | "
+                f"{'?' if row['expected_quantity'] is None else row['expected_quantity']} | "
+                f"{row['confidence']:.2f} |"
+                for row in self.review
+            ]
+        else:
+            lines.append("Nothing to review.")
+        return "\n".join(lines) + "\n"
+
+
+def summarize(
+    plan: ScoringPlan, output: Location, results: Sequence[ChunkResult], seconds: float
+) -> ScoringSummary:
+    """One run's summary from its plan and the results of its chunks."""
+    review = [row for result in results for row in result.review]
+    review.sort(key=_urgency)
+    return ScoringSummary(
+        source=plan.source,
+        output=output.uri(),
+        model_version=plan.model_version,
+        listed=plan.listed,
+        not_images=plan.not_images,
+        already_scored=plan.already_scored,
+        new=plan.new,
+        scored=sum(r.scored for r in results),
+        quarantined=sum(r.quarantined for r in results),
+        discrepancies=sum(r.discrepancies for r in results),
+        needs_review=sum(r.needs_review for r in results),
+        unknown_expected=sum(r.unknown_expected for r in results),
+        seconds=seconds,
+        model_seconds=sum(r.model_seconds for r in results),
+        parts=[r.part for r in results],
+        review=review[:REVIEW_LIST_SIZE],
+        discarded_orphan_parts=plan.discarded_orphan_parts,
+    )
+
+
+def score_images(
+    source: Location,
+    output: Location,
+    *,
+    model: str = "champion",
+    prefix: str = f"{IMAGE_PREFIX}/",
+    limit: int | None = None,
+    min_confidence: float = 0.5,
+    batch_size: int = 64,
+    chunk_size: int = 5000,
+    concurrency: int = 64,
+    partitions: int = 16,
+    device: str | None = None,
+    run_id: str = "",
+) -> ScoringSummary:
+    """Score every image under ``prefix`` not scored yet (the whole run, in one process)."""
+    started = time.perf_counter()
+    scorer = load_scorer(output, model, device=device)
+    plan = plan_scoring(
+        source,
+        output,
+        model_version=scorer.version,
+        prefix=prefix,
+        limit=limit,
+        chunk_size=chunk_size,
+        partitions=partitions,
+    )
+    results = [
+        score_chunk(
+            source,
+            output,
+            scorer,
+            chunk,
+            min_confidence=min_confidence,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            run_id=run_id,
+        )
+        for chunk in plan.chunks
+    ]
+    return summarize(plan, output, results, time.perf_counter() - started)
