@@ -85,6 +85,7 @@ class IngestPlan:
     listed: int
     already_ingested: int
     chunks: list[pa.Table]
+    started_at: datetime
     requested_missing: int = 0
     discarded_orphan_parts: int = 0
 
@@ -110,12 +111,14 @@ def plan_ingest(
     keys: Sequence[str] | None = None,
     partitions: int = 16,
     chunk_size: int = 5000,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> IngestPlan:
     """List the metadata objects, leave out the versions already ingested, cut the rest."""
     if limit is not None and limit < 0:
         raise ValueError(f"Expected limit >= 0, but got {limit}")
     if chunk_size < 1:
         raise ValueError(f"Expected chunk_size >= 1, but got {chunk_size}")
+    started_at = clock()
     orphans = discard_uncommitted_parts(output)
     listing = source.list(METADATA_PREFIX, partitions=partitions)
     listed = listing.num_rows
@@ -142,6 +145,7 @@ def plan_ingest(
         listed=listed,
         already_ingested=already,
         chunks=[new.slice(i, chunk_size) for i in range(0, new.num_rows, chunk_size)],
+        started_at=started_at,
         requested_missing=requested_missing,
         discarded_orphan_parts=orphans,
     )

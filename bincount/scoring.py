@@ -168,6 +168,7 @@ class ScoringPlan:
     not_images: int
     already_scored: int
     chunks: list[list[str]]
+    started_at: datetime
     discarded_orphan_parts: int = 0
 
     @property
@@ -184,6 +185,7 @@ def plan_scoring(
     limit: int | None = None,
     chunk_size: int = 5000,
     partitions: int = 16,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ScoringPlan:
     """List the images under ``prefix``, leave out those already scored, cut the rest in chunks.
 
@@ -194,6 +196,7 @@ def plan_scoring(
         raise ValueError(f"Expected limit >= 0, but got {limit}")
     if chunk_size < 1:
         raise ValueError(f"Expected chunk_size >= 1, but got {chunk_size}")
+    started_at = clock()
     orphans = discard_uncommitted_score_parts(output)
     folder, starting_with = _split_prefix(prefix)
     listing = source.list(folder, partitions=partitions, starting_with=starting_with)
@@ -221,6 +224,7 @@ def plan_scoring(
         not_images=listing.num_rows - images.num_rows,
         already_scored=already,
         chunks=[new[i : i + chunk_size] for i in range(0, len(new), chunk_size)],
+        started_at=started_at,
         discarded_orphan_parts=orphans,
     )
 
@@ -454,6 +458,35 @@ def _reject(source: Location, key: str, reason: str, *, run_id: str, now: dateti
         "run_id": run_id,
         "quarantined_at": now,
     }
+
+
+# -- ad hoc -----------------------------------------------------------------------------------
+def predict_images(
+    scorer: Scorer, inputs: Sequence[str], *, read: Callable[[str], bytes]
+) -> list[dict]:
+    """Count the items in each input (a path or URL that ``read`` turns into bytes).
+
+    One answer per input, in order: the count, per-count probabilities, confidence and model
+    version, or the error that stopped it (an input that cannot be read or decoded).
+    """
+    answers: list[dict] = [{"input": name} for name in inputs]
+    decoded: list[tuple[int, np.ndarray]] = []
+    for position, name in enumerate(inputs):
+        try:
+            decoded.append((position, decode_image(read(name), scorer.image_size)))
+        except (OSError, ValueError) as error:  # missing, forbidden, undecodable
+            answers[position]["error"] = f"{type(error).__name__}: {error}"
+    if decoded:
+        probabilities = scorer.probabilities(np.stack([image for _, image in decoded]))
+        counts = scorer.counts(probabilities)
+        for (position, _), row, count in zip(decoded, probabilities, counts, strict=True):
+            answers[position].update(
+                count=int(count),
+                probabilities=[round(float(p), 6) for p in row],
+                confidence=round(float(row[count]), 6),
+                model_version=scorer.version,
+            )
+    return answers
 
 
 # -- the run -----------------------------------------------------------------------------------

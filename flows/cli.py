@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_locations(ingest)
     ingest.add_argument("--limit", type=int, help="ingest at most N new objects")
     ingest.add_argument("--keys-from", help="only these keys (capstone file list, JSON or lines)")
+    _add_dask_option(ingest)
 
     validate = commands.add_parser("validate", help="validate labels against the data contract")
     _add_locations(validate)
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--limit", type=int)
     pipeline.add_argument("--keys-from")
     _add_manifest_options(pipeline)
+    _add_dask_option(pipeline)
 
     train = commands.add_parser("train", help="train a counting model on a manifest")
     train.add_argument("--output")
@@ -128,6 +130,48 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--max-minutes", type=float, help="per trial")
     tune.add_argument("--seed", type=int, default=0)
 
+    score = commands.add_parser(
+        "score", help="score new bin images with the champion; flag suspicious inventory"
+    )
+    _add_locations(score)
+    score.add_argument(
+        "--prefix",
+        default="bin-images/",
+        help="image folder, or folder and start of names (bin-images/1000)",
+    )
+    score.add_argument("--model", default="champion", help="model version or 'champion'")
+    score.add_argument("--limit", type=int, help="score at most N new images")
+    score.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.5,
+        help="below this confidence a bin needs review even when the counts agree",
+    )
+    score.add_argument("--batch-size", type=int, default=64)
+    score.add_argument(
+        "--no-ingest",
+        dest="ingest_first",
+        action="store_false",
+        help="do not ingest new metadata first (expected quantities may then be unknown)",
+    )
+    score.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when present)")
+    _add_dask_option(score)
+
+    predict = commands.add_parser(
+        "predict", help="count the items in bin photos (files or s3:// URLs); JSON out"
+    )
+    predict.add_argument("inputs", nargs="+", metavar="PATH_OR_URL")
+    predict.add_argument("--output", help="where the registry is (for the model)")
+    predict.add_argument("--model", default="champion", help="model version or 'champion'")
+    predict.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when present)")
+
+    serve = commands.add_parser(
+        "serve", help="serve every deployment of deployments/prefect.yaml from this process"
+    )
+    serve.add_argument(
+        "--prefect-file", help="deployments file (default: deployments/prefect.yaml)"
+    )
+
     models = commands.add_parser("models", help="list the registered models")
     models.add_argument("--output")
 
@@ -137,7 +181,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--train-minutes", type=float, default=4.5)
 
-    for sub in (ingest, validate, manifest, pipeline, train, evaluate, promote, tune, models, demo):
+    for sub in (
+        ingest,
+        validate,
+        manifest,
+        pipeline,
+        train,
+        evaluate,
+        promote,
+        tune,
+        score,
+        predict,
+        serve,
+        models,
+        demo,
+    ):
         _add_settings_options(sub)
     return parser
 
@@ -148,6 +206,14 @@ def _add_manifest_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--benchmark-split", help="ABID challenge validation list used as the test split"
+    )
+
+
+def _add_dask_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="fan chunks out on a Dask cluster: tcp://scheduler:8786, or local[:N] workers",
     )
 
 
@@ -172,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         json.dump(result, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
+    if args.command == "predict" and any("error" in answer for answer in result):
+        return 1
     return 0
 
 
@@ -244,6 +312,34 @@ def _train_distributed(args: argparse.Namespace) -> dict:
     return result.__dict__ if runtime.is_main else {}
 
 
+def _predict(args: argparse.Namespace) -> list[dict]:
+    from bincount.scoring import load_scorer, predict_images
+    from bincount.settings import get_settings
+    from bincount.storage import Location
+
+    settings = get_settings()
+    scorer = load_scorer(Location.output(settings, args.output), args.model, device=args.device)
+    buckets: dict[str, Location] = {}
+
+    def read(name: str) -> bytes:
+        if name.startswith(("s3://", "s3a://")):
+            bucket, _, key = name.split("://", 1)[1].partition("/")
+            if bucket not in buckets:
+                buckets[bucket] = Location.source(settings, f"s3://{bucket}")
+            return buckets[bucket].read_bytes(key)
+        with open(name.removeprefix("file://"), "rb") as handle:
+            return handle.read()
+
+    return predict_images(scorer, args.inputs, read=read)
+
+
+def _serve(args: argparse.Namespace) -> str:
+    from flows.serve import serve_deployments
+
+    serve_deployments(args.prefect_file)
+    return "stopped serving"
+
+
 def _models(args: argparse.Namespace) -> list[dict]:
     from bincount.registry import list_models
     from bincount.settings import get_settings
@@ -274,6 +370,9 @@ COMMANDS = {
     "evaluate": _flow_command("flows.evaluate:evaluate"),
     "promote": _flow_command("flows.promote:promote"),
     "tune": _flow_command("flows.tune:tune"),
+    "score": _flow_command("flows.score:score"),
+    "predict": _predict,
+    "serve": _serve,
     "models": _models,
     "demo": _demo,
 }

@@ -18,9 +18,10 @@ def data_pipeline(
     keys_from: str | None = None,
     policy: str = "moderate",
     benchmark_split: str | None = None,
+    dask: str | None = None,
 ) -> dict:
     """Ingest new metadata, validate the labels, and build the manifest."""
-    ingested = ingest(source=source, output=output, limit=limit, keys_from=keys_from)
+    ingested = ingest(source=source, output=output, limit=limit, keys_from=keys_from, dask=dask)
     validated = validate(source=source, output=output)
     built = manifest(source=source, output=output, policy=policy, benchmark_split=benchmark_split)
     return {"ingest": ingested, "validate": validated, "manifest": built}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, unmapped
 
 from flows.naming import run_name
-from tasks.ingest import ingest_new_metadata
+from tasks.ingest import ingest_metadata_chunk, plan_metadata_ingest, publish_ingest_summary
+from tasks.runtime import chunk_runner
 
 
 @flow(name="ingest", flow_run_name=run_name("ingest"))
@@ -14,7 +15,16 @@ def ingest(
     output: str | None = None,
     limit: int | None = None,
     keys_from: str | None = None,
+    dask: str | None = None,
 ) -> dict:
     """Ingest metadata objects not ingested yet into bins, items and quarantine."""
-    summary = ingest_new_metadata(source, output, limit, keys_from)
+    plan = plan_metadata_ingest(source, output, limit, keys_from)
+    outcomes = []
+    if plan.chunks:
+        with chunk_runner(dask) as runner:
+            outcomes = runner.map(
+                ingest_metadata_chunk,
+                {"source": unmapped(source), "output": unmapped(output), "objects": plan.chunks},
+            ).result()
+    summary = publish_ingest_summary(source, output, plan, outcomes)
     return summary.as_dict()

@@ -1,35 +1,83 @@
-"""Task: ingest new metadata objects."""
+"""Tasks: plan an ingestion, ingest one chunk, publish the run's summary."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bincount.ingest import IngestSummary, ingest_metadata, read_key_list
+from bincount.ingest import (
+    ChunkOutcome,
+    IngestPlan,
+    IngestSummary,
+    ingest_chunk,
+    plan_ingest,
+    read_key_list,
+    summarize_ingest,
+)
 from tasks.runtime import current_run_id, locations
 
 
-@task(name="ingest-metadata", retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
-def ingest_new_metadata(
+@task(name="plan-ingest", retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
+def plan_metadata_ingest(
     source: str | None, output: str | None, limit: int | None, keys_from: str | None
-) -> IngestSummary:
-    """List, fetch and write every metadata object not ingested yet (safe to retry)."""
+) -> IngestPlan:
+    """List the metadata objects and cut those not ingested yet into chunks."""
     settings, source_location, output_location = locations(source, output)
     keys = None
     if keys_from:
         with open(keys_from, encoding="utf-8") as handle:
             keys = read_key_list(handle.read())
-    summary = ingest_metadata(
+    plan = plan_ingest(
         source_location,
         output_location,
         limit=limit,
         keys=keys,
-        concurrency=settings.max_concurrency,
         partitions=settings.list_partitions,
         chunk_size=settings.chunk_size,
+    )
+    get_run_logger().info(
+        "%d listed, %d already ingested, %d to ingest in %d chunks",
+        plan.listed,
+        plan.already_ingested,
+        plan.new,
+        len(plan.chunks),
+    )
+    return plan
+
+
+@task(
+    name="ingest-chunk",
+    task_run_name="ingest chunk of {objects.num_rows}",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    cache_policy=NO_CACHE,
+)
+def ingest_metadata_chunk(
+    source: str | None, output: str | None, objects: pa.Table
+) -> ChunkOutcome:
+    """Fetch, parse and commit one chunk (a retry rewrites the same parts)."""
+    settings, source_location, output_location = locations(source, output)
+    return ingest_chunk(
+        source_location,
+        output_location,
+        objects,
+        concurrency=settings.max_concurrency,
         run_id=current_run_id(),
     )
+
+
+@task(name="ingest-summary", cache_policy=NO_CACHE)
+def publish_ingest_summary(
+    source: str | None, output: str | None, plan: IngestPlan, outcomes: list[ChunkOutcome]
+) -> IngestSummary:
+    """The run's figures, in the log and as the ``ingest-summary`` artifact."""
+    _, source_location, output_location = locations(source, output)
+    seconds = (datetime.now(UTC) - plan.started_at).total_seconds()
+    summary = summarize_ingest(plan, outcomes, run_id=current_run_id(), seconds=seconds)
     get_run_logger().info("ingest summary: %s", summary.as_dict())
     rows = "\n".join(f"| {name} | {value} |" for name, value in summary.as_dict().items())
     create_markdown_artifact(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from prefect.runtime import flow_run
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from bincount.settings import Settings, get_settings
 from bincount.storage import Location
@@ -39,3 +40,29 @@ def retry_unless(*permanent: type[BaseException]):
         return False
 
     return condition
+
+
+def chunk_runner(dask: str | None) -> TaskRunner:
+    """Where a flow's chunks run: one at a time in this process, or across a Dask cluster.
+
+    ``dask`` is a scheduler address (``tcp://host:8786``), ``local`` (a local cluster of two
+    worker processes) or ``local:N``. Workers report to the same Prefect API as the flow, so
+    point ``PREFECT_API_URL`` at a real server when using one.
+    """
+    if not dask:
+        # The chunks of one run share this machine's cores (and the model its accelerator).
+        return ThreadPoolTaskRunner(max_workers=1)
+    from prefect_dask import DaskTaskRunner
+
+    if dask == "local" or dask.startswith("local:"):
+        workers = int(dask.partition(":")[2] or 2)
+        if workers < 1:
+            raise ValueError(f"Expected local:N with N >= 1, but got {dask!r}")
+        return DaskTaskRunner(
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True}
+        )
+    if "://" not in dask:
+        raise ValueError(
+            f"Expected a Dask scheduler address (tcp://host:8786) or local[:N], but got {dask!r}"
+        )
+    return DaskTaskRunner(address=dask)
