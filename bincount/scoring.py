@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import posixpath
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -279,6 +280,7 @@ class ChunkResult:
     unknown_expected: int
     seconds: float
     model_seconds: float
+    worker: str = ""
     review: list[dict] = field(default_factory=list)
 
 
@@ -342,6 +344,7 @@ def score_chunk(
         unknown_expected=discrepancy.null_count,
         seconds=time.perf_counter() - started,
         model_seconds=model_seconds,
+        worker=f"{socket.gethostname()}:{os.getpid()}",
         review=review_list(table, source),
     )
 
@@ -509,6 +512,7 @@ class ScoringSummary:
     seconds: float
     model_seconds: float
     parts: list[str]
+    workers: list[str]
     review: list[dict]
     discarded_orphan_parts: int = 0
 
@@ -581,6 +585,7 @@ def summarize(
         seconds=seconds,
         model_seconds=sum(r.model_seconds for r in results),
         parts=[r.part for r in results],
+        workers=sorted({r.worker for r in results}),
         review=review[:REVIEW_LIST_SIZE],
         discarded_orphan_parts=plan.discarded_orphan_parts,
     )

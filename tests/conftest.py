@@ -71,3 +71,31 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """A bucket of 40 real-JPEG bins and an output with a promoted (tiny) champion."""
+    from bincount.config import TrainConfig
+    from bincount.evaluation import evaluate_model
+    from bincount.imagecache import build_image_cache
+    from bincount.ingest import ingest_metadata
+    from bincount.manifest import CountPolicy, build_manifest, load_manifest
+    from bincount.registry import decide_promotion, record_decision
+    from bincount.storage import Location
+    from bincount.training import train_model
+    from bincount.validate import validate_bins
+    from tests.builders import write_clean_bucket
+
+    root = tmp_path_factory.mktemp("trained")
+    write_clean_bucket(root / "bucket", 40)
+    source, output = Location(str(root / "bucket")), Location(str(root / "out"))
+    ingest_metadata(source, output)
+    validate_bins(source, output, max_expected_quantity=250)
+    build_manifest(source, output, policy=CountPolicy.parse("max:5"))
+    rows, details = load_manifest(output, None)
+    build_image_cache(source, output, rows, manifest_version=details["version"], size=32)
+    config = TrainConfig(arch="mobilenet_v3_small", image_size=32, batch_size=16, epochs=1)
+    result = train_model(output, config, manifest_version=details["version"])
+    record_decision(output, decide_promotion(evaluate_model(output, result.version), None))
+    return root

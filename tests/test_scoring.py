@@ -17,39 +17,15 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from bincount.config import TrainConfig
 from bincount.contracts import table_contract
-from bincount.evaluation import evaluate_model
-from bincount.imagecache import build_image_cache
 from bincount.ingest import ingest_metadata
-from bincount.manifest import CountPolicy, build_manifest, load_manifest
-from bincount.registry import decide_promotion, record_decision
 from bincount.scoring import plan_scoring, score_images
 from bincount.storage import Location
 from bincount.tables import read_table
 from bincount.testing.faultproxy import fault_proxy
 from bincount.testing.s3server import upload_tree
-from bincount.training import train_model
-from bincount.validate import validate_bins
 from tests.builders import jpeg_bytes, write_clean_bucket
 from tests.test_flows import _artifacts
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A bucket of 40 real-JPEG bins and an output with a promoted (tiny) champion."""
-    root = tmp_path_factory.mktemp("trained")
-    write_clean_bucket(root / "bucket", 40)
-    source, output = Location(str(root / "bucket")), Location(str(root / "out"))
-    ingest_metadata(source, output)
-    validate_bins(source, output, max_expected_quantity=250)
-    build_manifest(source, output, policy=CountPolicy.parse("max:5"))
-    rows, details = load_manifest(output, None)
-    build_image_cache(source, output, rows, manifest_version=details["version"], size=32)
-    config = TrainConfig(arch="mobilenet_v3_small", image_size=32, batch_size=16, epochs=1)
-    result = train_model(output, config, manifest_version=details["version"])
-    record_decision(output, decide_promotion(evaluate_model(output, result.version), None))
-    return root
 
 
 @pytest.fixture
@@ -269,3 +245,29 @@ def test_predict_prints_counts_for_files_and_s3_urls(trained, s3_server, bucket,
         == json.loads((trained / "out" / "models" / "_champion.json").read_text())["version"]
     )
     assert "count" not in failed and failed["error"].startswith("FileNotFoundError")
+
+
+def test_ingest_and_scoring_fan_out_on_a_local_dask_cluster(
+    prefect_api, settings_env, workdir, monkeypatch
+):
+    from prefect.settings import PREFECT_API_URL
+
+    from bincount.settings import get_settings
+    from flows.score import score
+
+    # Worker processes report to the same API as this flow (not to servers of their own).
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+    monkeypatch.setenv("BINCOUNT_CHUNK_SIZE", "6")
+    get_settings.cache_clear()
+    source, output = str(workdir / "bucket"), str(workdir / "out")
+    result = score(source=source, output=output, batch_size=4, dask="local:2")
+
+    ids = _image_ids(workdir / "bucket")
+    assert result["scored"] == len(ids) - 1 and result["quarantined"] == 1
+    assert len(result["parts"]) == -(-len(ids) // 6)
+    assert len(result["workers"]) == 2  # both worker processes scored chunks
+    assert all(not w.endswith(f":{os.getpid()}") for w in result["workers"])
+    scores = _scores(workdir / "out")
+    assert sorted(scores.column("image_id").to_pylist()) == sorted(set(ids) - {"00203"})
+    bins = read_table(Location(output), "bins")
+    assert bins.num_rows == len(set(bins.column("image_id").to_pylist())) == 40 + 12
