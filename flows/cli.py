@@ -178,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the whole chain on a synthetic bucket")
     demo.add_argument("--workdir", default="demo-output", help="where the demo writes everything")
     demo.add_argument("--bins", type=int, default=4000)
+    demo.add_argument("--arrivals", type=int, default=400, help="new bins that arrive later")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--train-minutes", type=float, default=4.5)
 
@@ -354,6 +355,7 @@ def _demo(args: argparse.Namespace) -> str:
     result = demo(
         workdir=os.path.abspath(args.workdir),
         bins=args.bins,
+        arrivals=args.arrivals,
         seed=args.seed,
         train_minutes=args.train_minutes,
     )

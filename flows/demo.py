@@ -1,4 +1,4 @@
-"""Flow: the demo, the whole chain so far on a synthetic bucket in a local folder."""
+"""Flow: the demo, the whole chain on a synthetic bucket in a local folder."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from prefect import flow
 
 from flows.data import data_pipeline
 from flows.retrain import retrain
+from flows.score import score
 from tasks.synth import synthesize_bucket
 
 # A CPU-sized recipe for a few minutes on 2 cores (README, "The CPU recipe", uses 10k bins).
@@ -23,9 +24,15 @@ DEMO_TRAINING = {
 
 @flow(name="demo")
 def demo(
-    workdir: str = "demo-output", bins: int = 4000, seed: int = 7, train_minutes: float = 4.5
+    workdir: str = "demo-output",
+    bins: int = 4000,
+    arrivals: int = 400,
+    seed: int = 7,
+    train_minutes: float = 4.5,
 ) -> dict:
-    """Synthesize a bucket (once), run the data pipeline, train, evaluate and promote."""
+    """Synthesize a bucket (once), run the data pipeline, train, evaluate and promote, score
+    the bins there; then new bins arrive (some with wrong labels) and the nightly job scores
+    them alone."""
     bucket = os.path.join(workdir, "bucket")
     output = os.path.join(workdir, "output")
     synthesized = None
@@ -35,12 +42,20 @@ def demo(
         )
     data = data_pipeline(source=bucket, output=output, policy="moderate")
     model = retrain(source=bucket, output=output, max_minutes=train_minutes, **DEMO_TRAINING)
+    backfill = score(source=bucket, output=output)
+    arrived = synthesize_bucket(
+        bucket, bins=arrivals, seed=seed + 1, max_count=6, append=True, defect_rate=0.05
+    )
+    nightly = score(source=bucket, output=output)
     return {
         "bucket": os.path.abspath(bucket),
         "output": os.path.abspath(output),
         "synthesized": synthesized.bins if synthesized else "reused",
         "data": data,
         "model": model,
+        "backfill": backfill,
+        "arrived": arrived.bins,
+        "nightly": nightly,
     }
 
 
@@ -50,6 +65,7 @@ def demo_summary(result: dict) -> str:
     manifest = result["data"]["manifest"]
     promotion = result["model"]["promotion"]
     ours = promotion["challenger_figures"]
+    backfill, nightly = result["backfill"], result["nightly"]
     lines = [
         "",
         "bincount demo: done",
@@ -62,9 +78,22 @@ def demo_summary(result: dict) -> str:
         f"  model      {promotion['challenger']}: test accuracy {100 * ours['accuracy']:.1f}%, "
         f"RMSE {ours['rmse']:.3f} (ABID ResNet-34 baseline on real bins: 55.67%, 0.930)",
         f"  champion   {'promoted: ' if promotion['promote'] else 'kept: '}{promotion['reason']}",
-        f"  outputs    {result['output']}/(bins|items|quarantine|manifests|models)",
+        f"  scored     {backfill['scored']} bins already in the bucket: "
+        f"{backfill['needs_review']} flagged for review",
+        f"  arrived    {result['arrived']} new bins (5% with injected defects); the nightly run "
+        f"scored {nightly['scored']} and skipped {nightly['already_scored']} scored before",
+        f"  flagged    {nightly['discrepancies']} counts disagree with EXPECTED_QUANTITY, "
+        f"{nightly['needs_review']} need review; first in line:",
+        *(
+            f"             {row['image_id']}: predicted {row['predicted_count']}, recorded "
+            f"{row['expected_quantity']} (confidence {row['confidence']:.2f})"
+            for row in nightly["review"][:3]
+        ),
+        f"  outputs    {result['output']}/",
+        "             bins/ items/ quarantine/ manifests/ models/ scores/scored_date=YYYY-MM-DD/",
         "",
-        "See the runs and artifacts in the Prefect UI:",
+        "See the runs and their artifacts (ingest-summary, validation, manifest distribution,",
+        "training curves, evaluation, promotion-decision, scoring-summary) in the Prefect UI:",
         f"  PREFECT_HOME={os.environ.get('PREFECT_HOME', '~/.prefect')} "
         ".venv/bin/prefect server start   # then open http://127.0.0.1:4200",
     ]
