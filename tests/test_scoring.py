@@ -271,3 +271,30 @@ def test_ingest_and_scoring_fan_out_on_a_local_dask_cluster(
     assert sorted(scores.column("image_id").to_pylist()) == sorted(set(ids) - {"00203"})
     bins = read_table(Location(output), "bins")
     assert bins.num_rows == len(set(bins.column("image_id").to_pylist())) == 40 + 12
+
+
+@pytest.mark.real_data
+def test_real_abid_photos_are_scored_against_their_recorded_quantity(
+    shared_abid, trained, tmp_path
+):
+    shutil.copytree(trained / "out", tmp_path / "out")
+    source, output = Location(str(shared_abid / "sample")), Location(str(tmp_path / "out"))
+    ingest_metadata(source, output, chunk_size=500)
+    summary = score_images(source, output, chunk_size=500)
+
+    photos = sorted(p.stem for p in (shared_abid / "sample" / "bin-images").glob("*.jpg"))
+    assert summary.scored + summary.quarantined == len(photos) == 1304
+    assert summary.quarantined == 0  # real ABID JPEGs all decode
+    recorded = {
+        p.stem: json.loads(p.read_bytes())["EXPECTED_QUANTITY"]
+        for p in (shared_abid / "sample" / "metadata").glob("*.json")
+    }
+    rows = [
+        r for r in _scores(tmp_path / "out").to_pylist() if r["image_uri"].startswith(source.uri())
+    ]
+    assert sorted(r["image_id"] for r in rows) == photos  # "121" and "00121" stay apart
+    for row in rows:
+        assert row["expected_quantity"] == recorded[row["image_id"]]
+        assert row["discrepancy"] == (row["predicted_count"] != recorded[row["image_id"]])
+    # The tiny champion predicts at most 5; bins recorded above that are discrepancies.
+    assert summary.discrepancies >= sum(1 for q in recorded.values() if q > 5)
