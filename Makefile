@@ -42,6 +42,7 @@ test: lint
 
 bench: install-dev
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/score.py
 
 clean:
 	rm -rf $(VENV) .prefect .pytest_cache .ruff_cache demo-output

@@ -1,0 +1,341 @@
+"""Scoring throughput end to end against the same model fed pre-decoded tensors.
+
+End to end is one scoring run as ``bincount score`` does it, minus loading the model from the
+registry: ``plan_scoring`` (listing, the scores watermark) then ``score_chunk`` for every chunk
+(fetch, decode in a thread pool ahead of the model, the model, the Parquet scores part), from a
+local synthetic bucket into a fresh output folder that holds the ingested metadata, timed whole.
+The bare model runs the same ``predict_batch`` call on the same images, decoded and normalised
+in memory ahead of time, in the same batches. The two sides alternate A/B/A/B so that machine
+noise hits both alike; the median of the repetitions is reported for both. Scoring must keep
+the model busy: goal ratio (end-to-end images/s / bare images/s) >= 0.85.
+
+    python bench/score.py [--archs resnet18,mobilenet_v3_small] [--image-size 128]
+        [--batch-size 64] [--images 768] [--rounds 3] [--no-flips] [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bincount.imagecache import decode_image
+from bincount.ingest import ingest_metadata
+from bincount.models import CountingModel
+from bincount.scoring import Scorer, plan_scoring, score_chunk, summarize
+from bincount.storage import Location
+from bincount.synth import synthesize
+from bincount.training import Runtime, predict_batch, resolve_runtime, to_model_input
+
+GOAL_RATIO = 0.85
+PREFIX = "bin-images/"
+NOISY = 0.10  # other processes' share of the CPUs above which the numbers are not to be trusted
+
+
+# -- what both sides work on -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Bench:
+    """The bucket, an output folder holding only the ingested metadata (copied fresh for every
+    end-to-end run), and the same images decoded and normalised in memory, batch by batch."""
+
+    workdir: str
+    source: Location
+    ingested: str
+    batches: list[torch.Tensor]
+
+    @property
+    def images(self) -> int:
+        return sum(len(batch) for batch in self.batches)
+
+
+def prepare(workdir: str, images: int, size: int, batch_size: int, chunk_size: int) -> Bench:
+    source = Location(f"{workdir}/bucket")
+    synthesize(source, bins=images, seed=11, max_count=5)
+    ingested = f"{workdir}/ingested"
+    ingest_metadata(source, Location(ingested))
+    # The bare side's batches are the end-to-end run's: its plan's chunks cut in batch_size.
+    plan = plan_scoring(
+        source, Location(ingested), model_version="bench", prefix=PREFIX, chunk_size=chunk_size
+    )
+    batches = []
+    for chunk in plan.chunks:
+        for start in range(0, len(chunk), batch_size):
+            window = chunk[start : start + batch_size]
+            decoded = [decode_image(source.read_bytes(key), size) for key in window]
+            batches.append(to_model_input(np.stack(decoded)))
+    return Bench(workdir, source, ingested, batches)
+
+
+# -- the two sides ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EndToEnd:
+    seconds: float
+    model_seconds: float
+
+
+def end_to_end(
+    bench: Bench,
+    scorer: Scorer,
+    *,
+    batch_size: int,
+    chunk_size: int,
+    concurrency: int,
+    limit: int | None = None,
+) -> EndToEnd:
+    """One scoring run into a fresh copy of the ingested output, timed whole."""
+    folder = tempfile.mkdtemp(prefix="out-", dir=bench.workdir)
+    shutil.copytree(bench.ingested, folder, dirs_exist_ok=True)
+    output = Location(folder)
+    try:
+        started = time.perf_counter()
+        plan = plan_scoring(
+            bench.source,
+            output,
+            model_version=scorer.version,
+            prefix=PREFIX,
+            limit=limit,
+            chunk_size=chunk_size,
+        )
+        results = [
+            score_chunk(
+                bench.source, output, scorer, chunk, batch_size=batch_size, concurrency=concurrency
+            )
+            for chunk in plan.chunks
+        ]
+        summary = summarize(plan, output, results, time.perf_counter() - started)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    wanted = bench.images if limit is None else min(limit, bench.images)
+    if summary.scored != wanted or summary.quarantined or summary.unknown_expected:
+        raise RuntimeError(
+            f"Expected {wanted} images scored with known expected quantities, none quarantined, "
+            f"but got {summary.scored} scored, {summary.quarantined} quarantined, "
+            f"{summary.unknown_expected} without an expected quantity"
+        )
+    return EndToEnd(summary.seconds, summary.model_seconds)
+
+
+def bare_model(
+    model: CountingModel, batches: list[torch.Tensor], runtime: Runtime, flips: bool
+) -> float:
+    """Seconds for the model alone over tensors already decoded and normalised in memory."""
+    started = time.perf_counter()
+    for images in batches:
+        predict_batch(model, images, runtime=runtime, flips=flips)
+    return time.perf_counter() - started
+
+
+# -- other processes -------------------------------------------------------------------------------
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds the whole machine has been busy since boot (Linux ``/proc/stat``)."""
+    try:
+        with open("/proc/stat") as handle:
+            ticks = [int(value) for value in handle.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class OtherLoad:
+    """CPU seconds other processes (and the hypervisor's steal) took while a side ran, out of
+    the CPU seconds the machine had: 0 on a quiet machine, None where it cannot be read."""
+
+    others: float = 0.0
+    capacity: float = 0.0
+    known: bool = True
+
+    def timed(self, side: Callable[[], object]) -> object:
+        machine, own, wall = _machine_busy_seconds(), sum(os.times()[:2]), time.perf_counter()
+        result = side()
+        wall = time.perf_counter() - wall
+        now = _machine_busy_seconds()
+        if machine is None or now is None:
+            self.known = False
+        else:
+            own = sum(os.times()[:2]) - own
+            self.others += max(0.0, (now - machine) - own)
+            self.capacity += wall * (os.cpu_count() or 1)
+        return result
+
+    @property
+    def share(self) -> float | None:
+        return self.others / self.capacity if self.known and self.capacity else None
+
+
+# -- the run ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Row:
+    arch: str
+    images: int
+    bare_seconds: float
+    end_to_end_seconds: float
+    model_seconds: float
+    round_ratios: tuple[float, ...]
+    other_load: float | None
+
+    @property
+    def bare_rate(self) -> float:
+        return self.images / self.bare_seconds
+
+    @property
+    def end_to_end_rate(self) -> float:
+        return self.images / self.end_to_end_seconds
+
+    @property
+    def model_rate(self) -> float:
+        return self.images / self.model_seconds
+
+    @property
+    def ratio(self) -> float:
+        return self.end_to_end_rate / self.bare_rate
+
+
+def measure(arch: str, bench: Bench, runtime: Runtime, args) -> Row:
+    torch.manual_seed(0)
+    model = CountingModel(arch, head="ce", max_count=5).eval()
+    model = model.to(runtime.device, memory_format=torch.channels_last)
+    scorer = Scorer(
+        model=model, version="bench", image_size=args.image_size, flips=args.flips, runtime=runtime
+    )
+    options = {
+        "batch_size": args.batch_size,
+        "chunk_size": args.chunk_size,
+        "concurrency": args.concurrency,
+    }
+    # Warm up kernels, the allocator, the thread pools and the Parquet writer on one batch.
+    bare_model(model, bench.batches[:1], runtime, args.flips)
+    end_to_end(bench, scorer, limit=args.batch_size, **options)
+
+    runs: list[EndToEnd] = []
+    bare: list[float] = []
+    load = OtherLoad()
+    for number in range(1, args.rounds + 1):
+        runs.append(load.timed(lambda: end_to_end(bench, scorer, **options)))
+        bare.append(load.timed(lambda: bare_model(model, bench.batches, runtime, args.flips)))
+        log(
+            f"{arch} round {number}/{args.rounds}: end to end {runs[-1].seconds:.2f} s "
+            f"(model {runs[-1].model_seconds:.2f} s), bare model {bare[-1]:.2f} s, "
+            f"ratio {bare[-1] / runs[-1].seconds:.3f}"
+        )
+    return Row(
+        arch=arch,
+        images=bench.images,
+        bare_seconds=statistics.median(bare),
+        end_to_end_seconds=statistics.median(run.seconds for run in runs),
+        model_seconds=statistics.median(run.model_seconds for run in runs),
+        round_ratios=tuple(b / run.seconds for run, b in zip(runs, bare, strict=True)),
+        other_load=load.share,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--archs", default="resnet18,mobilenet_v3_small", help="comma-separated torchvision names"
+    )
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--flips",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="test-time flips (3 forward passes), the saved config's default",
+    )
+    parser.add_argument("--images", type=int, default=768, help="images per repetition")
+    parser.add_argument("--rounds", type=int, default=3, help="A/B alternations")
+    parser.add_argument("--chunk-size", type=int, default=5000, help="score_chunk's chunk size")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--goal", type=float, default=GOAL_RATIO, help="end-to-end/bare ratio")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a ratio misses --goal")
+    args = parser.parse_args(argv)
+    archs = [arch.strip() for arch in args.archs.split(",") if arch.strip()]
+    if not archs or min(args.images, args.rounds, args.batch_size, args.chunk_size) < 1:
+        raise SystemExit(
+            f"Expected --archs and positive --images, --rounds, --batch-size and --chunk-size, "
+            f"but got {args.archs!r}, {args.images}, {args.rounds}, {args.batch_size} and "
+            f"{args.chunk_size}"
+        )
+
+    runtime = resolve_runtime("cpu")
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-score-") as workdir:
+        started = time.perf_counter()
+        bench = prepare(workdir, args.images, args.image_size, args.batch_size, args.chunk_size)
+        log(
+            f"prepared {bench.images} synthetic bins, decoded at {args.image_size} px, "
+            f"in {time.perf_counter() - started:.1f} s"
+        )
+        for arch in archs:
+            rows.append(measure(arch, bench, runtime, args))
+
+    report(rows, args)
+    if args.check and min(row.ratio for row in rows) < args.goal:
+        return 1
+    return 0
+
+
+def report(rows: list[Row], args) -> None:
+    print()
+    print(
+        f"Scoring at {args.image_size} px, batch {args.batch_size}, flips "
+        f"{'on' if args.flips else 'off'}, {rows[0].images} images per repetition, "
+        f"{args.rounds} alternating rounds (median of each side), "
+        f"{torch.get_num_threads()} torch threads on {os.cpu_count()} CPUs"
+    )
+    header = (
+        f"{'arch':<20}{'bare img/s':>11}{'e2e img/s':>11}{'model in e2e':>14}"
+        f"{'e2e s off model':>17}{'ratio':>8}  {'per round':<16}{'others':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        rounds = "/".join(f"{ratio:.2f}" for ratio in row.round_ratios)
+        others = "?" if row.other_load is None else f"{row.other_load:.0%}"
+        print(
+            f"{row.arch:<20}{row.bare_rate:>11.1f}{row.end_to_end_rate:>11.1f}"
+            f"{row.model_rate:>14.1f}{row.end_to_end_seconds - row.model_seconds:>17.2f}"
+            f"{row.ratio:>8.3f}  {rounds:<16}{others:>7}"
+            + ("" if row.ratio >= args.goal else "  below goal")
+        )
+    print()
+    print(
+        "bare: predict_batch on tensors decoded and normalised in memory beforehand. "
+        "e2e: plan_scoring + score_chunk per chunk into a fresh output, timed whole."
+    )
+    print(
+        "model in e2e: images/s over the chunks' model_seconds (normalisation + predict_batch, "
+        "while the decode threads run); below bare, the model shared the CPUs with decoding."
+    )
+    print(
+        "e2e s off model: end-to-end seconds minus model_seconds (planning, waiting for the "
+        "first images, Parquet writes). per round: that round's ratio."
+    )
+    print("others: share of the machine's CPU time other processes took during the timed runs.")
+    loads = [row.other_load for row in rows if row.other_load is not None]
+    if loads and max(loads) > NOISY:
+        print(
+            f"WARNING: other processes took up to {max(loads):.0%} of the CPUs while this ran; "
+            "the rates and ratios are not reliable. Rerun on a quiet machine."
+        )
+    met = min(row.ratio for row in rows) >= args.goal
+    verdict = "met" if met else "NOT met"
+    print(f"goal: end-to-end >= {args.goal:g} x bare model for every arch: {verdict}")
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
