@@ -51,6 +51,7 @@ class Bench:
     source: Location
     ingested: str
     batches: list[torch.Tensor]
+    decode_seconds: float  # CPU seconds of decode_image per image, on one thread
 
     @property
     def images(self) -> int:
@@ -67,12 +68,16 @@ def prepare(workdir: str, images: int, size: int, batch_size: int, chunk_size: i
         source, Location(ingested), model_version="bench", prefix=PREFIX, chunk_size=chunk_size
     )
     batches = []
+    decode_seconds = 0.0
     for chunk in plan.chunks:
         for start in range(0, len(chunk), batch_size):
-            window = chunk[start : start + batch_size]
-            decoded = [decode_image(source.read_bytes(key), size) for key in window]
+            payloads = [source.read_bytes(key) for key in chunk[start : start + batch_size]]
+            started = time.process_time()
+            decoded = [decode_image(payload, size) for payload in payloads]
+            decode_seconds += time.process_time() - started
             batches.append(to_model_input(np.stack(decoded)))
-    return Bench(workdir, source, ingested, batches)
+    images = sum(len(batch) for batch in batches)
+    return Bench(workdir, source, ingested, batches, decode_seconds / max(images, 1))
 
 
 # -- the two sides ---------------------------------------------------------------------------------
@@ -279,13 +284,13 @@ def main(argv: list[str] | None = None) -> int:
         for arch in archs:
             rows.append(measure(arch, bench, runtime, args))
 
-    report(rows, args)
+    report(rows, args, bench.decode_seconds)
     if args.check and min(row.ratio for row in rows) < args.goal:
         return 1
     return 0
 
 
-def report(rows: list[Row], args) -> None:
+def report(rows: list[Row], args, decode_seconds: float) -> None:
     print()
     print(
         f"Scoring at {args.image_size} px, batch {args.batch_size}, flips "
@@ -322,6 +327,12 @@ def report(rows: list[Row], args) -> None:
         "first images, Parquet writes). per round: that round's ratio."
     )
     print("others: share of the machine's CPU time other processes took during the timed runs.")
+    print(
+        f"CPU per image: decode_image {1000 * decode_seconds:.2f} ms on one thread (measured "
+        "while preparing); bare model "
+        + ", ".join(f"{row.arch} {1000 / row.bare_rate:.2f} ms" for row in rows)
+        + f" of wall time on {torch.get_num_threads()} threads."
+    )
     loads = [row.other_load for row in rows if row.other_load is not None]
     if loads and max(loads) > NOISY:
         print(
