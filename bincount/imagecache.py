@@ -60,17 +60,18 @@ def decode_image(payload: bytes, size: int) -> np.ndarray:
     return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
+def decode_or_reason(payload: bytes | Exception, size: int) -> np.ndarray | str:
+    """The decoded image, or why there is none (a fetch error or undecodable bytes)."""
+    if isinstance(payload, Exception):
+        return f"Expected a readable image object, but got {payload!r}"
+    try:
+        return decode_image(payload, size)
+    except UndecodableImage as error:
+        return str(error)
+
+
 def _decode_batch(payloads: list[bytes | Exception], size: int) -> list[np.ndarray | str]:
-    decoded: list[np.ndarray | str] = []
-    for payload in payloads:
-        if isinstance(payload, Exception):
-            decoded.append(f"Expected a readable image object, but got {payload!r}")
-            continue
-        try:
-            decoded.append(decode_image(payload, size))
-        except UndecodableImage as error:
-            decoded.append(str(error))
-    return decoded
+    return [decode_or_reason(payload, size) for payload in payloads]
 
 
 @dataclass(frozen=True)
@@ -175,10 +176,19 @@ def _key_under(root: str, uri: str) -> str:
 
 
 def _reject(row: dict, reason: str, *, run_id: str, now: datetime) -> dict:
+    return undecodable_image_row(
+        IMAGES_STAGE["stage"], row["image_uri"], row["image_id"], reason, run_id=run_id, now=now
+    )
+
+
+def undecodable_image_row(
+    stage: str, image_uri: str, image_id: str, reason: str, *, run_id: str, now: datetime
+) -> dict:
+    """The quarantine row of an image that could not be read or decoded at ``stage``."""
     return {
-        "stage": IMAGES_STAGE["stage"],
-        "object_key": row["image_uri"],
-        "image_id": row["image_id"],
+        "stage": stage,
+        "object_key": image_uri,
+        "image_id": image_id,
         "etag": None,
         "reason_code": "undecodable_image",
         "reason": reason,

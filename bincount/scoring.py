@@ -35,13 +35,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from bincount.imagecache import UndecodableImage, decode_image
+from bincount.imagecache import decode_image, decode_or_reason, undecodable_image_row
 from bincount.metadata import IMAGE_PREFIX
 from bincount.models import CountingModel
 from bincount.prefetch import Prefetched
 from bincount.registry import load_model, resolve_version
 from bincount.storage import Location
-from bincount.tables import QUARANTINE, SCORES, current_bins, part_key, part_names, read_table
+from bincount.tables import (
+    BINS,
+    QUARANTINE,
+    SCORES,
+    newest_versions,
+    part_key,
+    part_names,
+    read_table,
+)
 from bincount.tables import write_part as write_table_part
 from bincount.training import Runtime, predict_batch, resolve_runtime, to_model_input
 
@@ -130,7 +138,7 @@ def decoded_batches(
     def decoded() -> Iterator[DecodedBatch]:
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             for window, payloads in Prefetched(fetched(), depth=depth, name="image-fetch"):
-                results = list(pool.map(_decode_or_reason, payloads, [size] * len(payloads)))
+                results = list(pool.map(decode_or_reason, payloads, [size] * len(payloads)))
                 yield _batch_of(window, results, size)
 
     return iter(Prefetched(decoded(), depth=depth, name="image-decode"))
@@ -146,15 +154,6 @@ def _batch_of(keys: list[str], results: list[np.ndarray | str], size: int) -> De
         else np.zeros((0, size, size, 3), np.uint8),
         failures=[(key, reason) for key, reason in pairs if isinstance(reason, str)],
     )
-
-
-def _decode_or_reason(payload: bytes | Exception, size: int) -> np.ndarray | str:
-    if isinstance(payload, Exception):
-        return f"Expected a readable image object, but got {payload!r}"
-    try:
-        return decode_image(payload, size)
-    except UndecodableImage as error:
-        return str(error)
 
 
 # -- planning ----------------------------------------------------------------------------------
@@ -331,7 +330,17 @@ def score_chunk(
     )
     part = chunk_part_name(keys)
     if failures:
-        rejects = [_reject(source, key, reason, run_id=run_id, now=now) for key, reason in failures]
+        rejects = [
+            undecodable_image_row(
+                SCORE_STAGE["stage"],
+                source.uri(key),
+                image_id_from_image_key(key),
+                reason,
+                run_id=run_id,
+                now=now,
+            )
+            for key, reason in failures
+        ]
         write_table_part(output, QUARANTINE, part, rejects, partition=SCORE_STAGE)
     write_table_part(output, SCORES, part, table, partition={"scored_date": f"{now:%Y-%m-%d}"})
     discrepancy = table.column("discrepancy")
@@ -423,10 +432,11 @@ def _link(source: Location, image_uri: str) -> str:
 
 def expected_quantities(output: Location, image_ids: Sequence[str]) -> dict[str, int]:
     """EXPECTED_QUANTITY of each of ``image_ids`` from the newest ingested metadata."""
-    bins = current_bins(output)
-    if bins.num_rows == 0:
-        return {}
-    wanted = bins.filter(pc.is_in(bins.column("image_id"), pa.array(list(image_ids), pa.string())))
+    columns = ["image_id", "metadata_key", "expected_quantity", "ingested_at"]
+    bins = read_table(output, BINS, columns=columns)
+    wanted = newest_versions(
+        bins.filter(pc.is_in(bins.column("image_id"), pa.array(list(image_ids), pa.string())))
+    )
     return dict(
         zip(
             wanted.column("image_id").to_pylist(),
@@ -447,20 +457,6 @@ def chunk_part_name(keys: Sequence[str]) -> str:
     for key in keys:
         digest.update(key.encode() + b"\x1e")
     return digest.hexdigest()[:20]
-
-
-def _reject(source: Location, key: str, reason: str, *, run_id: str, now: datetime) -> dict:
-    return {
-        "stage": SCORE_STAGE["stage"],
-        "object_key": source.uri(key),
-        "image_id": image_id_from_image_key(key),
-        "etag": None,
-        "reason_code": "undecodable_image",
-        "reason": reason,
-        "expectation": None,
-        "run_id": run_id,
-        "quarantined_at": now,
-    }
 
 
 # -- ad hoc -----------------------------------------------------------------------------------

@@ -99,7 +99,11 @@ def part_names(output: Location, table_name: str, partition: dict[str, str] | No
 
 def current_bins(output: Location) -> pa.Table:
     """The latest ingested version of every metadata object (bins is an append-only history)."""
-    bins = read_table(output, BINS)
+    return newest_versions(read_table(output, BINS))
+
+
+def newest_versions(bins: pa.Table) -> pa.Table:
+    """The newest row (by ``ingested_at``) of each ``metadata_key`` of bins rows, by image id."""
     if bins.num_rows == 0:
         return bins
     ordered = bins.sort_by([("metadata_key", "ascending"), ("ingested_at", "descending")])
