@@ -2,7 +2,8 @@
 
 ``synthesize`` writes ``bin-images/<id>.jpg`` and ``metadata/<id>.json`` into any
 :class:`~bincount.storage.Location`. Counts follow the real ABID label distribution (embedded in
-``resources/label_distribution.json``), truncated to ``0..max_count``. Every bin is a pure function
+``resources/label_distribution.json``), truncated to ``0..max_count`` (by default 0..50, which
+holds 99.9% of real bins; a third of them hold more than 5 items). Every bin is a pure function
 of ``(seed, ordinal, max_count)``: its RNG streams derive from those alone, so the bytes do not
 depend on how many worker processes render them, and an appended batch continues the ordinal
 sequence instead of repeating it.
@@ -28,6 +29,7 @@ from functools import lru_cache
 from importlib import resources
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 
 from bincount.storage import Location
@@ -47,14 +49,20 @@ _ASPECT_WEIGHTS = (0.2, 0.25, 0.35, 0.2)
 
 DEFECT_KINDS = (
     "label_noise",  # EXPECTED_QUANTITY differs from the sum of the sku quantities
+    "record_mismatch",  # a self-consistent record, but the photo shows another count
     "truncated_json",  # the metadata object is cut short
     "missing_expected_quantity",
     "string_expected_quantity",  # EXPECTED_QUANTITY is "3" instead of 3
     "missing_image",  # metadata written, image not
 )
 
+# How far a mismatched record is from the photo: half the time by one or two units (a missed
+# scan), otherwise by 3..8 (a whole sku line miscounted or put in the wrong bin).
+_SMALL_MISMATCH = (1, 2)
+_LARGE_MISMATCH = (3, 8)
+
 # Independent RNG streams per bin: changing defect_rate must not change a clean bin's pixels.
-_COUNT, _CONTENT, _SCENE, _DEFECT = range(4)
+_COUNT, _CONTENT, _SCENE, _DEFECT, _MISMATCH = range(5)
 _CATALOGUE_STREAM = 1_000_003
 _POOL_STREAM = 1_000_033
 _CATALOGUE_SIZE = 1500
@@ -71,6 +79,7 @@ class SynthSummary:
     label_histogram: dict[int, int]  # true item count (what the image shows) -> bins
     defects: dict[str, str]  # bin id -> one of DEFECT_KINDS
     seconds: float
+    truth: str | None = None  # where the truth table of these bins was written
 
     @property
     def first_id(self) -> str | None:
@@ -86,13 +95,27 @@ def synthesize(
     *,
     bins: int,
     seed: int,
-    max_count: int = 10,
+    max_count: int = MAX_COUNT_LIMIT,
     append: bool = False,
     defect_rate: float = 0.0,
+    mismatch_rate: float = 0.0,
+    truth: Location | None = None,
     workers: int | None = None,
 ) -> SynthSummary:
-    """Write ``bins`` synthetic bins (image + metadata) into ``dest`` and summarise them."""
+    """Write ``bins`` synthetic bins (image + metadata) into ``dest`` and summarise them.
+
+    ``defect_rate`` injects every kind of :data:`DEFECT_KINDS`; ``mismatch_rate`` adds, among
+    the other bins, records that disagree with their photo (``record_mismatch``). ``truth``,
+    a place outside the bucket, receives :func:`truth_table` of the bins written, so quality
+    can be measured against what the photos really show while no flow can read it.
+    """
     _validate(bins=bins, seed=seed, max_count=max_count, defect_rate=defect_rate, workers=workers)
+    if not 0.0 <= mismatch_rate <= 1.0:
+        raise ValueError(f"Expected mismatch_rate in [0, 1], but got {mismatch_rate!r}")
+    if truth is not None and truth.uri().startswith(dest.uri() + "/"):
+        raise ValueError(
+            f"Expected the truth outside the bucket, but got {truth.uri()} inside {dest.uri()}"
+        )
     started = time.perf_counter()
     existing = existing_ids(dest)
     if existing and not append:
@@ -101,8 +124,13 @@ def synthesize(
             " under metadata/ or bin-images/; use append=True to add new bins"
         )
     plan = plan_ids(existing, bins=bins)
-    job = _Job(seed=seed, max_count=max_count, defect_rate=defect_rate)
+    job = _Job(seed=seed, max_count=max_count, defect_rate=defect_rate, mismatch_rate=mismatch_rate)
     records = _run(dest, job, plan, workers=workers or os.cpu_count() or 1)
+    truth_uri = None
+    if truth is not None and records:
+        truth_key = f"part-{seed}-{records[0].ordinal:06d}.parquet"
+        truth.write_parquet(truth_key, truth_table(records, seed=seed))
+        truth_uri = truth.uri(truth_key)
     return SynthSummary(
         dest=dest.uri(),
         bins=len(records),
@@ -110,6 +138,30 @@ def synthesize(
         label_histogram=dict(sorted(Counter(record.count for record in records).items())),
         defects={r.bin_id: r.defect for r in records if r.defect is not None},
         seconds=round(time.perf_counter() - started, 3),
+        truth=truth_uri,
+    )
+
+
+def default_truth(dest: str) -> str | None:
+    """Where the truth of a local bucket goes by default: a folder beside it (``B.truth``).
+    None for an object store, whose bucket has no "beside": name a place explicitly there."""
+    if "://" in dest and not dest.startswith("file://"):
+        return None
+    return dest.rstrip("/") + ".truth"
+
+
+def truth_table(records: Sequence[BinRecord], *, seed: int) -> pa.Table:
+    """What each bin's photo really shows beside what its record says, one row per bin."""
+    return pa.table(
+        {
+            "image_id": pa.array([r.bin_id for r in records], pa.string()),
+            "true_count": pa.array([r.count for r in records], pa.int32()),
+            "recorded_count": pa.array([r.recorded for r in records], pa.int32()),
+            "defect": pa.array([r.defect for r in records], pa.string()),
+            "has_image": pa.array([r.defect != "missing_image" for r in records], pa.bool_()),
+            "seed": pa.array([seed] * len(records), pa.int64()),
+            "ordinal": pa.array([r.ordinal for r in records], pa.int64()),
+        }
     )
 
 
@@ -136,15 +188,19 @@ class _Job:
     seed: int
     max_count: int
     defect_rate: float
+    mismatch_rate: float = 0.0
 
 
 @dataclass(frozen=True)
 class BinRecord:
-    """One written bin: its id, the count its image shows, and the defect injected, if any."""
+    """One written bin: its id, the count its image shows, the count its record says (None when
+    the record has no integer count), and the defect injected, if any."""
 
     bin_id: str
     count: int
     defect: str | None
+    recorded: int | None = None
+    ordinal: int = 0
 
 
 def _run(
@@ -170,6 +226,7 @@ def _write_batch(dest: Location, job: _Job, part: Sequence[tuple[int, str]]) -> 
             bin_id=bin_id,
             max_count=job.max_count,
             defect_rate=job.defect_rate,
+            mismatch_rate=job.mismatch_rate,
         )
         # Image first: a reader that sees the metadata object finds its image already there.
         if image is not None:
@@ -180,28 +237,46 @@ def _write_batch(dest: Location, job: _Job, part: Sequence[tuple[int, str]]) -> 
 
 
 def make_bin(
-    *, seed: int, ordinal: int, bin_id: str, max_count: int, defect_rate: float = 0.0
+    *,
+    seed: int,
+    ordinal: int,
+    bin_id: str,
+    max_count: int,
+    defect_rate: float = 0.0,
+    mismatch_rate: float = 0.0,
 ) -> tuple[BinRecord, bytes | None, bytes]:
     """One bin's record, JPEG bytes (None when the image is withheld) and metadata bytes."""
-    content_rng, scene_rng, defect_rng = (
+    content_rng, scene_rng, defect_rng, mismatch_rng = (
         np.random.default_rng(s) for s in _seeds(seed, ordinal)[_CONTENT:]
     )
     count = bin_count(seed=seed, ordinal=ordinal, max_count=max_count)
-    lines = pick_lines(content_rng, count=count, catalogue=catalogue(seed))
+    products = catalogue(seed)
+    lines = pick_lines(content_rng, count=count, catalogue=products)
     document = metadata_document(lines, bin_id=bin_id)
     image = render_bin(scene_rng, lines, pools=texture_pools(seed)).jpeg
-    defect = None
+    defect, rng = None, defect_rng
     if defect_rate > 0 and defect_rng.random() < defect_rate:
         defect = DEFECT_KINDS[int(defect_rng.integers(len(DEFECT_KINDS)))]
+    elif mismatch_rate > 0 and mismatch_rng.random() < mismatch_rate:
+        defect, rng = "record_mismatch", mismatch_rng
     metadata = encode_metadata(document)
     if defect is not None:
-        document, metadata, image = inject_defect(defect_rng, defect, document, image)
-    return BinRecord(bin_id=bin_id, count=count, defect=defect), image, metadata
+        document, metadata, image = inject_defect(rng, defect, document, image, catalogue=products)
+    recorded = None if defect == "truncated_json" else document.get("EXPECTED_QUANTITY")
+    record = BinRecord(
+        bin_id=bin_id,
+        count=count,
+        defect=defect,
+        recorded=recorded if type(recorded) is int else None,
+        ordinal=ordinal,
+    )
+    return record, image, metadata
 
 
 def _seeds(seed: int, ordinal: int) -> list[np.random.SeedSequence]:
-    """Seeds of the bin's count, content, scene and defect streams, independent of one another."""
-    return np.random.SeedSequence([seed, ordinal]).spawn(4)
+    """Seeds of the bin's count, content, scene, defect and mismatch streams, independent of one
+    another (a spawned child depends on its index alone, so adding a stream moves no other)."""
+    return np.random.SeedSequence([seed, ordinal]).spawn(5)
 
 
 # -- labels ------------------------------------------------------------------------------------
@@ -501,7 +576,12 @@ def encode_metadata(document: dict) -> bytes:
 
 
 def inject_defect(
-    rng: np.random.Generator, defect: str, document: dict, image: bytes | None
+    rng: np.random.Generator,
+    defect: str,
+    document: dict,
+    image: bytes | None,
+    *,
+    catalogue: Sequence[Product] = (),
 ) -> tuple[dict, bytes, bytes | None]:
     """The document, metadata bytes and image after injecting ``defect``."""
     document = dict(document)
@@ -509,6 +589,8 @@ def inject_defect(
         true = document["EXPECTED_QUANTITY"]
         wrong = [true + d for d in (-3, -2, -1, 1, 2, 3) if true + d >= 0]
         document["EXPECTED_QUANTITY"] = wrong[int(rng.integers(len(wrong)))]
+    elif defect == "record_mismatch":
+        document = mismatched_record(rng, document, catalogue=catalogue)
     elif defect == "missing_expected_quantity":
         del document["EXPECTED_QUANTITY"]
     elif defect == "string_expected_quantity":
@@ -521,6 +603,43 @@ def inject_defect(
     if defect == "missing_image":
         image = None
     return document, metadata, image
+
+
+def mismatch_offset(rng: np.random.Generator, count: int) -> int:
+    """How far a wrong record is from the photo's ``count``: never below zero items."""
+    low, high = _SMALL_MISMATCH if rng.random() < 0.5 else _LARGE_MISMATCH
+    size = int(rng.integers(low, high + 1))
+    if size > count:  # cannot record fewer than none: the record holds more than the photo
+        return size
+    return size if rng.random() < 0.5 else -size
+
+
+def mismatched_record(
+    rng: np.random.Generator, document: dict, *, catalogue: Sequence[Product]
+) -> dict:
+    """A record that still adds up (sku quantities sum to ``EXPECTED_QUANTITY``) but counts
+    another number of items than the photo shows: units missing from the record, or units
+    (of a sku already there, or of one that is not) recorded but not in the bin."""
+    skus = {sku: dict(entry) for sku, entry in document["BIN_FCSKU_DATA"].items()}
+    offset = mismatch_offset(rng, document["EXPECTED_QUANTITY"])
+    if offset > 0:
+        if not skus or rng.random() < 0.3:
+            product = catalogue[int(rng.integers(len(catalogue)))]
+            entry = skus.get(product.sku) or sku_document(product, 0)
+            skus[product.sku] = entry
+        else:
+            entry = skus[sorted(skus)[int(rng.integers(len(skus)))]]
+        entry["quantity"] += offset
+    for _ in range(-offset):  # take units away one at a time; a sku at zero leaves the record
+        sku = sorted(skus)[int(rng.integers(len(skus)))]
+        skus[sku]["quantity"] -= 1
+        if skus[sku]["quantity"] == 0:
+            del skus[sku]
+    return {
+        **document,
+        "BIN_FCSKU_DATA": skus,
+        "EXPECTED_QUANTITY": sum(e["quantity"] for e in skus.values()),
+    }
 
 
 # -- texture pools -----------------------------------------------------------------------------

@@ -12,14 +12,24 @@ from bincount.synth import SynthSummary, synthesize
 
 @task(name="synthesize-bucket", cache_policy=NO_CACHE)
 def synthesize_bucket(
-    dest: str, bins: int, seed: int, max_count: int, append: bool, defect_rate: float
+    dest: str,
+    bins: int,
+    seed: int,
+    max_count: int,
+    append: bool,
+    defect_rate: float,
+    mismatch_rate: float = 0.0,
+    truth: str | None = None,
 ) -> SynthSummary:
     """Write synthetic bins (photos and metadata) in the real bucket's layout."""
+    settings = get_settings()
     return synthesize(
-        Location.output(get_settings(), dest),
+        Location.output(settings, dest),
         bins=bins,
         seed=seed,
         max_count=max_count,
         append=append,
         defect_rate=defect_rate,
+        mismatch_rate=mismatch_rate,
+        truth=Location.output(settings, truth) if truth else None,
     )
