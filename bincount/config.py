@@ -19,6 +19,9 @@ class TrainConfig(BaseModel):
     max_count: int | None = Field(
         None, ge=1, le=250, description="largest count the head predicts (K); None: the manifest's"
     )
+    open_top: bool | None = Field(
+        None, description='one more class, "more than K" (None: as the manifest\'s policy says)'
+    )
     image_size: int = Field(128, ge=32, le=1024)
     epochs: int = Field(10, ge=1, le=1000)
     batch_size: int = Field(64, ge=1, le=4096)
@@ -46,16 +49,19 @@ class TrainConfig(BaseModel):
         return arch
 
     def for_manifest(self, details: dict) -> TrainConfig:
-        """This config with ``max_count`` taken from the manifest when it was left open."""
+        """This config with ``max_count`` and ``open_top`` taken from the manifest when unset."""
+        update = {}
+        if self.open_top is None:
+            update["open_top"] = bool(details.get("open_top", False))
         if self.max_count is not None:
-            return self
+            return self.model_copy(update=update)
         largest = details.get("max_count")
         if largest is None:  # policy "hard": the largest label present
             largest = max(
                 (int(label) for split in details["distribution"].values() for label in split),
                 default=1,
             )
-        return self.model_copy(update={"max_count": max(1, int(largest))})
+        return self.model_copy(update={**update, "max_count": max(1, int(largest))})
 
     def fingerprint(self, manifest_version: str) -> str:
         """The model version: a hash of the config and the data it learns from."""

@@ -8,20 +8,35 @@ sets are never compared silently.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 
+from bincount.calibration import calibration_report
 from bincount.imagecache import load_cached_splits
 from bincount.manifest import load_manifest
 from bincount.metrics import ABID_BASELINE, counting_metrics, majority_baseline
 from bincount.registry import load_model, model_folder, save_evaluation
+from bincount.review import (
+    detection_quality,
+    disagrees,
+    discrepancy_score,
+    record_probability,
+    simulate_record_errors,
+)
 from bincount.storage import Location
 from bincount.training import predict_split, resolve_runtime
 
 SPLIT_NAMES = ("test", "val", "benchmark")
+# Record errors simulated on the evaluated split to measure the review queue: the share of
+# records moved, and a fixed seed so that two models are measured on the same wrong records.
+SIMULATED_ERROR_RATE = 0.05
+SIMULATION_SEED = 20261122
 
 
 def evaluation_set(manifest: pa.Table, details: dict, split: str) -> dict:
@@ -49,6 +64,7 @@ def evaluation_set(manifest: pa.Table, details: dict, split: str) -> dict:
         "source": details["source"],
         "policy": details["policy"],
         "max_count": details["max_count"],
+        "open_top": bool(details.get("open_top", False)),
         "labels": {str(k): labels.count(k) for k in sorted(set(labels))},
         "is_abid_benchmark": bool(benchmark) and split in ("test", "benchmark"),
         "benchmark": benchmark,
@@ -79,15 +95,22 @@ def evaluate_model(
         raise ValueError(f"Expected images in the {split} split of {manifest_version}, got none")
     runtime = resolve_runtime(device)
     model = model.to(runtime.device)
-    _, probabilities = predict_split(
+    view_logits, probabilities = predict_split(
         model, target, runtime=runtime, flips=record["config"].get("test_time_flips", False)
     )
     predictions = model.count_from_probabilities(probabilities).tolist()
     labels = target.labels.tolist()
-    num_classes = max(model.max_count, max(labels)) + 1
+    num_classes = max(model.num_classes, max(labels) + 1)
     metrics = counting_metrics(predictions, labels, num_classes=num_classes)
     train_labels = cached["train"].labels.tolist() or labels
     majority = majority_baseline(train_labels, labels, num_classes=num_classes)
+    in_range = [i for i, label in enumerate(labels) if label <= model.max_count]
+    calibration = calibration_report(
+        functools.partial(model.probabilities, calibrated=False),
+        view_logits,
+        torch.tensor(labels),
+        float(model.temperature),
+    )
 
     key = f"{model_folder(record['version'])}/evaluations/{evaluated['id']}-predictions.parquet"
     output.write_parquet(
@@ -109,17 +132,60 @@ def evaluate_model(
         "metrics": metrics.to_dict(),
         "majority_baseline": majority.to_dict(),
         "abid_baseline": ABID_BASELINE,
+        # An open-top model also predicts "more than K": on the bins within 0..K its figures are
+        # those of a 0..K model (ABID's moderate task when K = 5).
+        "metrics_within_range": counting_metrics(
+            [predictions[i] for i in in_range],
+            [labels[i] for i in in_range],
+            num_classes=num_classes,
+        ).to_dict()
+        if model.open_top and in_range
+        else None,
+        "calibration": calibration.to_dict(),
+        "review_detection": review_detection(
+            probabilities.numpy(), np.array(labels), predictions, model=model
+        ),
         "predictions_uri": output.uri(key),
     }
     save_evaluation(output, record["version"], report)
     return report
 
 
+def review_detection(
+    probabilities: np.ndarray, labels: np.ndarray, predictions: list[int], *, model
+) -> dict:
+    """How well the review queue would find wrong records on this set: 5% of its records moved
+    as a mismatched record is (``simulate_record_errors``), ranked by ``p_recorded`` and, for
+    comparison, by "predicted count differs from the record"."""
+    records, errors = simulate_record_errors(
+        labels,
+        rate=SIMULATED_ERROR_RATE,
+        seed=SIMULATION_SEED,
+        max_count=model.max_count,
+        open_top=model.open_top,
+    )
+    known = [int(r) for r in records]
+    p = record_probability(probabilities, known, max_count=model.max_count, open_top=model.open_top)
+    differs = disagrees(predictions, known, max_count=model.max_count, open_top=model.open_top)
+    return {
+        "simulated_error_rate": SIMULATED_ERROR_RATE,
+        "seed": SIMULATION_SEED,
+        "p_recorded": detection_quality(discrepancy_score(p), errors).to_dict(),
+        "predicted_differs": detection_quality(np.array(differs, float), errors).to_dict(),
+    }
+
+
 def report_markdown(report: dict) -> str:
     """The report side by side with the ABID ResNet-34 baseline and the majority class."""
     ours, majority, abid = report["metrics"], report["majority_baseline"], report["abid_baseline"]
     evaluated = report["evaluation_set"]
-    comparable = evaluated["is_abid_benchmark"] and evaluated["max_count"] == 5
+    # The moderate task is counts 0-5: a set that also holds "more than 5" is compared on its
+    # bins within 0-5 (below the confusion matrix), not in this table.
+    comparable = (
+        evaluated["is_abid_benchmark"]
+        and evaluated["max_count"] == 5
+        and not evaluated.get("open_top")
+    )
     lines = [
         f"# Evaluation of model {report['model_version']}",
         "",
@@ -157,7 +223,71 @@ def report_markdown(report: dict) -> str:
     lines.append("|---|" + "---:|" * size)
     for count, row in enumerate(ours["confusion"]):
         lines.append(f"| **{count}** | " + " | ".join(str(v) for v in row) + " |")
+    if report.get("metrics_within_range"):
+        within = report["metrics_within_range"]
+        lines += [
+            "",
+            f"On the {within['n']:,} bins within the model's exact range (the rest are its "
+            f'"more than K" class): accuracy {_pct(within["accuracy"])}, RMSE '
+            f"{within['rmse']:.3f}.",
+        ]
+    if report.get("calibration"):
+        lines += calibration_markdown(report["calibration"])
+    if report.get("review_detection"):
+        lines += detection_markdown(report["review_detection"])
     return "\n".join(lines) + "\n"
+
+
+def calibration_markdown(calibration: dict) -> list[str]:
+    """ECE before and after the temperature, and the reliability table."""
+    lines = [
+        "",
+        "## Calibration",
+        "",
+        f"Temperature {calibration['temperature']:.3f} (fitted on the validation split). On "
+        f"this set: expected calibration error {calibration['ece_before']:.3f} before, "
+        f"{calibration['ece_after']:.3f} after; negative log-likelihood "
+        f"{calibration['nll_before']:.3f} before, {calibration['nll_after']:.3f} after.",
+        "",
+        "| confidence | bins (before) | accuracy (before) | bins (after) | accuracy (after) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for before, after in zip(
+        calibration["reliability_before"], calibration["reliability_after"], strict=True
+    ):
+        lines.append(
+            f"| {before['low']:.1f}-{before['high']:.1f} | {before['n']} | "
+            f"{_pct(before['accuracy'])} | {after['n']} | {_pct(after['accuracy'])} |"
+        )
+    return lines
+
+
+def detection_markdown(detection: dict) -> list[str]:
+    """Precision and recall of the review queue on simulated wrong records."""
+    ours, rule = detection["p_recorded"], detection["predicted_differs"]
+    lines = [
+        "",
+        "## Finding wrong records",
+        "",
+        f"{100 * detection['simulated_error_rate']:g}% of this set's records moved off the "
+        f"truth ({ours['wrong']} records: "
+        + ", ".join(f"{n} off by {size}" for size, n in ours["wrong_by_error"].items())
+        + f"). Average precision: {_num(ours['average_precision'])} ranking by `p_recorded`, "
+        f"{_num(rule['average_precision'])} flagging predicted ≠ recorded.",
+        "",
+        "| review budget | precision | recall | recall off by 1 / 2 / 3+ | "
+        "predicted ≠ recorded: precision / recall |",
+        "|---:|---:|---:|---|---|",
+    ]
+    for figures, theirs in zip(ours["budgets"], rule["budgets"], strict=True):
+        by_error = figures["recall_by_error"]
+        lines.append(
+            f"| {figures['percent']:g}% ({figures['flagged']}) | {_pct(figures['precision'])} | "
+            f"{_pct(figures['recall'])} | "
+            + " / ".join(_pct(by_error.get(size, math.nan)) for size in ("1", "2", "3+"))
+            + f" | {_pct(theirs['precision'])} / {_pct(theirs['recall'])} |"
+        )
+    return lines
 
 
 def _pct(value: float) -> str:

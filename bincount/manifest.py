@@ -2,7 +2,9 @@
 
 * Only bins that passed the last validation of the *current* bins are used.
 * A count policy picks the labels: ``moderate`` (0-5, the ABID challenge's moderate task),
-  ``hard`` (every count) or ``max:K``.
+  ``hard`` (every count), ``max:K``, or ``open:K`` (every bin: counts 0..K as they are, every
+  larger count as one class K+1, "more than K", so a model can say a bin is beyond its range
+  instead of forcing a count on it).
 * The split comes from a hash of the image id alone, so a bin keeps its split as the data grows
   and every class is split in the same proportions (the hash is independent of the label).
 * With the ABID challenge validation list, those bins are the test split and nothing else is:
@@ -29,6 +31,9 @@ from bincount.tables import MANIFESTS, QUARANTINE, bins_fingerprint, current_bin
 from bincount.validate import VALIDATE_STAGE, latest_validation
 
 SPLITS = ("train", "val", "test")
+# Counts 0-5 (ABID's moderate task) and "more than 5": every bin has a label, so the model can
+# say "beyond my range" instead of forcing a bin of 12 into 0..5.
+DEFAULT_POLICY = "open:5"
 LATEST_MANIFEST = f"{MANIFESTS}/_latest.json"
 _HASH_BUCKETS = 10_000
 
@@ -39,10 +44,11 @@ class StaleValidation(RuntimeError):
 
 @dataclass(frozen=True)
 class CountPolicy:
-    """Which labels a manifest keeps."""
+    """Which labels a manifest keeps, and whether counts above ``max_count`` share one class."""
 
     name: str
     max_count: int | None
+    open_top: bool = False
 
     @classmethod
     def parse(cls, text: str) -> CountPolicy:
@@ -53,12 +59,22 @@ class CountPolicy:
             return cls("hard", None)
         if match := re.fullmatch(r"max:(\d+)", text):
             return cls(text, int(match[1]))
-        raise ValueError(f"Expected a count policy moderate, hard or max:K, but got {text!r}")
+        if match := re.fullmatch(r"open:(\d+)", text):
+            return cls(text, int(match[1]), open_top=True)
+        raise ValueError(
+            f"Expected a count policy moderate, hard, max:K or open:K, but got {text!r}"
+        )
 
     def admits(self, labels: pa.Array) -> pa.Array:
-        if self.max_count is None:
+        if self.max_count is None or self.open_top:
             return pc.greater_equal(labels, 0)
         return pc.and_(pc.greater_equal(labels, 0), pc.less_equal(labels, self.max_count))
+
+    def label(self, expected_quantity: int) -> int:
+        """The training label of a recorded count: itself, or K+1 ("more than K") when open."""
+        if self.open_top and expected_quantity > self.max_count:
+            return self.max_count + 1
+        return expected_quantity
 
 
 @dataclass(frozen=True)
@@ -149,7 +165,7 @@ def build_manifest(
     admitted = valid.filter(policy.admits(valid.column("expected_quantity")))
 
     ids = admitted.column("image_id").to_pylist()
-    labels = admitted.column("expected_quantity").to_pylist()
+    labels = [policy.label(q) for q in admitted.column("expected_quantity").to_pylist()]
     splits = [
         "test"
         if benchmark is not None and image_id in benchmark
@@ -179,6 +195,7 @@ def build_manifest(
         "version": version,
         "policy": policy.name,
         "max_count": policy.max_count,
+        "open_top": policy.open_top,
         "rows": manifest.num_rows,
         "bins_fingerprint": bins_fp,
         "source": source.url,

@@ -1,6 +1,7 @@
 """Counting models: a torchvision classification backbone with a count head.
 
-Two heads give a predicted count and per-count probabilities over ``0..K``:
+Two heads give a predicted count and per-count probabilities over ``0..K``, plus, for a model
+with an open top (``open_top``), one more class K+1 meaning "more than K":
 
 * ``ce``: softmax over the K+1 counts (the ABID baseline);
 * ``ordinal``: CORAL (Cao et al., 2020): one shared score plus K ordered thresholds, trained
@@ -34,7 +35,7 @@ def available_architectures() -> list[str]:
 class CountingModel(nn.Module):
     """A backbone whose classifier emits the head's logits."""
 
-    def __init__(self, arch: str, *, head: Head, max_count: int) -> None:
+    def __init__(self, arch: str, *, head: Head, max_count: int, open_top: bool = False) -> None:
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"Expected head in {HEADS}, but got {head!r}")
@@ -45,9 +46,9 @@ class CountingModel(nn.Module):
             )
         if max_count < 1:
             raise ValueError(f"Expected max_count >= 1, but got {max_count}")
-        self.arch, self.head, self.max_count = arch, head, max_count
+        self.arch, self.head, self.max_count, self.open_top = arch, head, max_count, open_top
         # ordinal: the backbone's last layer is the shared score; biases are the thresholds.
-        outputs = max_count + 1 if head == "ce" else 1
+        outputs = self.num_classes if head == "ce" else 1
         self.backbone = torchvision.models.get_model(arch, weights=None, num_classes=outputs)
         # Some torchvision models (MobileNetV3, EfficientNet) use a batch-norm momentum of 0.01,
         # tuned for long ImageNet schedules; from scratch on a short one the running statistics
@@ -56,7 +57,19 @@ class CountingModel(nn.Module):
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.momentum < 0.1:
                 module.momentum = 0.1
         if head == "ordinal":
-            self.thresholds = nn.Parameter(torch.linspace(1.0, -1.0, max_count))
+            self.thresholds = nn.Parameter(torch.linspace(1.0, -1.0, self.num_classes - 1))
+        # Fitted on the validation split after training (bincount.calibration); 1 = as trained.
+        self.register_buffer("temperature", torch.ones(()))
+
+    @property
+    def num_classes(self) -> int:
+        """Counts 0..K, and the class "more than K" when the top is open."""
+        return self.max_count + 1 + int(self.open_top)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Models saved before calibration existed carry no temperature: they are uncalibrated.
+        state_dict.setdefault(f"{prefix}temperature", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         scores = self.backbone(images)
@@ -67,13 +80,16 @@ class CountingModel(nn.Module):
     def loss(self, logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         if self.head == "ce":
             return F.cross_entropy(logits, counts)
-        levels = torch.arange(self.max_count, device=counts.device)
+        levels = torch.arange(self.num_classes - 1, device=counts.device)
         targets = (counts.unsqueeze(1) > levels).to(logits.dtype)
         return F.binary_cross_entropy_with_logits(logits, targets)
 
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Per-count probabilities, shape (N, K+1), each row summing to 1."""
+    def probabilities(self, logits: torch.Tensor, *, calibrated: bool = True) -> torch.Tensor:
+        """Per-count probabilities, shape (N, num_classes), each row summing to 1; with
+        ``calibrated`` the logits are first divided by the fitted temperature."""
         logits = logits.float()
+        if calibrated:
+            logits = logits / self.temperature
         if self.head == "ce":
             return logits.softmax(dim=1)
         above = torch.sigmoid(logits)  # P(count > k), k = 0..K-1

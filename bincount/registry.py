@@ -91,12 +91,12 @@ def resolve_version(output: Location, version: str) -> str:
 
 def load_model(output: Location, version: str):
     """The model and its record (``version`` may be ``champion``)."""
-    from bincount.models import CountingModel
+    from bincount.config import TrainConfig
+    from bincount.training import build_model
 
     version = resolve_version(output, version)
     record = read_model_record(output, version)
-    config = record["config"]
-    model = CountingModel(config["arch"], head=config["loss"], max_count=config["max_count"])
+    model = build_model(TrainConfig.model_validate(record["config"]))
     state = torch.load(
         io.BytesIO(output.read_bytes(f"{model_folder(version)}/model.pt")),
         map_location="cpu",

@@ -12,6 +12,10 @@ as ingestion is:
 * a run killed midway leaves at most a quarantine part without its scores part; the next run
   deletes it before reading the watermark and scores that chunk again.
 
+A chunk's rows carry how likely the model finds each record (``p_recorded``,
+:mod:`bincount.review`); once every chunk is in, :mod:`bincount.review_queue` ranks the night
+and fills in ``review_rank`` and ``needs_review``.
+
 Within a chunk, fetching and decoding run ahead of the model in background threads
 (:class:`~bincount.prefetch.Prefetched`), so the model rarely waits for images.
 """
@@ -27,7 +31,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -40,6 +44,14 @@ from bincount.metadata import IMAGE_PREFIX
 from bincount.models import CountingModel
 from bincount.prefetch import Prefetched
 from bincount.registry import load_model, resolve_version
+from bincount.review import (
+    ReviewPolicy,
+    disagrees,
+    discrepancy_score,
+    record_probability,
+    thumbnail_data_uri,
+)
+from bincount.review_queue import NightQueue, queue_reviews
 from bincount.storage import Location
 from bincount.tables import (
     BINS,
@@ -57,7 +69,7 @@ logger = logging.getLogger(__name__)
 
 SCORE_STAGE = {"stage": "score"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-REVIEW_LIST_SIZE = 25
+REVIEW_LIST_SIZE = 25  # the top of the queue shown in the run's summary
 
 
 # -- the model ---------------------------------------------------------------------------------
@@ -76,8 +88,12 @@ class Scorer:
     def max_count(self) -> int:
         return self.model.max_count
 
+    @property
+    def open_top(self) -> bool:
+        return self.model.open_top
+
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """uint8 images (N, S, S, 3) → per-count probabilities (N, max_count + 1)."""
+        """uint8 images (N, S, S, 3) → calibrated per-count probabilities (N, num_classes)."""
         _, probabilities = predict_batch(
             self.model, to_model_input(images), runtime=self.runtime, flips=self.flips
         )
@@ -275,12 +291,12 @@ class ChunkResult:
     scored: int
     quarantined: int
     discrepancies: int
-    needs_review: int
+    judged: int
     unknown_expected: int
     seconds: float
     model_seconds: float
     worker: str = ""
-    review: list[dict] = field(default_factory=list)
+    part_key: str = ""
 
 
 def score_chunk(
@@ -289,15 +305,12 @@ def score_chunk(
     scorer: Scorer,
     keys: Sequence[str],
     *,
-    min_confidence: float = 0.5,
     batch_size: int = 64,
     concurrency: int = 64,
     run_id: str = "",
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ChunkResult:
     """Score one chunk of image keys and commit it: quarantine part first, scores part last."""
-    if not 0 <= min_confidence <= 1:
-        raise ValueError(f"Expected min_confidence in [0, 1], but got {min_confidence}")
     started = time.perf_counter()
     expected = expected_quantities(output, [image_id_from_image_key(k) for k in keys])
     scored_keys: list[str] = []
@@ -315,7 +328,7 @@ def score_chunk(
             scored_keys.extend(batch.keys)
 
     now = clock()
-    width = scorer.max_count + 1
+    width = scorer.model.num_classes
     stacked = np.concatenate(probabilities) if probabilities else np.zeros((0, width), np.float32)
     table = score_table(
         source,
@@ -323,7 +336,8 @@ def score_chunk(
         stacked,
         scorer.counts(stacked),
         expected=expected,
-        min_confidence=min_confidence,
+        max_count=scorer.max_count,
+        open_top=scorer.open_top,
         model_version=scorer.version,
         run_id=run_id,
         scored_at=now,
@@ -342,19 +356,21 @@ def score_chunk(
             for key, reason in failures
         ]
         write_table_part(output, QUARANTINE, part, rejects, partition=SCORE_STAGE)
-    write_table_part(output, SCORES, part, table, partition={"scored_date": f"{now:%Y-%m-%d}"})
+    part_key = write_table_part(
+        output, SCORES, part, table, partition={"scored_date": f"{now:%Y-%m-%d}"}
+    )
     discrepancy = table.column("discrepancy")
     return ChunkResult(
         part=part,
         scored=table.num_rows,
         quarantined=len(failures),
         discrepancies=pc.sum(discrepancy).as_py() or 0,
-        needs_review=pc.sum(table.column("needs_review")).as_py() or 0,
+        judged=table.num_rows - table.column("p_recorded").null_count,
         unknown_expected=discrepancy.null_count,
         seconds=time.perf_counter() - started,
         model_seconds=model_seconds,
         worker=f"{socket.gethostname()}:{os.getpid()}",
-        review=review_list(table, source),
+        part_key=part_key,
     )
 
 
@@ -365,12 +381,14 @@ def score_table(
     counts: np.ndarray,
     *,
     expected: dict[str, int],
-    min_confidence: float,
+    max_count: int,
+    open_top: bool,
     model_version: str,
     run_id: str,
     scored_at: datetime,
 ) -> pa.Table:
-    """Scores rows (pure: no I/O), with the contract's columns and the partition column."""
+    """Scores rows (pure: no I/O), with the contract's columns and the partition column; the
+    night's ``review_rank`` and ``needs_review`` stay null until the queue is ranked."""
     ids = [image_id_from_image_key(key) for key in keys]
     counts = counts.astype(np.int32)
     confidence = (
@@ -379,9 +397,7 @@ def score_table(
         else np.zeros(0, probabilities.dtype)
     )
     known = [expected.get(image_id) for image_id in ids]
-    discrepancy = [None if e is None else int(c) != e for c, e in zip(counts, known, strict=True)]
-    low = confidence < min_confidence
-    needs_review = [bool(d) or bool(lo) for d, lo in zip(discrepancy, low, strict=True)]
+    p_recorded = record_probability(probabilities, known, max_count=max_count, open_top=open_top)
     n, width = probabilities.shape
     flat = pa.array(probabilities.astype(np.float32).reshape(-1), pa.float32())
     offsets = pa.array(np.arange(0, n * width + 1, width), pa.int32())
@@ -390,11 +406,19 @@ def score_table(
             "image_id": pa.array(ids, pa.string()),
             "image_uri": pa.array([source.uri(key) for key in keys], pa.string()),
             "predicted_count": pa.array(counts, pa.int32()),
+            "predicted_overflow": pa.array(open_top & (counts > max_count), pa.bool_()),
             "count_probabilities": pa.ListArray.from_arrays(offsets, flat),
             "confidence": pa.array(confidence.astype(np.float32), pa.float32()),
             "expected_quantity": pa.array(known, pa.int32()),
-            "discrepancy": pa.array(discrepancy, pa.bool_()),
-            "needs_review": pa.array(needs_review, pa.bool_()),
+            "discrepancy": pa.array(
+                disagrees(counts, known, max_count=max_count, open_top=open_top), pa.bool_()
+            ),
+            "p_recorded": pa.array(p_recorded.astype(np.float32), pa.float32(), from_pandas=True),
+            "discrepancy_score": pa.array(
+                discrepancy_score(p_recorded).astype(np.float32), pa.float32(), from_pandas=True
+            ),
+            "review_rank": pa.nulls(n, pa.int32()),
+            "needs_review": pa.nulls(n, pa.bool_()),
             "model_version": pa.array([model_version] * n, pa.string()),
             "run_id": pa.array([run_id] * n, pa.string()),
             "scored_at": pa.array([scored_at] * n, pa.timestamp("us", tz="UTC")),
@@ -402,32 +426,28 @@ def score_table(
     )
 
 
-def review_list(scores: pa.Table, source: Location, size: int = REVIEW_LIST_SIZE) -> list[dict]:
-    """The rows a person should look at first: the largest disagreements with the record, then
-    the least confident predictions; each with a link to its image."""
-    rows = [
-        {
-            "image_id": row["image_id"],
-            "predicted_count": row["predicted_count"],
-            "expected_quantity": row["expected_quantity"],
-            "confidence": round(float(row["confidence"]), 4),
-            "link": _link(source, row["image_uri"]),
-        }
-        for row in scores.to_pylist()
-        if row["needs_review"]
-    ]
-    return sorted(rows, key=_urgency)[:size]
-
-
-def _urgency(row: dict) -> tuple:
-    expected = row["expected_quantity"]
-    gap = 0 if expected is None else abs(row["predicted_count"] - expected)
-    return (-gap, row["confidence"], row["image_id"])
-
-
-def _link(source: Location, image_uri: str) -> str:
+def link(source: Location, image_uri: str) -> str:
+    """A link a person can open: a public HTTPS URL for the source's own S3 objects."""
     root = source.uri() + "/"
     return source.public_url(image_uri[len(root) :]) if image_uri.startswith(root) else image_uri
+
+
+def with_thumbnails(source: Location, rows: list[dict], *, size: int = 96) -> list[dict]:
+    """Queue rows with a link to the photo and a small inline thumbnail (None where the photo
+    can no longer be read: the row still shows)."""
+    root = source.uri() + "/"
+    keys = [row["image_uri"].removeprefix(root) for row in rows]
+    payloads = source.fetch_many(keys, concurrency=16) if keys else []
+    shown = []
+    for row, payload in zip(rows, payloads, strict=True):
+        thumbnail = None
+        if not isinstance(payload, Exception):
+            try:
+                thumbnail = thumbnail_data_uri(payload, size=size)
+            except (OSError, ValueError) as error:
+                logger.warning("no thumbnail for %s: %s", row["image_uri"], error)
+        shown.append({**row, "link": link(source, row["image_uri"]), "thumbnail": thumbnail})
+    return shown
 
 
 def expected_quantities(output: Location, image_ids: Sequence[str]) -> dict[str, int]:
@@ -491,7 +511,8 @@ def predict_images(
 # -- the run -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ScoringSummary:
-    """What one scoring run did, for logs, the summary artifact and the CLI."""
+    """What one scoring run did, for logs, the summary artifact and the CLI; ``review`` is the
+    top of the night's queue, each row with a link and a thumbnail of its photo."""
 
     source: str
     output: str
@@ -503,12 +524,14 @@ class ScoringSummary:
     scored: int
     quarantined: int
     discrepancies: int
+    judged: int
     needs_review: int
     unknown_expected: int
     seconds: float
     model_seconds: float
     parts: list[str]
     workers: list[str]
+    queue: dict
     review: list[dict]
     discarded_orphan_parts: int = 0
 
@@ -517,24 +540,35 @@ class ScoringSummary:
         return (self.scored + self.quarantined) / self.seconds if self.seconds else 0.0
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "images_per_second": round(self.images_per_second, 1)}
+        # The thumbnails are for the artifact; a JSON summary names the photos by link.
+        review = [{k: v for k, v in row.items() if k != "thumbnail"} for row in self.review]
+        return {
+            **asdict(self),
+            "review": review,
+            "images_per_second": round(self.images_per_second, 1),
+        }
 
     def to_markdown(self) -> str:
+        policy = self.queue.get("policy", {})
         measures = [
             ("images listed", self.listed),
             ("already scored (skipped)", self.already_scored),
             ("scored now", self.scored),
             ("undecodable (quarantined)", self.quarantined),
-            ("discrepancies with EXPECTED_QUANTITY", self.discrepancies),
-            ("needing review", self.needs_review),
-            ("no metadata ingested (expected unknown)", self.unknown_expected),
+            ("no metadata ingested (record unknown)", self.unknown_expected),
+            ("ranked tonight (records the model can judge)", self.queue.get("judged", 0)),
+            ("carried over from a run stopped before ranking", self.queue.get("carried_over", 0)),
+            ("review budget", self.queue.get("budget", 0)),
+            ("flagged for review", self.needs_review),
+            ("predicted count differs from the record (not the queue)", self.discrepancies),
             ("images/s", f"{self.images_per_second:.1f}"),
             ("seconds", f"{self.seconds:.1f}"),
         ]
         lines = [
             f"# Scoring with model {self.model_version}",
             "",
-            f"Images from `{self.source}`, scores in `{self.output}/scores/`.",
+            f"Images from `{self.source}`, scores in `{self.output}/scores/`, the queue in "
+            f"`{self.output}/review_queue/`.",
             "",
             "| measure | value |",
             "|---|---:|",
@@ -543,28 +577,50 @@ class ScoringSummary:
                 for name, value in measures
             ),
             "",
-            f"## Review first ({len(self.review)} of {self.needs_review:,})",
+            f"## Review queue: the top {len(self.review)} of {self.needs_review:,}",
+            "",
+            f"Policy: at most {policy.get('budget_percent', '?')}% of the night's judged bins"
+            + (
+                f" and at most {policy['budget_count']}"
+                if policy.get("budget_count") is not None
+                else ""
+            )
+            + f", each with a recorded count the model gives at most "
+            f"{100 * policy.get('max_p_recorded', 0):g}% (`p_recorded`). Ranked from the least "
+            "likely record.",
             "",
         ]
         if self.review:
-            lines += ["| bin | predicted | expected | confidence |", "|---|---:|---:|---:|"]
             lines += [
-                f"| [{row['image_id']}]({row['link']}) | {row['predicted_count']} | "
-                f"{'?' if row['expected_quantity'] is None else row['expected_quantity']} | "
-                f"{row['confidence']:.2f} |"
+                "| rank | photo | bin | recorded | predicted | p_recorded |",
+                "|---:|---|---|---:|---:|---:|",
+            ]
+            lines += [
+                f"| {row['review_rank']} | "
+                + (f"![{row['image_id']}]({row['thumbnail']})" if row.get("thumbnail") else "-")
+                + f" | [{row['image_id']}]({row['link']}) | {row['expected_quantity']} | "
+                f"{row['predicted_count']}{'+' if row['predicted_overflow'] else ''} | "
+                f"{_percent(row['p_recorded'])} |"
                 for row in self.review
             ]
         else:
-            lines.append("Nothing to review.")
+            lines.append("Nothing to review tonight: no record is unlikely enough.")
         return "\n".join(lines) + "\n"
 
 
+def _percent(p: float) -> str:
+    return f"{100 * p:.2g}%" if p >= 0.001 else f"{100 * p:.1e}%"
+
+
 def summarize(
-    plan: ScoringPlan, output: Location, results: Sequence[ChunkResult], seconds: float
+    plan: ScoringPlan,
+    source: Location,
+    output: Location,
+    results: Sequence[ChunkResult],
+    queue: NightQueue,
+    seconds: float,
 ) -> ScoringSummary:
-    """One run's summary from its plan and the results of its chunks."""
-    review = [row for result in results for row in result.review]
-    review.sort(key=_urgency)
+    """One run's summary from its plan, the results of its chunks and the night's queue."""
     return ScoringSummary(
         source=plan.source,
         output=output.uri(),
@@ -576,13 +632,15 @@ def summarize(
         scored=sum(r.scored for r in results),
         quarantined=sum(r.quarantined for r in results),
         discrepancies=sum(r.discrepancies for r in results),
-        needs_review=sum(r.needs_review for r in results),
+        judged=sum(r.judged for r in results),
+        needs_review=queue.flagged,
         unknown_expected=sum(r.unknown_expected for r in results),
         seconds=seconds,
         model_seconds=sum(r.model_seconds for r in results),
         parts=[r.part for r in results],
         workers=sorted({r.worker for r in results}),
-        review=review[:REVIEW_LIST_SIZE],
+        queue={k: v for k, v in queue.as_dict().items() if k != "top"},
+        review=with_thumbnails(source, queue.top),
         discarded_orphan_parts=plan.discarded_orphan_parts,
     )
 
@@ -594,7 +652,7 @@ def score_images(
     model: str = "champion",
     prefix: str = f"{IMAGE_PREFIX}/",
     limit: int | None = None,
-    min_confidence: float = 0.5,
+    review: ReviewPolicy | None = None,
     batch_size: int = 64,
     chunk_size: int = 5000,
     concurrency: int = 64,
@@ -602,7 +660,8 @@ def score_images(
     device: str | None = None,
     run_id: str = "",
 ) -> ScoringSummary:
-    """Score every image under ``prefix`` not scored yet (the whole run, in one process)."""
+    """Score every image under ``prefix`` not scored yet and rank the night's review queue
+    (the whole run, in one process)."""
     started = time.perf_counter()
     scorer = load_scorer(output, model, device=device)
     plan = plan_scoring(
@@ -620,11 +679,17 @@ def score_images(
             output,
             scorer,
             chunk,
-            min_confidence=min_confidence,
             batch_size=batch_size,
             concurrency=concurrency,
             run_id=run_id,
         )
         for chunk in plan.chunks
     ]
-    return summarize(plan, output, results, time.perf_counter() - started)
+    queue = queue_reviews(
+        output,
+        review or ReviewPolicy(),
+        run_id=run_id,
+        run_parts={r.part_key for r in results},
+        top=REVIEW_LIST_SIZE,
+    )
+    return summarize(plan, source, output, results, queue, time.perf_counter() - started)

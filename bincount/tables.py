@@ -7,6 +7,7 @@ Layout (every table a ``pyarrow.dataset``-readable Parquet dataset)::
     <output>/quarantine/stage=<stage>/part-<id>.parquet
     <output>/manifests/<version>/part-0.parquet
     <output>/scores/scored_date=<YYYY-MM-DD>/part-<id>.parquet
+    <output>/review_queue/queued_date=<YYYY-MM-DD>/part-<queue id>.parquet
 
 Part files are immutable and written atomically; bookkeeping files start with ``_`` so that
 dataset readers skip them.
@@ -29,6 +30,7 @@ ITEMS = "items"
 QUARANTINE = "quarantine"
 MANIFESTS = "manifests"
 SCORES = "scores"
+REVIEW_QUEUE = "review_queue"
 
 
 def part_key(table: str, part: str, partition: dict[str, str] | None = None) -> str:
@@ -59,10 +61,17 @@ def write_part(
     return key
 
 
-def read_table(output: Location, table_name: str, *, columns: list[str] | None = None) -> pa.Table:
-    """Every row of ``table_name`` (empty, with the contract's schema, when none is written)."""
+def read_table(
+    output: Location,
+    table_name: str,
+    *,
+    columns: list[str] | None = None,
+    filter: pc.Expression | None = None,
+) -> pa.Table:
+    """Every row of ``table_name`` (empty, with the contract's schema, when none is written),
+    or those matching ``filter``. The column ``__filename`` names each row's part file."""
     contract = table_contract(table_name)
-    return _dataset(output, contract).to_table(columns=columns)
+    return _dataset(output, contract).to_table(columns=columns, filter=filter)
 
 
 def _dataset(output: Location, contract: TableContract) -> ds.Dataset:

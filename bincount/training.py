@@ -10,6 +10,7 @@ GPU): each rank trains on its share of every epoch's permutation, rank 0 alone w
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -23,6 +24,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from bincount.calibration import (
+    CalibrationReport,
+    calibration_report,
+    fit_temperature,
+    mean_probabilities,
+)
 from bincount.config import TrainConfig
 from bincount.imagecache import CachedSplit, load_cached_splits
 from bincount.manifest import load_manifest
@@ -237,9 +244,8 @@ def train_model(
         raise ValueError(f"Expected training images in manifest {manifest_version}, but got none")
     if not len(splits["val"]):
         raise ValueError(f"Expected validation images in manifest {manifest_version}, got none")
-    _check_labels(splits, config.max_count)
-
-    model = CountingModel(config.arch, head=config.loss, max_count=config.max_count)
+    model = build_model(config)
+    _check_labels(splits, model.num_classes)
     if config.weights:
         load_weights_file(model, config.weights)
     model = model.to(runtime.device, memory_format=torch.channels_last)
@@ -309,6 +315,9 @@ def train_model(
             if on_epoch is not None:
                 on_epoch(metrics, state.history)
 
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
+    calibration = calibrate(model, splits["val"], runtime=runtime, config=config)
     best = state.best_metrics()
     result = TrainResult(
         version=version,
@@ -324,10 +333,14 @@ def train_model(
             output,
             ModelFiles(
                 version=version,
-                state_dict=state.best_state or model.state_dict(),
+                state_dict=model.state_dict(),
                 config=config.model_dump(),
                 manifest_version=manifest_version,
-                metrics={"best_epoch": best, "history": state.history},
+                metrics={
+                    "best_epoch": best,
+                    "history": state.history,
+                    "calibration": calibration.to_dict(),
+                },
                 lineage={
                     **(lineage or {}),
                     "device": str(runtime.device),
@@ -340,6 +353,45 @@ def train_model(
     if runtime.world_size > 1:
         dist.barrier()
     return result
+
+
+def build_model(config: TrainConfig) -> CountingModel:
+    """The untrained network a (manifest-resolved) config describes."""
+    return CountingModel(
+        config.arch,
+        head=config.loss,
+        max_count=config.max_count,
+        open_top=bool(config.open_top),
+    )
+
+
+def calibrate(
+    model: CountingModel, split: CachedSplit, *, runtime: Runtime, config: TrainConfig
+) -> CalibrationReport:
+    """Fit the model's temperature on ``split`` (the validation split) and set it on the model.
+
+    Fitted on the probabilities the model serves (averaged over the test-time flips when the
+    config uses them), so what scoring reports is what was calibrated.
+    """
+    model.temperature.fill_(1.0)
+    view_logits, _ = predict_split(
+        model, split, runtime=runtime, batch_size=config.batch_size, flips=config.test_time_flips
+    )
+    labels = torch.from_numpy(split.labels).long()
+    raw = functools.partial(model.probabilities, calibrated=False)
+    temperature = fit_temperature(raw, view_logits, labels)
+    model.temperature.fill_(temperature)
+    report = calibration_report(raw, view_logits, labels, temperature)
+    logger.info(
+        "calibrated on %d validation images: temperature %.3f, ECE %.3f -> %.3f, NLL %.3f -> %.3f",
+        report.n,
+        temperature,
+        report.ece_before,
+        report.ece_after,
+        report.nll_before,
+        report.nll_after,
+    )
+    return report
 
 
 class Schedule:
@@ -443,11 +495,11 @@ def predict_split(
     batch_size: int = 128,
     flips: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (of the image as it is) and probabilities for every image of a split, in order.
+    """Logits of every view (V, N, ...) and calibrated probabilities (N, C) of a split, in order.
 
-    With ``flips`` the probabilities average the image and its horizontal and vertical
-    mirrors: the count cannot change under a flip, and the average is steadier (+2 points of
-    accuracy on the synthetic test split).
+    With ``flips`` the views are the image and its horizontal and vertical mirrors and the
+    probabilities are their average: the count cannot change under a flip, and the average is
+    steadier (+2 points of accuracy on the synthetic test split).
     """
     model.eval()
     loader = BatchLoader(split, batch_size=batch_size, shuffle=False, augment=False, seed=0)
@@ -459,21 +511,22 @@ def predict_split(
         logits.append(batch_logits)
         probabilities.append(batch_probabilities)
     if not logits:
-        width = model.max_count + 1 if model.head == "ce" else model.max_count
-        return torch.zeros((0, width)), torch.zeros((0, model.max_count + 1))
-    return torch.cat(logits), torch.cat(probabilities)
+        width = model.num_classes if model.head == "ce" else model.num_classes - 1
+        views = 3 if flips else 1
+        return torch.zeros((views, 0, width)), torch.zeros((0, model.num_classes))
+    return torch.cat(logits, dim=1), torch.cat(probabilities)
 
 
 @torch.no_grad()
 def predict_batch(
     model: CountingModel, images: torch.Tensor, *, runtime: Runtime, flips: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of the images as they are, and per-count probabilities (averaged over the image
-    and its horizontal and vertical mirrors with ``flips``), both on the CPU."""
+    """Logits of each view (V, N, ...) and calibrated per-count probabilities averaged over the
+    views (the image and, with ``flips``, its horizontal and vertical mirrors), on the CPU."""
     views = [images, images.flip(3), images.flip(2)] if flips else [images]
     with runtime.autocast():
-        outputs = [model(view.to(runtime.device)).float().cpu() for view in views]
-    return outputs[0], torch.stack([model.probabilities(o) for o in outputs]).mean(0)
+        outputs = torch.stack([model(view.to(runtime.device)).float().cpu() for view in views])
+    return outputs, mean_probabilities(model.probabilities, outputs)
 
 
 def evaluate_split(
@@ -485,22 +538,28 @@ def evaluate_split(
     flips: bool = False,
 ) -> dict:
     """Loss and ABID metrics of a model on a cached split."""
-    logits, probabilities = predict_split(
+    view_logits, probabilities = predict_split(
         model, split, runtime=runtime, batch_size=batch_size, flips=flips
     )
     targets = torch.from_numpy(split.labels)
-    loss = model.loss(logits, targets).item()
+    loss = model.loss(view_logits[0], targets).item()
     predictions = model.count_from_probabilities(probabilities).tolist()
-    metrics = counting_metrics(predictions, split.labels.tolist(), num_classes=model.max_count + 1)
-    return {"loss": loss, "metrics": metrics, "predictions": predictions}
+    metrics = counting_metrics(predictions, split.labels.tolist(), num_classes=model.num_classes)
+    return {
+        "loss": loss,
+        "metrics": metrics,
+        "predictions": predictions,
+        "view_logits": view_logits,
+    }
 
 
-def _check_labels(splits: dict[str, CachedSplit], max_count: int) -> None:
+def _check_labels(splits: dict[str, CachedSplit], num_classes: int) -> None:
     for name, split in splits.items():
-        if len(split) and int(split.labels.max()) > max_count:
+        if len(split) and int(split.labels.max()) >= num_classes:
             raise ValueError(
-                f"Expected labels within 0..{max_count} (the head's max_count), but the {name} "
-                f"split has {int(split.labels.max())}: build the manifest with --policy max:K"
+                f"Expected labels within 0..{num_classes - 1} (the head's classes), but the "
+                f"{name} split has {int(split.labels.max())}: build the manifest with "
+                "--policy open:K or max:K"
             )
 
 

@@ -59,10 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("dest", help="folder or s3:// URL to write bin-images/ and metadata/ to")
     synth.add_argument("--bins", type=int, required=True, help="number of bins to write")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--max-count", type=int, default=10, help="largest item count (K)")
+    synth.add_argument(
+        "--max-count", type=int, default=50, help="largest item count (default 50: 99.9%% of ABID)"
+    )
     synth.add_argument("--append", action="store_true", help="add new bins with fresh ids")
     synth.add_argument(
         "--defect-rate", type=float, default=0.0, help="share of bins with injected faults"
+    )
+    synth.add_argument(
+        "--mismatch-rate",
+        type=float,
+        default=0.0,
+        help="share of bins whose (self-consistent) record disagrees with the photo",
+    )
+    synth.add_argument(
+        "--truth",
+        help="where to write what each photo really shows (default: DEST.truth beside a local "
+        "folder; required to get one for s3://)",
     )
     synth.add_argument("--workers", type=int, help="processes (default: all cores)")
 
@@ -142,10 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--model", default="champion", help="model version or 'champion'")
     score.add_argument("--limit", type=int, help="score at most N new images")
     score.add_argument(
-        "--min-confidence",
+        "--review-budget-percent",
         type=float,
-        default=0.5,
-        help="below this confidence a bin needs review even when the counts agree",
+        default=5.0,
+        help="the night's queue holds at most this share (%%) of the bins judged (default 5)",
+    )
+    score.add_argument(
+        "--review-budget-count", type=int, help="and at most this many bins (default: no cap)"
+    )
+    score.add_argument(
+        "--review-max-p-recorded",
+        type=float,
+        default=0.05,
+        help="queue a bin only if the model gives its recorded count at most this chance "
+        "(default 0.05)",
     )
     score.add_argument("--batch-size", type=int, default=64)
     score.add_argument(
@@ -203,7 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_manifest_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--policy", default="moderate", help="moderate (counts 0-5), hard (all) or max:K"
+        "--policy",
+        default="open:5",
+        help="open:K (0..K and 'more than K'; default open:5), moderate (counts 0-5 only), "
+        "hard (all) or max:K",
     )
     parser.add_argument(
         "--benchmark-split", help="ABID challenge validation list used as the test split"
@@ -249,15 +275,19 @@ def _synth(args: argparse.Namespace) -> dict:
 
     from bincount.settings import get_settings
     from bincount.storage import Location
-    from bincount.synth import synthesize
+    from bincount.synth import default_truth, synthesize
 
+    settings = get_settings()
+    truth = args.truth or default_truth(args.dest)
     summary = synthesize(
-        Location.output(get_settings(), args.dest),
+        Location.output(settings, args.dest),
         bins=args.bins,
         seed=args.seed,
         max_count=args.max_count,
         append=args.append,
         defect_rate=args.defect_rate,
+        mismatch_rate=args.mismatch_rate,
+        truth=Location.output(settings, truth) if truth else None,
         workers=args.workers,
     )
     return asdict(summary)
@@ -311,6 +341,17 @@ def _train_distributed(args: argparse.Namespace) -> dict:
     dist.barrier()
     result = train_model(target, config, manifest_version=details["version"], device=args.device)
     return result.__dict__ if runtime.is_main else {}
+
+
+def _score(args: argparse.Namespace) -> dict:
+    from bincount.review import ReviewPolicy
+
+    args.review = ReviewPolicy(
+        budget_percent=args.review_budget_percent,
+        budget_count=args.review_budget_count,
+        max_p_recorded=args.review_max_p_recorded,
+    )
+    return _flow_command("flows.score:score")(args)
 
 
 def _predict(args: argparse.Namespace) -> list[dict]:
@@ -372,7 +413,7 @@ COMMANDS = {
     "evaluate": _flow_command("flows.evaluate:evaluate"),
     "promote": _flow_command("flows.promote:promote"),
     "tune": _flow_command("flows.tune:tune"),
-    "score": _flow_command("flows.score:score"),
+    "score": _score,
     "predict": _predict,
     "serve": _serve,
     "models": _models,

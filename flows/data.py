@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from bincount.manifest import DEFAULT_POLICY
 from flows.ingest import ingest
 from flows.manifest import manifest
 from flows.naming import run_name
@@ -16,7 +17,7 @@ def data_pipeline(
     output: str | None = None,
     limit: int | None = None,
     keys_from: str | None = None,
-    policy: str = "moderate",
+    policy: str = DEFAULT_POLICY,
     benchmark_split: str | None = None,
     dask: str | None = None,
 ) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from bincount.manifest import DEFAULT_POLICY
 from flows.naming import run_name
 from tasks.manifest import build_versioned_manifest
 
@@ -12,7 +13,7 @@ from tasks.manifest import build_versioned_manifest
 def manifest(
     source: str | None = None,
     output: str | None = None,
-    policy: str = "moderate",
+    policy: str = DEFAULT_POLICY,
     benchmark_split: str | None = None,
 ) -> dict:
     """Valid bins to a manifest: labels, deterministic splits, the ABID challenge split."""

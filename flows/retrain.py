@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from bincount.manifest import DEFAULT_POLICY
 from flows.manifest import manifest as build_manifest
 from flows.naming import run_name
 from flows.promote import promote
@@ -14,7 +15,7 @@ from flows.train import train
 def retrain(
     source: str | None = None,
     output: str | None = None,
-    policy: str = "moderate",
+    policy: str = DEFAULT_POLICY,
     benchmark_split: str | None = None,
     arch: str = "resnet18",
     loss: str = "ce",

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from prefect import flow, unmapped
 
+from bincount.review import ReviewPolicy
 from flows.ingest import ingest
 from flows.naming import run_name
 from tasks.runtime import chunk_runner
-from tasks.scoring import plan_image_scoring, publish_scoring_summary, score_image_chunk
+from tasks.scoring import (
+    plan_image_scoring,
+    publish_scoring_summary,
+    rank_review_queue,
+    score_image_chunk,
+)
 
 
 @flow(name="score", flow_run_name=run_name("score"))
@@ -17,13 +23,13 @@ def score(
     prefix: str = "bin-images/",
     model: str = "champion",
     limit: int | None = None,
-    min_confidence: float = 0.5,
+    review: ReviewPolicy = ReviewPolicy(),  # noqa: B008 (immutable: a frozen pydantic model)
     batch_size: int = 64,
     ingest_first: bool = True,
     device: str | None = None,
     dask: str | None = None,
 ) -> dict:
-    """Score images not scored yet; flag bins whose count disagrees with EXPECTED_QUANTITY."""
+    """Score images not scored yet; queue the bins whose photo disagrees with their record."""
     if ingest_first:  # so that expected quantities of new bins are known
         ingest(source=source, output=output, dask=dask)
     plan = plan_image_scoring(source, output, prefix, model, limit)
@@ -37,10 +43,10 @@ def score(
                     "output": unmapped(output),
                     "model_version": plan.model_version,
                     "keys": plan.chunks,
-                    "min_confidence": min_confidence,
                     "batch_size": batch_size,
                     "device": unmapped(device),
                 },
             ).result()
-    summary = publish_scoring_summary(output, plan, results)
+    queue = rank_review_queue(output, review, results)
+    summary = publish_scoring_summary(source, output, plan, results, queue)
     return summary.as_dict()

@@ -1,4 +1,5 @@
-"""Tasks: plan a scoring run, score one chunk of images, publish the run's summary."""
+"""Tasks: plan a scoring run, score one chunk of images, rank the night's review queue, publish
+the run's summary."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from bincount.registry import resolve_version
+from bincount.review import ReviewPolicy
+from bincount.review_queue import NightQueue, queue_reviews
 from bincount.scoring import (
+    REVIEW_LIST_SIZE,
     ChunkResult,
     Scorer,
     ScoringPlan,
@@ -67,7 +71,6 @@ def score_image_chunk(
     output: str | None,
     model_version: str,
     keys: list[str],
-    min_confidence: float,
     batch_size: int,
     device: str | None,
 ) -> ChunkResult:
@@ -78,40 +81,73 @@ def score_image_chunk(
         output_location,
         _scorer(output, model_version, device),
         keys,
-        min_confidence=min_confidence,
         batch_size=batch_size,
         concurrency=settings.max_concurrency,
         run_id=current_run_id(),
     )
     get_run_logger().info(
-        "part %s: %d scored, %d quarantined, %d need review (%.1f images/s)",
+        "part %s: %d scored, %d quarantined, %d records judged (%.1f images/s)",
         result.part,
         result.scored,
         result.quarantined,
-        result.needs_review,
+        result.judged,
         (result.scored + result.quarantined) / result.seconds if result.seconds else 0.0,
     )
     return result
 
 
+@task(
+    name="rank-review-queue",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    timeout_seconds=1800,
+    cache_policy=NO_CACHE,
+)
+def rank_review_queue(
+    output: str | None, review: ReviewPolicy, results: list[ChunkResult]
+) -> NightQueue:
+    """Rank the night's scored bins by evidence against their records; publish the queue."""
+    queue = queue_reviews(
+        resolve_output(output),
+        review,
+        run_id=current_run_id(),
+        run_parts={result.part_key for result in results},
+        top=REVIEW_LIST_SIZE,
+    )
+    get_run_logger().info(
+        "review queue %s: %d of %d judged bins flagged (budget %d, p_recorded <= %g)",
+        queue.queue_id,
+        queue.flagged,
+        queue.judged,
+        queue.budget,
+        review.max_p_recorded,
+    )
+    return queue
+
+
 @task(name="scoring-summary", cache_policy=NO_CACHE)
 def publish_scoring_summary(
-    output: str | None, plan: ScoringPlan, results: list[ChunkResult]
+    source: str | None,
+    output: str | None,
+    plan: ScoringPlan,
+    results: list[ChunkResult],
+    queue: NightQueue,
 ) -> ScoringSummary:
-    """The run's figures and the top of the review list, as the ``scoring-summary`` artifact."""
+    """The run's figures and the top of its review queue with thumbnails, as the
+    ``scoring-summary`` artifact."""
+    _, source_location, output_location = locations(source, output)
     seconds = (datetime.now(UTC) - plan.started_at).total_seconds()
-    summary = summarize(plan, resolve_output(output), results, seconds)
+    summary = summarize(plan, source_location, output_location, results, queue, seconds)
     get_run_logger().info(
-        "scored %d images (%d quarantined): %d discrepancies, %d need review, %.1f images/s",
+        "scored %d images (%d quarantined): %d flagged for review, %.1f images/s",
         summary.scored,
         summary.quarantined,
-        summary.discrepancies,
         summary.needs_review,
         summary.images_per_second,
     )
     create_markdown_artifact(
         key="scoring-summary",
         markdown=summary.to_markdown(),
-        description="Images scored, discrepancies, review list with links to the images",
+        description="Images scored and the top of the night's review queue, with photos",
     )
     return summary

@@ -75,7 +75,8 @@ def prefect_api():
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> Path:
-    """A bucket of 40 real-JPEG bins and an output with a promoted (tiny) champion."""
+    """A bucket of 40 real-JPEG bins (0-5 items) and an output with a promoted (tiny) champion
+    that counts 0..3 and "more than 3" (policy open:3)."""
     from bincount.config import TrainConfig
     from bincount.evaluation import evaluate_model
     from bincount.imagecache import build_image_cache
@@ -92,7 +93,7 @@ def trained(tmp_path_factory) -> Path:
     source, output = Location(str(root / "bucket")), Location(str(root / "out"))
     ingest_metadata(source, output)
     validate_bins(source, output, max_expected_quantity=250)
-    build_manifest(source, output, policy=CountPolicy.parse("max:5"))
+    build_manifest(source, output, policy=CountPolicy.parse("open:3"))
     rows, details = load_manifest(output, None)
     build_image_cache(source, output, rows, manifest_version=details["version"], size=32)
     config = TrainConfig(arch="mobilenet_v3_small", image_size=32, batch_size=16, epochs=1)

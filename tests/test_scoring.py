@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import shutil
@@ -16,10 +18,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
+from PIL import Image
 
 from bincount.contracts import table_contract
 from bincount.ingest import ingest_metadata
-from bincount.scoring import plan_scoring, score_images
+from bincount.review import ReviewPolicy
+from bincount.review_queue import decide_queue
+from bincount.scoring import load_scorer, plan_scoring, score_chunk, score_images
 from bincount.storage import Location
 from bincount.tables import read_table
 from bincount.testing.faultproxy import fault_proxy
@@ -51,7 +56,8 @@ def _image_ids(bucket: Path) -> list[str]:
 def test_scores_follow_the_contract_and_the_record(workdir):
     source, output = Location(str(workdir / "bucket")), Location(str(workdir / "out"))
     ingest_metadata(source, output)
-    summary = score_images(source, output, chunk_size=16, batch_size=8, min_confidence=0.3)
+    policy = ReviewPolicy(budget_percent=20, max_p_recorded=0.5)
+    summary = score_images(source, output, chunk_size=16, batch_size=8, review=policy)
 
     scores = _scores(workdir / "out")
     assert scores.schema.equals(table_contract("scores").schema, check_metadata=False)
@@ -69,55 +75,120 @@ def test_scores_follow_the_contract_and_the_record(workdir):
     recorded = {
         r["image_id"]: r["expected_quantity"] for r in read_table(output, "bins").to_pylist()
     }
-    for row in scores.to_pylist():
+    assert max(recorded.values()) > 3  # records beyond the model's exact range (0..3)
+    rows = scores.to_pylist()
+    for row in rows:
         probabilities = np.array(row["count_probabilities"])
-        assert len(probabilities) == 6 and abs(probabilities.sum() - 1) < 1e-4
+        assert len(probabilities) == 5 and abs(probabilities.sum() - 1) < 1e-4  # 0..3, "4+"
         assert row["confidence"] == pytest.approx(probabilities[row["predicted_count"]])
-        assert row["expected_quantity"] == recorded.get(row["image_id"])
-        if row["expected_quantity"] is None:
-            assert row["discrepancy"] is None
-        else:
-            assert row["discrepancy"] == (row["predicted_count"] != row["expected_quantity"])
-        assert row["needs_review"] == (bool(row["discrepancy"]) or row["confidence"] < 0.3)
+        assert row["predicted_overflow"] == (row["predicted_count"] == 4)
+        record = recorded.get(row["image_id"])
+        assert row["expected_quantity"] == record
+        if record is None:
+            assert row["discrepancy"] is None and row["p_recorded"] is None
+            assert row["review_rank"] is None and row["needs_review"] is False
+            continue
+        # A record above 3 is judged by the "more than 3" class, never flagged by construction.
+        assert row["p_recorded"] == pytest.approx(probabilities[min(record, 4)])
+        assert row["discrepancy_score"] == pytest.approx(
+            -np.log10(max(row["p_recorded"], 1e-6)), rel=1e-5
+        )
+        expected_disagreement = (
+            record <= 3 if row["predicted_overflow"] else row["predicted_count"] != record
+        )
+        assert row["discrepancy"] == expected_disagreement
         assert row["image_uri"] == str(workdir / "bucket" / "bin-images" / f"{row['image_id']}.jpg")
     assert summary.discrepancies == sum(bool(r) for r in scores.column("discrepancy").to_pylist())
     assert summary.unknown_expected == 1  # 0777
+
+    # The night's queue: every judged bin ranked from the least likely record, the flags within
+    # the budget and the evidence threshold, the queue dataset equal to the flagged rows.
+    judged = sorted(
+        (r for r in rows if r["p_recorded"] is not None), key=lambda r: r["review_rank"]
+    )
+    assert [r["review_rank"] for r in judged] == list(range(1, len(judged) + 1))
+    assert [r["p_recorded"] for r in judged] == sorted(r["p_recorded"] for r in judged)
+    budget = len(judged) * 20 // 100
+    for row in judged:
+        assert row["needs_review"] == (row["review_rank"] <= budget and row["p_recorded"] <= 0.5)
+    flagged = [r for r in judged if r["needs_review"]]
+    assert 0 < len(flagged) <= budget == summary.queue["budget"]
+    assert summary.needs_review == len(flagged)
+    queue = read_table(output, "review_queue")
+    assert queue.schema.equals(table_contract("review_queue").schema, check_metadata=False)
+    assert queue.column("image_id").to_pylist() == [r["image_id"] for r in flagged]
+    assert queue.column("queued_date").to_pylist()[0].isoformat() == today
+    assert not (workdir / "out" / "scores" / "_queues").exists() or not list(
+        (workdir / "out" / "scores" / "_queues").iterdir()
+    )  # the decision is applied and cleared
 
     quarantine = read_table(output, "quarantine").to_pylist()
     rejected = [(r["stage"], r["image_id"], r["reason_code"]) for r in quarantine]
     assert ("score", "00203", "undecodable_image") in rejected
     review = summary.review
-    assert review and all(row["link"].startswith("file://") for row in review)
-    gaps = [
-        abs(r["predicted_count"] - r["expected_quantity"])
-        for r in review
-        if r["expected_quantity"] is not None
-    ]
-    assert gaps == sorted(gaps, reverse=True)  # the largest disagreements first
+    assert [r["image_id"] for r in review] == [r["image_id"] for r in flagged]
+    for row in review:
+        assert row["link"].startswith("file://")
+        thumbnail = Image.open(io.BytesIO(base64.b64decode(row["thumbnail"].split(",", 1)[1])))
+        assert row["thumbnail"].startswith("data:image/jpeg;base64,") and max(thumbnail.size) <= 96
+    markdown = summary.to_markdown()
+    assert markdown.count("](data:image/jpeg;base64,") == len(review)
 
     again = score_images(source, output)
-    assert again.scored == 0 and again.quarantined == 0
+    assert again.scored == 0 and again.quarantined == 0 and again.needs_review == 0
     assert again.already_scored == len(ids)  # scored and quarantined images both skipped
     write_clean_bucket(workdir / "bucket", 3, start=500)
     later = score_images(source, output)
-    assert later.scored == 3
+    assert later.scored == 3 and later.queue["ranked"] == 3  # tonight's bins alone
     assert _scores(workdir / "out").num_rows == len(scored) + 3
 
 
-def test_a_chunk_without_its_scores_part_is_discarded_and_scored_again(workdir):
+def test_a_run_stopped_before_its_queue_is_ranked_with_the_next_night(workdir):
     source, output = Location(str(workdir / "bucket")), Location(str(workdir / "out"))
-    first = score_images(source, output, chunk_size=10, batch_size=8)
-    # A kill between a chunk's two writes: its quarantine part landed, its scores part did not.
-    (quarantined,) = (workdir / "out" / "quarantine" / "stage=score").glob("part-*.parquet")
-    (uncommitted,) = (workdir / "out" / "scores").rglob(quarantined.name)
-    uncommitted.unlink()
-    plan = plan_scoring(source, output, model_version=first.model_version, chunk_size=10)
-    assert plan.discarded_orphan_parts == 1
-    again = score_images(source, output, chunk_size=10)
-    assert again.quarantined == 1 and again.scored == 10 - 1
-    assert len(list((workdir / "out" / "quarantine" / "stage=score").glob("part-*"))) == 1
+    scorer = load_scorer(output)
+    plan = plan_scoring(source, output, model_version=scorer.version, chunk_size=100)
+    score_chunk(source, output, scorer, plan.chunks[0], batch_size=8)  # then the run dies
+    stranded = _scores(workdir / "out")
+    assert stranded.column("needs_review").null_count == stranded.num_rows
+
+    write_clean_bucket(workdir / "bucket", 4, start=600)
+    night = score_images(source, output, review=ReviewPolicy(budget_percent=50))
     scores = _scores(workdir / "out")
-    assert scores.num_rows == len(set(scores.column("image_id").to_pylist())) == first.scored
+    assert scores.column("needs_review").null_count == 0
+    assert night.scored == 4 and night.queue["ranked"] == stranded.num_rows + 4
+    assert night.queue["carried_over"] == 1  # the stranded part
+    ranks = [r for r in scores.column("review_rank").to_pylist() if r is not None]
+    assert sorted(ranks) == list(range(1, len(ranks) + 1))
+
+
+def test_a_decided_queue_is_applied_by_the_next_run_not_decided_again(workdir):
+    source, output = Location(str(workdir / "bucket")), Location(str(workdir / "out"))
+    policy = ReviewPolicy(budget_percent=30, max_p_recorded=1.0)
+    scorer = load_scorer(output)
+    plan = plan_scoring(source, output, model_version=scorer.version, chunk_size=100)
+    score_chunk(source, output, scorer, plan.chunks[0], batch_size=8)
+    # The run writes its decision, the queue's commit point, and dies before applying it.
+    _, decided, decision = decide_queue(output, policy)
+    assert _scores(workdir / "out").column("needs_review").null_count == decided.num_rows
+
+    write_clean_bucket(workdir / "bucket", 2, start=700)  # the next night's arrivals
+    night = score_images(source, output, review=policy)
+    assert night.queue["decisions_applied"] == 1
+    assert night.queue["ranked"] == 2  # tonight's bins; last night's were decided already
+    scores = _scores(workdir / "out")
+    last_night = {r["image_uri"]: r for r in decided.to_pylist()}
+    for row in scores.to_pylist():
+        if row["image_uri"] in last_night:  # the decision as made, not a new one
+            assert row["review_rank"] == last_night[row["image_uri"]]["review_rank"]
+            assert row["needs_review"] == last_night[row["image_uri"]]["needs_review"]
+    queue = read_table(output, "review_queue")
+    tonight = {night.queue["queue_id"]} if night.needs_review else set()
+    assert set(queue.column("queue_id").to_pylist()) == {
+        decided.column("queue_id")[0].as_py(),
+        *tonight,
+    }
+    assert queue.num_rows == decision.flagged + night.needs_review
+    assert not list((workdir / "out" / "scores" / "_queues").glob("*.parquet"))
 
 
 KILLABLE_SCORING = """
@@ -178,8 +249,10 @@ def test_score_flow_on_s3_with_artifact_and_analyst_reads(
     # The output (tables and the registry with its champion) moves to S3.
     upload_tree(s3_server.endpoint_url, f"{bucket}-out", workdir / "out")
 
-    result = score(source=f"s3://{bucket}", output=output, batch_size=8)
+    policy = ReviewPolicy(budget_percent=25, max_p_recorded=1.0)
+    result = score(source=f"s3://{bucket}", output=output, batch_size=8, review=policy)
     assert result["scored"] == len(_image_ids(workdir / "bucket")) - 1
+    assert 0 < result["needs_review"] <= result["queue"]["budget"]
     assert result["quarantined"] == 1
     assert result["unknown_expected"] == 1  # the metadata was ingested first, but 0777 has none
     with get_client(sync_client=True) as client:
@@ -190,6 +263,7 @@ def test_score_flow_on_s3_with_artifact_and_analyst_reads(
     report = artifacts["scoring-summary"]
     assert f"| scored now | {result['scored']:,} |" in report
     assert f"{s3_server.endpoint_url}/{bucket}/bin-images/" in report  # links to the images
+    assert report.count("](data:image/jpeg;base64,") == result["needs_review"]  # thumbnails
 
     again = score(source=f"s3://{bucket}", output=output)
     assert again["scored"] == 0 and again["already_scored"] == result["scored"] + 1
@@ -200,7 +274,7 @@ def test_score_flow_on_s3_with_artifact_and_analyst_reads(
     client = s3_client(s3_server.endpoint_url)
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=f"{bucket}-out"):
         for obj in page.get("Contents", []):
-            if obj["Key"].startswith("scores/"):
+            if obj["Key"].startswith(("scores/", "review_queue/")):
                 target = local / obj["Key"]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 client.download_file(f"{bucket}-out", obj["Key"], str(target))
@@ -213,6 +287,10 @@ def test_score_flow_on_s3_with_artifact_and_analyst_reads(
         "where discrepancy"
     ).fetchall()
     assert flagged == result["discrepancies"]
+    queue = pd.read_parquet(local / "review_queue").sort_values("review_rank")
+    joined = queue.merge(frame, on="image_uri", suffixes=("", "_score"))
+    assert len(joined) == len(queue) == result["needs_review"]
+    assert (joined["review_rank"] == joined["review_rank_score"]).all()
 
 
 def test_predict_prints_counts_for_files_and_s3_urls(trained, s3_server, bucket, capsys):
@@ -295,6 +373,9 @@ def test_real_abid_photos_are_scored_against_their_recorded_quantity(
     assert sorted(r["image_id"] for r in rows) == photos  # "121" and "00121" stay apart
     for row in rows:
         assert row["expected_quantity"] == recorded[row["image_id"]]
-        assert row["discrepancy"] == (row["predicted_count"] != recorded[row["image_id"]])
-    # The tiny champion predicts at most 5; bins recorded above that are discrepancies.
-    assert summary.discrepancies >= sum(1 for q in recorded.values() if q > 5)
+        record = recorded[row["image_id"]]
+        overflow = row["predicted_count"] == 4  # the tiny champion's "more than 3"
+        assert row["discrepancy"] == (record <= 3 if overflow else row["predicted_count"] != record)
+        assert row["p_recorded"] == pytest.approx(row["count_probabilities"][min(record, 4)])
+    # The queue holds at most the budget, however weak the model.
+    assert summary.needs_review <= summary.queue["budget"] == int(0.05 * len(photos))
