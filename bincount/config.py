@@ -8,6 +8,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# The demo's CPU recipe: what 2 cores train in a few minutes (flows/demo.py, bench/review.py).
+DEMO_RECIPE = {
+    "arch": "mobilenet_v3_small",
+    "loss": "ordinal",
+    "image_size": 112,
+    "epochs": 30,
+    "batch_size": 64,
+    "lr": 3e-3,
+}
+
 
 class TrainConfig(BaseModel):
     """Everything that decides what a training run learns (and so the model's version)."""

@@ -273,6 +273,60 @@ def simulate_record_errors(
     return records, records - np.asarray(labels, np.int64)
 
 
+@dataclass(frozen=True)
+class QueueAgainstTruth:
+    """A night's queue measured against what the photos really show (synthetic truth)."""
+
+    judged: int  # bins ranked with a known record and a known true count
+    wrong: int  # of those, records that disagree with the photo
+    wrong_by_2_or_more: int
+    flagged: int
+    flagged_wrong: int
+    caught_by_2_or_more: int
+
+    @property
+    def precision(self) -> float:
+        return self.flagged_wrong / self.flagged if self.flagged else math.nan
+
+    @property
+    def recall(self) -> float:
+        return self.flagged_wrong / self.wrong if self.wrong else math.nan
+
+    @property
+    def recall_by_2_or_more(self) -> float:
+        if not self.wrong_by_2_or_more:
+            return math.nan
+        return self.caught_by_2_or_more / self.wrong_by_2_or_more
+
+    def to_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "precision": self.precision,
+            "recall": self.recall,
+            "recall_by_2_or_more": self.recall_by_2_or_more,
+        }
+
+
+def queue_against_truth(
+    flagged: dict[str, bool], recorded: dict[str, int], true_counts: dict[str, int]
+) -> QueueAgainstTruth:
+    """Precision and recall of a queue (``flagged``: bin id → needs_review, for every bin the
+    night judged) given each bin's record and the count its photo really shows."""
+    judged = [i for i in flagged if i in recorded and i in true_counts]
+    error = {i: recorded[i] - true_counts[i] for i in judged}
+    wrong = {i for i in judged if error[i]}
+    large = {i for i in wrong if abs(error[i]) >= 2}
+    chosen = {i for i in judged if flagged[i]}
+    return QueueAgainstTruth(
+        judged=len(judged),
+        wrong=len(wrong),
+        wrong_by_2_or_more=len(large),
+        flagged=len(chosen),
+        flagged_wrong=len(chosen & wrong),
+        caught_by_2_or_more=len(chosen & large),
+    )
+
+
 # -- showing a bin ---------------------------------------------------------------------------------
 def thumbnail_data_uri(payload: bytes, *, size: int = 96, quality: int = 70) -> str:
     """A small JPEG of an image as a ``data:`` URI, for markdown that renders inline."""

@@ -28,7 +28,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from bincount.review import QueueDecision, ReviewPolicy, rank_queue
+from bincount.review import (
+    QueueAgainstTruth,
+    QueueDecision,
+    ReviewPolicy,
+    queue_against_truth,
+    rank_queue,
+)
 from bincount.storage import Location
 from bincount.tables import REVIEW_QUEUE, SCORES, read_table, write_part
 
@@ -211,3 +217,31 @@ def _queue_id(image_uris: list[str]) -> str:
     for uri in sorted(image_uris):
         digest.update(uri.encode() + b"\x1e")
     return digest.hexdigest()[:20]
+
+
+def measure_against_truth(
+    output: Location, truth: Location, image_ids: list[str]
+) -> QueueAgainstTruth:
+    """The queue of ``image_ids`` (one night's bins) against a synthetic bucket's truth table
+    (``bincount synth --truth``), which no flow reads."""
+    wanted = pa.array(image_ids, pa.string())
+    scores = read_table(
+        output,
+        SCORES,
+        columns=["image_id", "expected_quantity", "p_recorded", "needs_review"],
+        filter=ds.field("image_id").isin(wanted) & ds.field("p_recorded").is_valid(),
+    ).to_pylist()
+    truth_rows = pa.concat_tables(_truth_parts(truth)).to_pylist()
+    true_counts = {row["image_id"]: row["true_count"] for row in truth_rows}
+    return queue_against_truth(
+        {row["image_id"]: bool(row["needs_review"]) for row in scores},
+        {row["image_id"]: row["expected_quantity"] for row in scores},
+        true_counts,
+    )
+
+
+def _truth_parts(truth: Location) -> list[pa.Table]:
+    keys = [k for k in truth.list_files("") if k.endswith(".parquet")]
+    if not keys:
+        raise FileNotFoundError(f"Expected truth tables (part-*.parquet) in {truth.uri()}")
+    return [truth.read_parquet(key) for key in keys]

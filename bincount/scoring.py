@@ -609,7 +609,7 @@ class ScoringSummary:
 
 
 def _percent(p: float) -> str:
-    return f"{100 * p:.2g}%" if p >= 0.001 else f"{100 * p:.1e}%"
+    return f"{100 * p:.2g}%" if p >= 0.0001 else "<0.01%"
 
 
 def summarize(

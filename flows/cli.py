@@ -204,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--arrivals", type=int, default=400, help="new bins that arrive later")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--train-minutes", type=float, default=4.5)
+    demo.add_argument(
+        "--mismatch-rate",
+        type=float,
+        default=0.05,
+        help="share of arrivals whose record disagrees with the photo",
+    )
 
     for sub in (
         ingest,
@@ -399,6 +405,7 @@ def _demo(args: argparse.Namespace) -> str:
         arrivals=args.arrivals,
         seed=args.seed,
         train_minutes=args.train_minutes,
+        mismatch_rate=args.mismatch_rate,
     )
     return demo_summary(result)
 

@@ -6,20 +6,13 @@ import os
 
 from prefect import flow
 
+from bincount.config import DEMO_RECIPE
+from bincount.synth import MAX_COUNT_LIMIT, default_truth
 from flows.data import data_pipeline
 from flows.retrain import retrain
 from flows.score import score
+from tasks.scoring import measure_queue_against_truth
 from tasks.synth import synthesize_bucket
-
-# A CPU-sized recipe for a few minutes on 2 cores (README, "The CPU recipe", uses 10k bins).
-DEMO_TRAINING = {
-    "arch": "mobilenet_v3_small",
-    "loss": "ordinal",
-    "image_size": 112,
-    "epochs": 30,
-    "batch_size": 64,
-    "lr": 3e-3,
-}
 
 
 @flow(name="demo")
@@ -29,24 +22,41 @@ def demo(
     arrivals: int = 400,
     seed: int = 7,
     train_minutes: float = 4.5,
+    mismatch_rate: float = 0.05,
 ) -> dict:
     """Synthesize a bucket (once), run the data pipeline, train, evaluate and promote, score
-    the bins there; then new bins arrive (some with wrong labels) and the nightly job scores
-    them alone."""
+    the bins there; then new bins arrive (some with records that disagree with their photos)
+    and the nightly job scores them alone and queues the suspicious ones, measured against the
+    synthetic truth (kept beside the bucket, where no flow looks)."""
     bucket = os.path.join(workdir, "bucket")
     output = os.path.join(workdir, "output")
+    truth = default_truth(bucket)  # demo-output/bucket.truth, where `bincount synth` puts it
     synthesized = None
     if not os.path.isdir(os.path.join(bucket, "metadata")):
         synthesized = synthesize_bucket(
-            bucket, bins=bins, seed=seed, max_count=6, append=False, defect_rate=0.01
+            bucket,
+            bins=bins,
+            seed=seed,
+            max_count=MAX_COUNT_LIMIT,
+            append=False,
+            defect_rate=0.01,
+            truth=truth,
         )
-    data = data_pipeline(source=bucket, output=output, policy="moderate")
-    model = retrain(source=bucket, output=output, max_minutes=train_minutes, **DEMO_TRAINING)
+    data = data_pipeline(source=bucket, output=output)
+    model = retrain(source=bucket, output=output, max_minutes=train_minutes, **DEMO_RECIPE)
     backfill = score(source=bucket, output=output)
     arrived = synthesize_bucket(
-        bucket, bins=arrivals, seed=seed + 1, max_count=6, append=True, defect_rate=0.05
+        bucket,
+        bins=arrivals,
+        seed=seed + 1,
+        max_count=MAX_COUNT_LIMIT,
+        append=True,
+        defect_rate=0.02,
+        mismatch_rate=mismatch_rate,
+        truth=truth,
     )
     nightly = score(source=bucket, output=output)
+    measured = measure_queue_against_truth(output, truth, list(arrived.ids))
     return {
         "bucket": os.path.abspath(bucket),
         "output": os.path.abspath(output),
@@ -56,6 +66,9 @@ def demo(
         "backfill": backfill,
         "arrived": arrived.bins,
         "nightly": nightly,
+        "mismatch_rate": mismatch_rate,
+        "queue_against_truth": measured,
+        "truth": os.path.abspath(truth),
     }
 
 
@@ -66,6 +79,7 @@ def demo_summary(result: dict) -> str:
     promotion = result["model"]["promotion"]
     ours = promotion["challenger_figures"]
     backfill, nightly = result["backfill"], result["nightly"]
+    truth = result["queue_against_truth"]
     lines = [
         "",
         "bincount demo: done",
@@ -78,19 +92,27 @@ def demo_summary(result: dict) -> str:
         f"  model      {promotion['challenger']}: test accuracy {100 * ours['accuracy']:.1f}%, "
         f"RMSE {ours['rmse']:.3f} (ABID ResNet-34 baseline on real bins: 55.67%, 0.930)",
         f"  champion   {'promoted: ' if promotion['promote'] else 'kept: '}{promotion['reason']}",
-        f"  scored     {backfill['scored']} bins already in the bucket: "
-        f"{backfill['needs_review']} flagged for review",
-        f"  arrived    {result['arrived']} new bins (5% with injected defects); the nightly run "
-        f"scored {nightly['scored']} and skipped {nightly['already_scored']} scored before",
-        f"  flagged    {nightly['discrepancies']} counts disagree with EXPECTED_QUANTITY, "
-        f"{nightly['needs_review']} need review; first in line:",
+        f"  scored     {backfill['scored']} bins already in the bucket; their review queue "
+        f"holds {backfill['needs_review']} (budget {backfill['queue']['budget']})",
+        f"  arrived    {result['arrived']} new bins, {100 * result['mismatch_rate']:g}% with "
+        "records that disagree with the photo, 2% with other defects; the nightly run scored "
+        f"{nightly['scored']} and skipped {nightly['already_scored']} scored before",
+        f"  queue      {nightly['needs_review']} of {nightly['queue']['judged']} bins flagged "
+        f"(budget {nightly['queue']['budget']}); against the truth in {result['truth']}:",
+        f"             precision {_share(truth['precision'])} ({truth['flagged_wrong']} of "
+        f"{truth['flagged']} flagged records are wrong), recall {_share(truth['recall'])} "
+        f"({truth['flagged_wrong']} of {truth['wrong']} wrong records), "
+        f"{_share(truth['recall_by_2_or_more'])} of the {truth['wrong_by_2_or_more']} off by 2+",
+        "             first in line:",
         *(
-            f"             {row['image_id']}: predicted {row['predicted_count']}, recorded "
-            f"{row['expected_quantity']} (confidence {row['confidence']:.2f})"
+            f"             #{row['review_rank']} {row['image_id']}: recorded "
+            f"{row['expected_quantity']}, the model sees {row['predicted_count']}"
+            f"{'+' if row['predicted_overflow'] else ''} and gives the record "
+            f"{100 * row['p_recorded']:.2g}%"
             for row in nightly["review"][:3]
         ),
         f"  outputs    {result['output']}/",
-        "             bins/ items/ quarantine/ manifests/ models/ scores/scored_date=YYYY-MM-DD/",
+        "             bins/ items/ quarantine/ manifests/ models/ scores/ review_queue/",
         "",
         "See the runs and their artifacts (ingest-summary, validation, manifest distribution,",
         "training curves, evaluation, promotion-decision, scoring-summary) in the Prefect UI:",
@@ -98,3 +120,7 @@ def demo_summary(result: dict) -> str:
         ".venv/bin/prefect server start   # then open http://127.0.0.1:4200",
     ]
     return "\n".join(lines)
+
+
+def _share(value: float) -> str:
+    return "n/a" if value != value else f"{100 * value:.0f}%"

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from bincount.registry import resolve_version
 from bincount.review import ReviewPolicy
-from bincount.review_queue import NightQueue, queue_reviews
+from bincount.review_queue import NightQueue, measure_against_truth, queue_reviews
 from bincount.scoring import (
     REVIEW_LIST_SIZE,
     ChunkResult,
@@ -24,6 +24,8 @@ from bincount.scoring import (
     score_chunk,
     summarize,
 )
+from bincount.settings import get_settings
+from bincount.storage import Location
 from tasks.runtime import current_run_id, locations, resolve_output
 
 
@@ -151,3 +153,20 @@ def publish_scoring_summary(
         description="Images scored and the top of the night's review queue, with photos",
     )
     return summary
+
+
+@task(name="queue-against-truth", cache_policy=NO_CACHE)
+def measure_queue_against_truth(output: str | None, truth: str, image_ids: list[str]) -> dict:
+    """Precision and recall of the queue over ``image_ids`` against a synthetic truth table."""
+    measured = measure_against_truth(
+        resolve_output(output), Location.output(get_settings(), truth), image_ids
+    )
+    get_run_logger().info(
+        "queue against the truth: %d flagged, precision %.2f, recall %.2f (%.2f of records off "
+        "by 2 or more)",
+        measured.flagged,
+        measured.precision,
+        measured.recall,
+        measured.recall_by_2_or_more,
+    )
+    return measured.to_dict()

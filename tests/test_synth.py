@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -294,3 +295,17 @@ def test_defects_leave_the_clean_bins_untouched(tmp_path):
             assert clean_images[bin_id] == faulty_images[bin_id]
         if bin_id not in faulty.defects:
             assert clean_meta[bin_id] == faulty_meta[bin_id]
+
+
+def test_cli_writes_the_truth_beside_a_local_bucket(tmp_path, capsys):
+    from flows.cli import main
+
+    dest = tmp_path / "bucket"
+    assert main(["synth", str(dest), "--bins", "30", "--seed", "4", "--mismatch-rate", "0.3"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    truth = pq.read_table(printed["truth"]).to_pylist()
+    assert printed["truth"].startswith(str(tmp_path / "bucket.truth") + "/")
+    assert len(truth) == 30 and not (dest / "bucket.truth").exists()
+    mismatched = [r for r in truth if r["defect"] == "record_mismatch"]
+    assert mismatched and all(r["recorded_count"] != r["true_count"] for r in mismatched)
+    assert set(printed["defects"]) == {r["image_id"] for r in mismatched}
