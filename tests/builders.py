@@ -67,6 +67,14 @@ def write_clean_bucket(root: Path, count: int, *, start: int = 1) -> list[str]:
     return ids
 
 
+def nested(depth: int) -> list:
+    """A list nested ``depth`` levels deep: ``[[[0]]]`` for 3."""
+    value: object = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 # Every kind of malformed metadata object, with the reason code ingest must give it.
 MALFORMED_OBJECTS: dict[str, tuple[bytes, str]] = {
     "90001": (b'{"BIN_FCSKU_DATA": {}, "EXPECTED_QUAN', "bad_json"),
@@ -107,6 +115,36 @@ MALFORMED_OBJECTS: dict[str, tuple[bytes, str]] = {
     ),
     "90014": (b"", "bad_json"),
     "90015": (b"null", "wrong_type"),
+    # Hostile objects: each used to stop a whole run.
+    "90016": (b"[" * 200_000 + b"]" * 200_000, "too_deep"),
+    "90017": (
+        b'{"BIN_FCSKU_DATA": {}, "EXPECTED_QUANTITY": ' + b"1" + b"0" * 30 + b"}",
+        "out_of_range",
+    ),
+    "90018": (json.dumps(metadata_document({"B1": 10**30}, expected=1)).encode(), "out_of_range"),
+    "90019": (json.dumps(metadata_document({}, expected=2**40)).encode(), "out_of_range"),
+    "90020": (
+        json.dumps(metadata_document({"B1": 2**62, "B2": 2**62}, expected=1)).encode(),
+        "out_of_range",
+    ),
+    "90021": (b'{"BIN_FCSKU_DATA": {}, "EXPECTED_QUANTITY": ' + b"7" * 5000 + b"}", "out_of_range"),
+    "90022": (
+        json.dumps(
+            {
+                "BIN_FCSKU_DATA": {
+                    "A": {"asin": "A", "quantity": 1, "height": {"unit": "IN", "value": 10**400}}
+                },
+                "EXPECTED_QUANTITY": 1,
+            }
+        ).encode(),
+        "out_of_range",
+    ),
+    "90023": (json.dumps(metadata_document({"\ud800": 1})).encode(), "bad_encoding"),
+    "90024": (json.dumps(metadata_document({"B1": 1}, note=nested(40))).encode(), "too_deep"),
+    "90025": (json.dumps(metadata_document({"B1": 1}, note="x" * (1 << 20))).encode(), "too_large"),
+    "90026": (b'{"BIN_FCSKU_DATA": {}, "EXPECTED_QUANTITY": NaN}', "wrong_type"),
+    "90027": (b"\xef\xbb\xbf" + json.dumps(metadata_document({"B1": 1})).encode(), "bad_json"),
+    "90028": ('{"BIN_FCSKU_DATA": {}, "EXPECTED_QUANTITY": 1}'.encode("utf-16"), "bad_encoding"),
 }
 
 
