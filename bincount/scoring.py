@@ -35,7 +35,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from bincount.imagecache import decode_image, decode_or_reason, undecodable_image_row
+from bincount.imagecache import (
+    UndecodableImage,
+    decode_image,
+    decode_or_reason,
+    undecodable_image_row,
+)
+from bincount.limits import ImageLimits
 from bincount.metadata import IMAGE_PREFIX
 from bincount.models import CountingModel
 from bincount.prefetch import Prefetched
@@ -111,7 +117,7 @@ class DecodedBatch:
 
     keys: list[str]
     images: np.ndarray
-    failures: list[tuple[str, str]]
+    failures: list[tuple[str, UndecodableImage]]
 
 
 def decoded_batches(
@@ -123,36 +129,47 @@ def decoded_batches(
     concurrency: int = 64,
     workers: int | None = None,
     depth: int = 4,
+    limits: ImageLimits | None = None,
 ) -> Iterator[DecodedBatch]:
     """Batches of decoded images, fetched and decoded ahead of the consumer in two threads.
 
     Pillow releases the GIL while it decodes, so a thread pool decodes in parallel without the
-    cost of shipping images between processes.
+    cost of shipping images between processes. No image is read past ``limits.max_bytes``.
     """
+    limits = limits or ImageLimits()
     windows = [list(keys[i : i + batch_size]) for i in range(0, len(keys), batch_size)]
 
     def fetched() -> Iterator[tuple[list[str], list[bytes | Exception]]]:
         for window in windows:
-            yield window, source.fetch_many(window, concurrency=concurrency)
+            yield (
+                window,
+                source.fetch_many(window, concurrency=concurrency, max_bytes=limits.max_bytes),
+            )
 
     def decoded() -> Iterator[DecodedBatch]:
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             for window, payloads in Prefetched(fetched(), depth=depth, name="image-fetch"):
-                results = list(pool.map(decode_or_reason, payloads, [size] * len(payloads)))
+                results = list(
+                    pool.map(
+                        decode_or_reason, payloads, [size] * len(payloads), [limits] * len(payloads)
+                    )
+                )
                 yield _batch_of(window, results, size)
 
     return iter(Prefetched(decoded(), depth=depth, name="image-decode"))
 
 
-def _batch_of(keys: list[str], results: list[np.ndarray | str], size: int) -> DecodedBatch:
+def _batch_of(
+    keys: list[str], results: list[np.ndarray | UndecodableImage], size: int
+) -> DecodedBatch:
     pairs = list(zip(keys, results, strict=True))
-    good = [(key, image) for key, image in pairs if not isinstance(image, str)]
+    good = [(key, image) for key, image in pairs if isinstance(image, np.ndarray)]
     return DecodedBatch(
         keys=[key for key, _ in good],
         images=np.stack([image for _, image in good])
         if good
         else np.zeros((0, size, size, 3), np.uint8),
-        failures=[(key, reason) for key, reason in pairs if isinstance(reason, str)],
+        failures=[(key, fault) for key, fault in pairs if isinstance(fault, UndecodableImage)],
     )
 
 
@@ -292,6 +309,7 @@ def score_chunk(
     min_confidence: float = 0.5,
     batch_size: int = 64,
     concurrency: int = 64,
+    limits: ImageLimits | None = None,
     run_id: str = "",
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ChunkResult:
@@ -302,10 +320,15 @@ def score_chunk(
     expected = expected_quantities(output, [image_id_from_image_key(k) for k in keys])
     scored_keys: list[str] = []
     probabilities: list[np.ndarray] = []
-    failures: list[tuple[str, str]] = []
+    failures: list[tuple[str, UndecodableImage]] = []
     model_seconds = 0.0
     for batch in decoded_batches(
-        source, keys, size=scorer.image_size, batch_size=batch_size, concurrency=concurrency
+        source,
+        keys,
+        size=scorer.image_size,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        limits=limits,
     ):
         failures.extend(batch.failures)
         if batch.keys:
@@ -335,11 +358,11 @@ def score_chunk(
                 SCORE_STAGE["stage"],
                 source.uri(key),
                 image_id_from_image_key(key),
-                reason,
+                fault,
                 run_id=run_id,
                 now=now,
             )
-            for key, reason in failures
+            for key, fault in failures
         ]
         write_table_part(output, QUARANTINE, part, rejects, partition=SCORE_STAGE)
     write_table_part(output, SCORES, part, table, partition={"scored_date": f"{now:%Y-%m-%d}"})
@@ -600,6 +623,7 @@ def score_images(
     concurrency: int = 64,
     partitions: int = 16,
     device: str | None = None,
+    limits: ImageLimits | None = None,
     run_id: str = "",
 ) -> ScoringSummary:
     """Score every image under ``prefix`` not scored yet (the whole run, in one process)."""
@@ -623,6 +647,7 @@ def score_images(
             min_confidence=min_confidence,
             batch_size=batch_size,
             concurrency=concurrency,
+            limits=limits,
             run_id=run_id,
         )
         for chunk in plan.chunks

@@ -307,6 +307,7 @@ def _train_distributed(args: argparse.Namespace) -> dict:
             rows,
             manifest_version=details["version"],
             size=config.image_size,
+            limits=settings.image_limits(),
         )
     dist.barrier()
     result = train_model(target, config, manifest_version=details["version"], device=args.device)

@@ -81,6 +81,7 @@ def score_image_chunk(
         min_confidence=min_confidence,
         batch_size=batch_size,
         concurrency=settings.max_concurrency,
+        limits=settings.image_limits(),
         run_id=current_run_id(),
     )
     get_run_logger().info(

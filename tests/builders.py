@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 from PIL import Image
@@ -35,6 +37,52 @@ def metadata_document(quantities: dict[str, int], *, expected: object = None, **
 def jpeg_bytes(width: int = 64, height: int = 48, shade: int = 90) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), (shade, shade // 2, shade // 3)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def flat_jpeg(width: int, height: int) -> bytes:
+    """A valid baseline greyscale JPEG of any size, every 8x8 block flat: 4 bits a block, so
+    20000 x 12000 pixels take 1.9 MB, written without ever holding the pixels."""
+    blocks = -(-width // 8) * -(-height // 8)
+
+    def segment(marker: int, body: bytes) -> bytes:
+        return bytes([0xFF, marker]) + struct.pack(">H", len(body) + 2) + body
+
+    one_code = bytes([0, 1] + [0] * 14)  # a single Huffman code, "00", for symbol 0
+    return b"".join(
+        [
+            b"\xff\xd8",
+            segment(0xDB, bytes([0]) + bytes([1] * 64)),  # quantisation table 0
+            segment(0xC0, struct.pack(">BHHB", 8, height, width, 1) + bytes([1, 0x11, 0])),
+            segment(0xC4, bytes([0x00]) + one_code + bytes([0])),  # DC: difference 0
+            segment(0xC4, bytes([0x10]) + one_code + bytes([0])),  # AC: end of block
+            segment(0xDA, bytes([1, 1, 0x00, 0, 63, 0])),
+            bytes(-(-blocks // 2)),  # "00" "00" a block: two blocks a zero byte
+            b"\xff\xd9",
+        ]
+    )
+
+
+def flat_png(width: int, height: int) -> bytes:
+    """A valid black greyscale PNG of any size, compressed a row at a time (never held)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    compressor = zlib.compressobj(9)
+    row = bytes(width + 1)  # filter byte 0, then the row
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    )
+
+
+def image_bytes(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
     return buffer.getvalue()
 
 
