@@ -58,6 +58,9 @@ class UndecodableImage(ValueError):
         self.reason = reason
         self.exception_type = exception_type or type(self).__name__
 
+    def __reduce__(self):  # returned from the cache's decoding processes
+        return type(self), (self.code, self.reason, self.exception_type)
+
 
 def decode_image(payload: bytes, size: int, limits: ImageLimits | None = None) -> np.ndarray:
     """JPEG (or PNG, WebP, ...) bytes → uint8 array (size, size, 3), aspect not kept.

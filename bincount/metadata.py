@@ -56,6 +56,15 @@ class MalformedMetadata(ValueError):
         self.reason = reason
         self.exception_type = type(cause if cause is not None else self).__name__
 
+    def __reduce__(self):  # crosses Dask workers with its fields, not its message
+        return _malformed, (self.code, self.reason, self.exception_type)
+
+
+def _malformed(code: str, reason: str, exception_type: str) -> MalformedMetadata:
+    error = MalformedMetadata(code, reason)
+    error.exception_type = exception_type
+    return error
+
 
 @dataclass(frozen=True, slots=True)
 class ParsedBin:

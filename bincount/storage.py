@@ -40,6 +40,9 @@ class ObjectTooLarge(ValueError):
         self.uri = uri
         self.limit = limit
 
+    def __reduce__(self):  # crosses process pools with its fields, not its message
+        return type(self), (self.uri, self.limit)
+
 
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:

@@ -3,6 +3,7 @@ valid ones decode to what they show (Hypothesis over any bytes and any image).""
 
 from __future__ import annotations
 
+import pickle
 import time
 
 import numpy as np
@@ -140,3 +141,16 @@ def test_any_valid_flat_image_decodes_to_its_colour(picture, size):
     assert decoded.shape == (size, size, 3)
     tolerance = 8 if fmt == "JPEG" else 0
     assert np.abs(decoded.astype(int) - reference).max() <= tolerance
+
+
+def test_reasons_cross_process_pools_whole():
+    from bincount.metadata import MalformedMetadata
+
+    reasons = [
+        UndecodableImage("image_too_large", "Expected at most 10 bytes", "ObjectTooLarge"),
+        ObjectTooLarge("s3://b/bin-images/1.jpg", 10),  # sent to the cache's decoding processes
+        MalformedMetadata("bad_json", "Expected valid JSON", cause=ValueError("x")),
+    ]
+    for reason in reasons:
+        copy = pickle.loads(pickle.dumps(reason))
+        assert (type(copy), vars(copy), str(copy)) == (type(reason), vars(reason), str(reason))
