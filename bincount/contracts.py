@@ -9,6 +9,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 _SCALAR_TYPES: dict[str, pa.DataType] = {
@@ -40,6 +41,14 @@ class TableContract:
     @property
     def partition_schema(self) -> pa.Schema:
         return pa.schema([self.schema.field(name) for name in self.partitioning])
+
+    def integer_range(self, column: str) -> tuple[int, int]:
+        """The smallest and the largest value integer column ``column`` can hold."""
+        kind = self.schema.field(column).type
+        if not pa.types.is_integer(kind):
+            raise ValueError(f"Expected an integer column, but {self.name}.{column} is {kind}")
+        bounds = np.iinfo(kind.to_pandas_dtype())
+        return int(bounds.min), int(bounds.max)
 
     def conform(self, table: pa.Table, *, files_only: bool = False) -> pa.Table:
         """``table`` with exactly the contract's columns, in order and type, or a clear error."""

@@ -21,10 +21,11 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin
 
-from bincount.storage import Location
-from bincount.tables import QUARANTINE, write_part
+from bincount.limits import ImageLimits
+from bincount.storage import Location, ObjectTooLarge
+from bincount.tables import QUARANTINE, quarantine_row, write_part
 
 logger = logging.getLogger(__name__)
 
@@ -40,38 +41,134 @@ INDEX_SCHEMA = pa.schema(
 )
 
 
+# What scoring and the cache decode: JPEG (ABID's format) and a few common formats. Anything
+# else (EPS, PDF, ...) is refused rather than handed to a plugin that may shell out.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Frame markers of sequential JPEGs, which libjpeg decodes a row of blocks at a time.
+_SEQUENTIAL_JPEG = (0xC0, 0xC1, 0xC9)
+
+
 class UndecodableImage(ValueError):
-    """An image that Pillow cannot decode completely."""
+    """An image that was not decoded: ``code`` is its stable reason code, ``exception_type``
+    the error that decided it."""
+
+    def __init__(self, code: str, reason: str, exception_type: str | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.exception_type = exception_type or type(self).__name__
+
+    def __reduce__(self):  # returned from the cache's decoding processes
+        return type(self), (self.code, self.reason, self.exception_type)
 
 
-def decode_image(payload: bytes, size: int) -> np.ndarray:
-    """JPEG (or any Pillow format) bytes → uint8 array (size, size, 3), aspect not kept.
+def decode_image(payload: bytes, size: int, limits: ImageLimits | None = None) -> np.ndarray:
+    """JPEG (or PNG, WebP, ...) bytes → uint8 array (size, size, 3), aspect not kept.
 
     Squashing instead of cropping keeps every item in the frame: a crop could cut one out and
-    change the count. ``draft`` lets libjpeg decode at a reduced scale, several times faster.
+    change the count. ``draft`` lets libjpeg decode at a reduced scale, several times faster,
+    and keeps a huge JPEG within ``limits.max_pixels``. Raises :class:`UndecodableImage`.
     """
+    limits = limits or ImageLimits()
+    if len(payload) > limits.max_bytes:
+        raise UndecodableImage(
+            "image_too_large",
+            f"Expected an image of at most {limits.max_bytes:,} bytes, but got {len(payload):,}",
+        )
     try:
-        with Image.open(io.BytesIO(payload)) as image:
+        with _open_image(payload) as image:
+            declared = image.size
             image.draft("RGB", (size, size))
+            pixels = _pixels_held(image, declared, payload)
+            if pixels > limits.max_pixels:
+                raise UndecodableImage(
+                    "image_too_many_pixels",
+                    f"Expected an image that decodes to at most {limits.max_pixels:,} pixels, "
+                    f"but {declared[0]}x{declared[1]} decodes to {pixels:,}",
+                )
             rgb = image.convert("RGB")
-            rgb.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise UndecodableImage(f"Expected a decodable image, but {error}") from None
-    return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+            return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+    except UndecodableImage:
+        raise
+    except Image.DecompressionBombError as error:  # Pillow's own bound, for formats it opens
+        raise UndecodableImage(
+            "image_too_many_pixels",
+            f"Expected an image within Pillow's decompression bomb bound, but {error}",
+            type(error).__name__,
+        ) from None
+    except MemoryError:
+        raise
+    except Exception as error:  # Pillow's plugins raise many types for broken bytes
+        raise UndecodableImage(
+            "undecodable_image",
+            f"Expected a decodable image, but {type(error).__name__}: {error}",
+            type(error).__name__,
+        ) from None
 
 
-def decode_or_reason(payload: bytes | Exception, size: int) -> np.ndarray | str:
-    """The decoded image, or why there is none (a fetch error or undecodable bytes)."""
+def _open_image(payload: bytes) -> Image.Image:
+    """The image's header, not its pixels. A JPEG opens without Pillow's process-wide bomb
+    check, which would refuse a huge JPEG that ``draft`` can still decode small; the pixel
+    limit applies after ``draft`` instead."""
+    if payload[:3] == b"\xff\xd8\xff":
+        return JpegImagePlugin.JpegImageFile(io.BytesIO(payload))
+    return Image.open(io.BytesIO(payload), formats=IMAGE_FORMATS)
+
+
+def _pixels_held(image: Image.Image, declared: tuple[int, int], payload: bytes) -> int:
+    """Pixels the decoder holds: a sequential, interleaved JPEG's at its draft scale; any other
+    at full size (libjpeg keeps every coefficient of a progressive or multi-scan JPEG)."""
+    width, height = image.size
+    if image.format == "JPEG" and _decodes_row_by_row(payload):
+        return width * height
+    return declared[0] * declared[1]
+
+
+def _decodes_row_by_row(payload: bytes) -> bool:
+    """Whether a JPEG is sequential and its first scan holds every component (read from its
+    frame and scan headers); anything unexpected answers no."""
+    position, frame, components = 2, None, None
+    while position + 4 < len(payload):
+        if payload[position] != 0xFF:
+            return False
+        marker = payload[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            position += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            frame = marker
+            components = payload[position + 9] if position + 9 < len(payload) else None
+        if marker == 0xDA:
+            return frame in _SEQUENTIAL_JPEG and payload[position + 4] == components
+        position += 2 + int.from_bytes(payload[position + 2 : position + 4], "big")
+    return False
+
+
+def decode_or_reason(
+    payload: bytes | Exception, size: int, limits: ImageLimits | None = None
+) -> np.ndarray | UndecodableImage:
+    """The decoded image, or why there is none (a fetch error, the limits, undecodable bytes)."""
+    if isinstance(payload, ObjectTooLarge):
+        return UndecodableImage("image_too_large", str(payload), type(payload).__name__)
     if isinstance(payload, Exception):
-        return f"Expected a readable image object, but got {payload!r}"
+        return UndecodableImage(
+            "unreadable_image",
+            f"Expected a readable image object, but got {payload!r}",
+            type(payload).__name__,
+        )
     try:
-        return decode_image(payload, size)
+        return decode_image(payload, size, limits)
     except UndecodableImage as error:
-        return str(error)
+        return error
 
 
-def _decode_batch(payloads: list[bytes | Exception], size: int) -> list[np.ndarray | str]:
-    return [decode_or_reason(payload, size) for payload in payloads]
+def _decode_batch(
+    payloads: list[bytes | Exception], size: int, limits: ImageLimits | None
+) -> list[np.ndarray | UndecodableImage]:
+    return [decode_or_reason(payload, size, limits) for payload in payloads]
 
 
 @dataclass(frozen=True)
@@ -101,10 +198,12 @@ def build_image_cache(
     shard_size: int = 2048,
     concurrency: int = 64,
     workers: int | None = None,
+    limits: ImageLimits | None = None,
     run_id: str = "",
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> CacheSummary:
     """Decode every manifest image once into shards (or return the complete cache)."""
+    limits = limits or ImageLimits()
     if size < 16:
         raise ValueError(f"Expected an image size of at least 16 px, but got {size}")
     folder = cache_folder(manifest_version, size)
@@ -122,17 +221,19 @@ def build_image_cache(
         for start in range(0, len(rows), shard_size):
             batch = rows[start : start + shard_size]
             keys = [_key_under(root, row["image_uri"]) for row in batch]
-            payloads = source.fetch_many(keys, concurrency=concurrency)
+            payloads = source.fetch_many(keys, concurrency=concurrency, max_bytes=limits.max_bytes)
             step = max(1, len(batch) // (workers * 4))
             parts = [payloads[i : i + step] for i in range(0, len(batch), step)]
             decoded = [
                 item
-                for part in pool.map(_decode_batch, parts, [size] * len(parts))
+                for part in pool.map(
+                    _decode_batch, parts, [size] * len(parts), [limits] * len(parts)
+                )
                 for item in part
             ]
             arrays = []
             for row, result in zip(batch, decoded, strict=True):
-                if isinstance(result, str):
+                if isinstance(result, UndecodableImage):
                     rejects.append(_reject(row, result, run_id=run_id, now=clock()))
                     continue
                 index.append(
@@ -175,27 +276,33 @@ def _key_under(root: str, uri: str) -> str:
     return uri[len(root) :]
 
 
-def _reject(row: dict, reason: str, *, run_id: str, now: datetime) -> dict:
+def _reject(row: dict, fault: UndecodableImage, *, run_id: str, now: datetime) -> dict:
     return undecodable_image_row(
-        IMAGES_STAGE["stage"], row["image_uri"], row["image_id"], reason, run_id=run_id, now=now
+        IMAGES_STAGE["stage"], row["image_uri"], row["image_id"], fault, run_id=run_id, now=now
     )
 
 
 def undecodable_image_row(
-    stage: str, image_uri: str, image_id: str, reason: str, *, run_id: str, now: datetime
+    stage: str,
+    image_uri: str,
+    image_id: str,
+    fault: UndecodableImage,
+    *,
+    run_id: str,
+    now: datetime,
 ) -> dict:
-    """The quarantine row of an image that could not be read or decoded at ``stage``."""
-    return {
-        "stage": stage,
-        "object_key": image_uri,
-        "image_id": image_id,
-        "etag": None,
-        "reason_code": "undecodable_image",
-        "reason": reason,
-        "expectation": None,
-        "run_id": run_id,
-        "quarantined_at": now,
-    }
+    """The quarantine row of an image that was not read or decoded at ``stage``."""
+    return quarantine_row(
+        stage,
+        image_uri,
+        image_id=image_id,
+        etag=None,
+        reason_code=fault.code,
+        reason=fault.reason,
+        exception_type=fault.exception_type,
+        run_id=run_id,
+        now=now,
+    )
 
 
 def _write_npy(output: Location, key: str, array: np.ndarray) -> None:

@@ -27,14 +27,17 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bincount.contracts import table_contract
+from bincount.limits import MetadataLimits
 from bincount.metadata import METADATA_PREFIX, MalformedMetadata, image_id_from_key, parse_metadata
-from bincount.storage import Location
+from bincount.storage import Location, ObjectTooLarge
 from bincount.tables import (
     BINS,
     ITEMS,
     QUARANTINE,
     part_key,
     part_names,
+    quarantine_row,
     read_table,
     write_part,
 )
@@ -157,13 +160,23 @@ def ingest_chunk(
     objects: pa.Table,
     *,
     concurrency: int = 64,
+    limits: MetadataLimits | None = None,
     run_id: str = "",
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ChunkOutcome:
-    """Fetch, parse and commit one chunk of listed objects (safe to retry: same part name)."""
+    """Fetch, parse and commit one chunk of listed objects (safe to retry: same part name).
+
+    No object is read past ``limits.max_bytes``; every object that cannot become a bin row
+    becomes a quarantine row, so only a fault of the platform (reading, writing) fails it.
+    """
+    limits = limits or MetadataLimits()
     chunk = objects.to_pylist()
-    payloads = source.fetch_many([obj["key"] for obj in chunk], concurrency=concurrency)
-    bins, items, rejects = rows_from_objects(chunk, payloads, run_id=run_id, now=clock())
+    payloads = source.fetch_many(
+        [obj["key"] for obj in chunk], concurrency=concurrency, max_bytes=limits.max_bytes
+    )
+    bins, items, rejects = rows_from_objects(
+        chunk, payloads, run_id=run_id, now=clock(), limits=limits
+    )
     part = commit_chunk(output, chunk, bins, items, rejects)
     return ChunkOutcome(part=part, ingested=len(bins), quarantined=len(rejects))
 
@@ -195,6 +208,7 @@ def ingest_metadata(
     concurrency: int = 64,
     partitions: int = 16,
     chunk_size: int = 5000,
+    limits: MetadataLimits | None = None,
     run_id: str | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> IngestSummary:
@@ -207,7 +221,15 @@ def ingest_metadata(
     outcomes = []
     for chunk in plan.chunks:
         outcomes.append(
-            ingest_chunk(source, output, chunk, concurrency=concurrency, run_id=run_id, clock=clock)
+            ingest_chunk(
+                source,
+                output,
+                chunk,
+                concurrency=concurrency,
+                limits=limits,
+                run_id=run_id,
+                clock=clock,
+            )
         )
         done = sum(o.ingested + o.quarantined for o in outcomes)
         logger.info("ingested %d of %d objects", done, plan.new)
@@ -257,51 +279,100 @@ def rows_from_objects(
     *,
     run_id: str,
     now: datetime,
+    limits: MetadataLimits | None = None,
 ) -> tuple[list[dict], list[dict], list[dict]]:
-    """Bin rows, item rows and quarantine rows for fetched objects (pure: no I/O)."""
-    bins: list[dict] = []
-    items: list[dict] = []
+    """Bin rows, item rows and quarantine rows for fetched objects (pure: no I/O).
+
+    Each object is isolated: whatever goes wrong while parsing or typing it becomes its
+    quarantine row, and the others go on.
+    """
+    accepted: list[tuple[dict, dict, list[dict]]] = []
     rejects: list[dict] = []
     for obj, payload in zip(objects, payloads, strict=True):
         key = obj["key"]
         try:
-            if isinstance(payload, Exception):
-                raise MalformedMetadata(
-                    "unreadable", f"Expected a readable object, but got {payload!r}"
-                )
-            parsed = parse_metadata(key, payload)
+            parsed = _parse_object(key, payload, limits)
         except MalformedMetadata as error:
             rejects.append(
-                {
-                    "stage": INGEST_STAGE["stage"],
-                    "object_key": key,
-                    "image_id": _image_id_or_none(key),
-                    "etag": obj["etag"],
-                    "reason_code": error.code,
-                    "reason": error.reason,
-                    "expectation": None,
-                    "run_id": run_id,
-                    "quarantined_at": now,
-                }
+                _reject(obj, error.code, error.reason, error.exception_type, run_id, now)
             )
             continue
-        bins.append(
-            {
-                "image_id": parsed.image_id,
-                "metadata_key": key,
-                "image_key": parsed.image_key,
-                "expected_quantity": parsed.expected_quantity,
-                "sku_count": parsed.sku_count,
-                "sku_quantity_sum": parsed.sku_quantity_sum,
-                "etag": obj["etag"],
-                "size": obj["size"],
-                "last_modified": obj["last_modified"],
-                "ingested_at": now,
-                "run_id": run_id,
-            }
-        )
-        items.extend({**item, "etag": obj["etag"]} for item in parsed.items)
+        except MemoryError:
+            raise
+        except Exception as error:  # a case the parser does not foresee still stops one object
+            reason = f"Expected {key} to parse, but {type(error).__name__}: {error}"
+            rejects.append(_reject(obj, "parse_error", reason, type(error).__name__, run_id, now))
+            continue
+        bin_row = {
+            "image_id": parsed.image_id,
+            "metadata_key": key,
+            "image_key": parsed.image_key,
+            "expected_quantity": parsed.expected_quantity,
+            "sku_count": parsed.sku_count,
+            "sku_quantity_sum": parsed.sku_quantity_sum,
+            "etag": obj["etag"],
+            "size": obj["size"],
+            "last_modified": obj["last_modified"],
+            "ingested_at": now,
+            "run_id": run_id,
+        }
+        accepted.append((obj, bin_row, [{**item, "etag": obj["etag"]} for item in parsed.items]))
+    bins, items = _rows(accepted)
+    if _table_error(BINS, bins) is None and _table_error(ITEMS, items) is None:
+        return bins, items, rejects
+    # Some object's rows do not fit the tables: find it instead of failing the chunk.
+    kept = []
+    for obj, bin_row, item_rows in accepted:
+        error = _table_error(BINS, [bin_row]) or _table_error(ITEMS, item_rows)
+        if error is None:
+            kept.append((obj, bin_row, item_rows))
+            continue
+        reason = f"Expected values the bins and items tables can hold, but {error}"
+        rejects.append(_reject(obj, "unrepresentable", reason, type(error).__name__, run_id, now))
+    bins, items = _rows(kept)
     return bins, items, rejects
+
+
+def _parse_object(key: str, payload: bytes | Exception, limits: MetadataLimits | None):
+    if isinstance(payload, ObjectTooLarge):
+        raise MalformedMetadata("too_large", str(payload), cause=payload)
+    if isinstance(payload, Exception):
+        raise MalformedMetadata(
+            "unreadable", f"Expected a readable object, but got {payload!r}", cause=payload
+        )
+    return parse_metadata(key, payload, limits)
+
+
+def _rows(accepted: list[tuple[dict, dict, list[dict]]]) -> tuple[list[dict], list[dict]]:
+    return [row for _, row, _ in accepted], [item for _, _, rows in accepted for item in rows]
+
+
+def _table_error(table: str, rows: list[dict]) -> Exception | None:
+    """Why ``rows`` cannot become part of ``table``, or None when they can."""
+    contract = table_contract(table)
+    try:
+        contract.conform(pa.Table.from_pylist(rows, schema=contract.schema))
+    except MemoryError:
+        raise
+    except Exception as error:
+        return error
+    return None
+
+
+def _reject(
+    obj: dict, code: str, reason: str, exception_type: str, run_id: str, now: datetime
+) -> dict:
+    return quarantine_row(
+        INGEST_STAGE["stage"],
+        obj["key"],
+        image_id=_image_id_or_none(obj["key"]),
+        etag=obj["etag"],
+        reason_code=code,
+        reason=reason,
+        exception_type=exception_type,
+        run_id=run_id,
+        now=now,
+    )
 
 
 def _image_id_or_none(key: str) -> str | None:

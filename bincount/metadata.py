@@ -9,6 +9,10 @@ The object shape (``metadata/<id>.json``)::
 
 plus ``image_fname`` on the few unpadded ids. Ids are file-name strings: ``01057`` and ``1057``
 are different bins, so an id is never converted to a number.
+
+Every way an object can be bad ends in :class:`MalformedMetadata` with a stable code, within
+stated limits: the object's size and nesting depth (:class:`MetadataLimits`) and the integer
+range of the table columns each count lands in (:func:`count_ranges`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,13 @@ from __future__ import annotations
 import json
 import posixpath
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
+
+import numpy as np
+
+from bincount.contracts import table_contract
+from bincount.limits import MetadataLimits
 
 METADATA_PREFIX = "metadata"
 IMAGE_PREFIX = "bin-images"
@@ -37,12 +47,23 @@ _WEIGHT_TO_POUNDS = {
 
 
 class MalformedMetadata(ValueError):
-    """A metadata object that cannot become a bin row; ``code`` is a stable reason code."""
+    """A metadata object that cannot become a bin row; ``code`` is a stable reason code and
+    ``exception_type`` names the error that decided it (this class for the parser's checks)."""
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: str, reason: str, *, cause: BaseException | None = None) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.exception_type = type(cause if cause is not None else self).__name__
+
+    def __reduce__(self):  # crosses Dask workers with its fields, not its message
+        return _malformed, (self.code, self.reason, self.exception_type)
+
+
+def _malformed(code: str, reason: str, exception_type: str) -> MalformedMetadata:
+    error = MalformedMetadata(code, reason)
+    error.exception_type = exception_type
+    return error
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,15 +99,73 @@ def metadata_key(image_id: str) -> str:
     return f"{METADATA_PREFIX}/{image_id}.json"
 
 
-def parse_metadata(key: str, payload: bytes) -> ParsedBin:
+@cache
+def count_ranges() -> dict[str, tuple[int, int]]:
+    """The integers each count may be: what every table column it lands in can hold.
+
+    ``EXPECTED_QUANTITY`` goes to ``bins`` (int64) and ``scores`` (int32), a sku ``quantity``
+    to ``items``, their sum to ``bins.sku_quantity_sum``. A value outside is quarantined at
+    ingest; one inside but beyond the contract's range fails validation (BC-EQ-003) instead.
+    """
+
+    def common(*columns: tuple[str, str]) -> tuple[int, int]:
+        ranges = [table_contract(table).integer_range(column) for table, column in columns]
+        return max(low for low, _ in ranges), min(high for _, high in ranges)
+
+    return {
+        "EXPECTED_QUANTITY": common(("bins", "expected_quantity"), ("scores", "expected_quantity")),
+        "quantity": common(("items", "quantity")),
+        "quantity_sum": common(("bins", "sku_quantity_sum")),
+    }
+
+
+def json_nesting_depth(payload: bytes) -> int:
+    """How deep arrays and objects nest in JSON text, found without parsing (no recursion).
+
+    Brackets inside strings do not count; a quote after an odd run of backslashes is escaped.
+    Vectorised, so a hostile megabyte costs milliseconds.
+    """
+    data = np.frombuffer(payload, dtype=np.uint8)
+    if not data.size:
+        return 0
+    backslash = data == ord("\\")
+    index = np.arange(data.size)
+    last_other = np.maximum.accumulate(np.where(backslash, -1, index))
+    backslashes_before = np.zeros(data.size, dtype=np.int64)
+    backslashes_before[1:] = index[:-1] - last_other[:-1]
+    quote = (data == ord('"')) & (backslashes_before % 2 == 0)
+    in_string = np.cumsum(quote) % 2 == 1
+    step = ((data == ord("[")) | (data == ord("{"))).astype(np.int64)
+    step -= (data == ord("]")) | (data == ord("}"))
+    step[in_string] = 0
+    return max(0, int(np.cumsum(step).max()))
+
+
+def parse_metadata(key: str, payload: bytes, limits: MetadataLimits | None = None) -> ParsedBin:
     """Parse and type-check one metadata object; raise :class:`MalformedMetadata` if it is bad."""
+    limits = limits or MetadataLimits()
     image_id = image_id_from_key(key)
+    if len(payload) > limits.max_bytes:
+        raise MalformedMetadata(
+            "too_large",
+            f"Expected a metadata object of at most {limits.max_bytes:,} bytes, "
+            f"but got {len(payload):,}",
+        )
     try:
-        document = json.loads(payload.decode("utf-8"))
+        text = payload.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise MalformedMetadata("bad_encoding", f"Expected UTF-8 JSON, but {error}") from None
-    except json.JSONDecodeError as error:
-        raise MalformedMetadata("bad_json", f"Expected valid JSON, but {error}") from None
+        raise MalformedMetadata(
+            "bad_encoding", f"Expected UTF-8 JSON, but {error}", cause=error
+        ) from None
+    # Only text with more brackets than the limit can nest deeper than it.
+    if payload.count(b"[") + payload.count(b"{") > limits.max_depth:
+        depth = json_nesting_depth(payload)
+        if depth > limits.max_depth:
+            raise MalformedMetadata(
+                "too_deep",
+                f"Expected JSON nested at most {limits.max_depth} levels deep, but got {depth}",
+            )
+    document = _decode_json(text)
     if not isinstance(document, dict):
         raise MalformedMetadata(
             "wrong_type", f"Expected a JSON object, but got {type(document).__name__}"
@@ -98,6 +177,8 @@ def parse_metadata(key: str, payload: bytes) -> ParsedBin:
             "wrong_type",
             f"Expected EXPECTED_QUANTITY to be an integer, but got {_describe(expected)}",
         )
+    ranges = count_ranges()
+    _check_range(expected, "EXPECTED_QUANTITY", ranges["EXPECTED_QUANTITY"])
     skus = _require(document, "BIN_FCSKU_DATA", "")
     if not isinstance(skus, dict):
         raise MalformedMetadata(
@@ -110,7 +191,13 @@ def parse_metadata(key: str, payload: bytes) -> ParsedBin:
             "wrong_type",
             f"Expected image_fname to be a file name, but got {_describe(image_name)}",
         )
+    _check_text(image_name, "image_fname")
     items = [_parse_sku(image_id, sku, record) for sku, record in skus.items()]
+    _check_range(
+        sum(item["quantity"] for item in items),
+        "the sum of the BIN_FCSKU_DATA quantities",
+        ranges["quantity_sum"],
+    )
     return ParsedBin(
         image_id=image_id,
         image_key=f"{IMAGE_PREFIX}/{image_name}",
@@ -119,8 +206,26 @@ def parse_metadata(key: str, payload: bytes) -> ParsedBin:
     )
 
 
+def _decode_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise MalformedMetadata(
+            "bad_json", f"Expected valid JSON, but {error}", cause=error
+        ) from None
+    except RecursionError as error:  # the depth check keeps this from happening
+        raise MalformedMetadata(
+            "too_deep", "Expected JSON the parser can nest, but it is too deep", cause=error
+        ) from None
+    except ValueError as error:  # an integer literal of more digits than Python converts
+        raise MalformedMetadata(
+            "out_of_range", f"Expected numbers a table can hold, but {error}", cause=error
+        ) from None
+
+
 def _parse_sku(image_id: str, sku: str, record: Any) -> dict[str, Any]:
     where = f"BIN_FCSKU_DATA[{sku!r}]"
+    _check_text(sku, f"a key of BIN_FCSKU_DATA ({sku!r})")
     if not isinstance(record, dict):
         raise MalformedMetadata(
             "wrong_type", f"Expected {where} to be an object, but got {_describe(record)}"
@@ -132,11 +237,13 @@ def _parse_sku(image_id: str, sku: str, record: Any) -> dict[str, Any]:
             f"Expected {where}.quantity to be a non-negative integer, "
             f"but got {_describe(quantity)}",
         )
+    _check_range(quantity, f"{where}.quantity", count_ranges()["quantity"])
     asin = _require(record, "asin", where)
     if not isinstance(asin, str):
         raise MalformedMetadata(
             "wrong_type", f"Expected {where}.asin to be a string, but got {_describe(asin)}"
         )
+    _check_text(asin, f"{where}.asin")
     return {
         "image_id": image_id,
         "sku": sku,
@@ -174,7 +281,14 @@ def _measure(record: dict, field: str, where: str, factors: dict[str, float]) ->
             "bad_value",
             f"Expected {where}.{field}.unit to be one of {sorted(factors)}, but got {unit!r}",
         )
-    return float(value) * factor
+    try:
+        return float(value) * factor
+    except OverflowError as error:  # an integer beyond the largest float
+        raise MalformedMetadata(
+            "out_of_range",
+            f"Expected {where}.{field}.value to fit a float64, but got {_describe(value)}",
+            cause=error,
+        ) from None
 
 
 def _require(record: dict, field: str, where: str) -> Any:
@@ -190,7 +304,34 @@ def _optional_str(record: dict, field: str, where: str) -> str | None:
         raise MalformedMetadata(
             "wrong_type", f"Expected {where}.{field} to be a string, but got {_describe(value)}"
         )
+    if value is not None:
+        _check_text(value, f"{where}.{field}")
     return value
+
+
+def _check_text(value: str, where: str) -> None:
+    """JSON escapes can spell lone surrogates, which no UTF-8 table column can hold."""
+    if value.isascii():
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise MalformedMetadata(
+            "bad_encoding",
+            f"Expected {where} to be valid Unicode text, but it holds a lone surrogate "
+            f"at position {error.start}",
+            cause=error,
+        ) from None
+
+
+def _check_range(value: int, where: str, bounds: tuple[int, int]) -> None:
+    low, high = bounds
+    if not low <= value <= high:
+        raise MalformedMetadata(
+            "out_of_range",
+            f"Expected {where} within {low}..{high} (what its table columns hold), "
+            f"but got {_describe(value)}",
+        )
 
 
 def _is_int(value: Any) -> bool:

@@ -328,12 +328,11 @@ def queue_against_truth(
 
 
 # -- showing a bin ---------------------------------------------------------------------------------
-def thumbnail_data_uri(payload: bytes, *, size: int = 96, quality: int = 70) -> str:
-    """A small JPEG of an image as a ``data:`` URI, for markdown that renders inline."""
-    with Image.open(io.BytesIO(payload)) as image:
-        image.draft("RGB", (size, size))
-        thumb = image.convert("RGB")
-        thumb.thumbnail((size, size))
+def thumbnail_data_uri(image: np.ndarray, *, quality: int = 70) -> str:
+    """A decoded image (uint8, H×W×3) as a small JPEG ``data:`` URI, for markdown that renders
+    inline (the Prefect UI shows such images in an artifact)."""
     buffer = io.BytesIO()
-    thumb.save(buffer, format="JPEG", quality=quality)
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(
+        buffer, format="JPEG", quality=quality
+    )
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -39,7 +39,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from bincount.imagecache import decode_image, decode_or_reason, undecodable_image_row
+from bincount.imagecache import (
+    UndecodableImage,
+    decode_image,
+    decode_or_reason,
+    undecodable_image_row,
+)
+from bincount.limits import ImageLimits
 from bincount.metadata import IMAGE_PREFIX
 from bincount.models import CountingModel
 from bincount.prefetch import Prefetched
@@ -127,7 +133,7 @@ class DecodedBatch:
 
     keys: list[str]
     images: np.ndarray
-    failures: list[tuple[str, str]]
+    failures: list[tuple[str, UndecodableImage]]
 
 
 def decoded_batches(
@@ -139,36 +145,47 @@ def decoded_batches(
     concurrency: int = 64,
     workers: int | None = None,
     depth: int = 4,
+    limits: ImageLimits | None = None,
 ) -> Iterator[DecodedBatch]:
     """Batches of decoded images, fetched and decoded ahead of the consumer in two threads.
 
     Pillow releases the GIL while it decodes, so a thread pool decodes in parallel without the
-    cost of shipping images between processes.
+    cost of shipping images between processes. No image is read past ``limits.max_bytes``.
     """
+    limits = limits or ImageLimits()
     windows = [list(keys[i : i + batch_size]) for i in range(0, len(keys), batch_size)]
 
     def fetched() -> Iterator[tuple[list[str], list[bytes | Exception]]]:
         for window in windows:
-            yield window, source.fetch_many(window, concurrency=concurrency)
+            yield (
+                window,
+                source.fetch_many(window, concurrency=concurrency, max_bytes=limits.max_bytes),
+            )
 
     def decoded() -> Iterator[DecodedBatch]:
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             for window, payloads in Prefetched(fetched(), depth=depth, name="image-fetch"):
-                results = list(pool.map(decode_or_reason, payloads, [size] * len(payloads)))
+                results = list(
+                    pool.map(
+                        decode_or_reason, payloads, [size] * len(payloads), [limits] * len(payloads)
+                    )
+                )
                 yield _batch_of(window, results, size)
 
     return iter(Prefetched(decoded(), depth=depth, name="image-decode"))
 
 
-def _batch_of(keys: list[str], results: list[np.ndarray | str], size: int) -> DecodedBatch:
+def _batch_of(
+    keys: list[str], results: list[np.ndarray | UndecodableImage], size: int
+) -> DecodedBatch:
     pairs = list(zip(keys, results, strict=True))
-    good = [(key, image) for key, image in pairs if not isinstance(image, str)]
+    good = [(key, image) for key, image in pairs if isinstance(image, np.ndarray)]
     return DecodedBatch(
         keys=[key for key, _ in good],
         images=np.stack([image for _, image in good])
         if good
         else np.zeros((0, size, size, 3), np.uint8),
-        failures=[(key, reason) for key, reason in pairs if isinstance(reason, str)],
+        failures=[(key, fault) for key, fault in pairs if isinstance(fault, UndecodableImage)],
     )
 
 
@@ -307,6 +324,7 @@ def score_chunk(
     *,
     batch_size: int = 64,
     concurrency: int = 64,
+    limits: ImageLimits | None = None,
     run_id: str = "",
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ChunkResult:
@@ -315,10 +333,15 @@ def score_chunk(
     expected = expected_quantities(output, [image_id_from_image_key(k) for k in keys])
     scored_keys: list[str] = []
     probabilities: list[np.ndarray] = []
-    failures: list[tuple[str, str]] = []
+    failures: list[tuple[str, UndecodableImage]] = []
     model_seconds = 0.0
     for batch in decoded_batches(
-        source, keys, size=scorer.image_size, batch_size=batch_size, concurrency=concurrency
+        source,
+        keys,
+        size=scorer.image_size,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        limits=limits,
     ):
         failures.extend(batch.failures)
         if batch.keys:
@@ -349,11 +372,11 @@ def score_chunk(
                 SCORE_STAGE["stage"],
                 source.uri(key),
                 image_id_from_image_key(key),
-                reason,
+                fault,
                 run_id=run_id,
                 now=now,
             )
-            for key, reason in failures
+            for key, fault in failures
         ]
         write_table_part(output, QUARANTINE, part, rejects, partition=SCORE_STAGE)
     part_key = write_table_part(
@@ -432,20 +455,20 @@ def link(source: Location, image_uri: str) -> str:
     return source.public_url(image_uri[len(root) :]) if image_uri.startswith(root) else image_uri
 
 
-def with_thumbnails(source: Location, rows: list[dict], *, size: int = 96) -> list[dict]:
-    """Queue rows with a link to the photo and a small inline thumbnail (None where the photo
-    can no longer be read: the row still shows)."""
+def with_thumbnails(
+    source: Location, rows: list[dict], *, size: int = 96, limits: ImageLimits | None = None
+) -> list[dict]:
+    """Queue rows with a link to the photo and a small inline thumbnail: the photo as the model
+    saw it (squashed to a square, decoded within the same limits). None where the photo can no
+    longer be read; the row still shows."""
+    limits = limits or ImageLimits()
     root = source.uri() + "/"
     keys = [row["image_uri"].removeprefix(root) for row in rows]
-    payloads = source.fetch_many(keys, concurrency=16) if keys else []
+    payloads = source.fetch_many(keys, concurrency=16, max_bytes=limits.max_bytes) if keys else []
     shown = []
     for row, payload in zip(rows, payloads, strict=True):
-        thumbnail = None
-        if not isinstance(payload, Exception):
-            try:
-                thumbnail = thumbnail_data_uri(payload, size=size)
-            except (OSError, ValueError) as error:
-                logger.warning("no thumbnail for %s: %s", row["image_uri"], error)
+        decoded = decode_or_reason(payload, size, limits)
+        thumbnail = thumbnail_data_uri(decoded) if isinstance(decoded, np.ndarray) else None
         shown.append({**row, "link": link(source, row["image_uri"]), "thumbnail": thumbnail})
     return shown
 
@@ -619,6 +642,8 @@ def summarize(
     results: Sequence[ChunkResult],
     queue: NightQueue,
     seconds: float,
+    *,
+    limits: ImageLimits | None = None,
 ) -> ScoringSummary:
     """One run's summary from its plan, the results of its chunks and the night's queue."""
     return ScoringSummary(
@@ -640,7 +665,7 @@ def summarize(
         parts=[r.part for r in results],
         workers=sorted({r.worker for r in results}),
         queue={k: v for k, v in queue.as_dict().items() if k != "top"},
-        review=with_thumbnails(source, queue.top),
+        review=with_thumbnails(source, queue.top, limits=limits),
         discarded_orphan_parts=plan.discarded_orphan_parts,
     )
 
@@ -658,6 +683,7 @@ def score_images(
     concurrency: int = 64,
     partitions: int = 16,
     device: str | None = None,
+    limits: ImageLimits | None = None,
     run_id: str = "",
 ) -> ScoringSummary:
     """Score every image under ``prefix`` not scored yet and rank the night's review queue
@@ -681,6 +707,7 @@ def score_images(
             chunk,
             batch_size=batch_size,
             concurrency=concurrency,
+            limits=limits,
             run_id=run_id,
         )
         for chunk in plan.chunks
@@ -692,4 +719,5 @@ def score_images(
         run_parts={r.part_key for r in results},
         top=REVIEW_LIST_SIZE,
     )
-    return summarize(plan, source, output, results, queue, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return summarize(plan, source, output, results, queue, seconds, limits=limits)

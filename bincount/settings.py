@@ -7,6 +7,8 @@ from functools import lru_cache
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bincount import limits
+
 PUBLIC_ABID_BUCKET = "s3://aft-vbi-pds"
 
 
@@ -38,6 +40,34 @@ class Settings(BaseSettings):
     max_expected_quantity: int = Field(
         250, ge=0, description="Largest EXPECTED_QUANTITY the contract accepts (ABID's is 209)."
     )
+    # Limits on one object: past them an object becomes a quarantine row, never a failed run.
+    max_metadata_bytes: int = Field(
+        limits.MAX_METADATA_BYTES, ge=1, description="Largest metadata object read, in bytes."
+    )
+    max_metadata_depth: int = Field(
+        limits.MAX_METADATA_DEPTH,
+        ge=1,
+        le=limits.METADATA_DEPTH_CEILING,
+        description="Deepest JSON nesting parsed (ABID nests 4 levels).",
+    )
+    max_image_bytes: int = Field(
+        limits.MAX_IMAGE_BYTES, ge=1, description="Largest image object read, in bytes."
+    )
+    max_image_pixels: int = Field(
+        limits.MAX_IMAGE_PIXELS,
+        ge=1,
+        description="Most pixels one image decodes to (a JPEG at its reduced draft scale).",
+    )
+
+    def metadata_limits(self) -> limits.MetadataLimits:
+        """The metadata limits as the library takes them."""
+        return limits.MetadataLimits(
+            max_bytes=self.max_metadata_bytes, max_depth=self.max_metadata_depth
+        )
+
+    def image_limits(self) -> limits.ImageLimits:
+        """The image limits as the library takes them."""
+        return limits.ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)
 
     @field_validator("source", "output")
     @classmethod

@@ -8,6 +8,7 @@ moto or MinIO endpoint, and a folder on disk.
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import itertools
 import os
@@ -29,6 +30,18 @@ from bincount.settings import Settings
 
 # Errors that say the request itself is wrong: retrying cannot help.
 _PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, ValueError, TypeError)
+
+
+class ObjectTooLarge(ValueError):
+    """An object larger than the reader's limit; no more than the limit plus one byte was read."""
+
+    def __init__(self, uri: str, limit: int) -> None:
+        super().__init__(f"Expected at most {limit:,} bytes at {uri}, but the object is larger")
+        self.uri = uri
+        self.limit = limit
+
+    def __reduce__(self):  # crosses process pools with its fields, not its message
+        return type(self), (self.uri, self.limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +179,15 @@ class Location:
     def exists(self, key: str) -> bool:
         return self.fs.exists(self.path(key))
 
-    def read_bytes(self, key: str) -> bytes:
-        return self._with_retries(lambda: self.fs.cat_file(self.path(key)))
+    def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        """The object's bytes; with ``max_bytes``, read no further than one byte past it and
+        raise :class:`ObjectTooLarge` when the object is larger."""
+        if max_bytes is None:
+            return self._with_retries(lambda: self.fs.cat_file(self.path(key)))
+        data = self._with_retries(
+            lambda: self.fs.cat_file(self.path(key), start=0, end=max_bytes + 1)
+        )
+        return _within(data, max_bytes, self.uri(key))
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write so that no reader ever sees a half-written object."""
@@ -295,24 +315,30 @@ class Location:
             token = response["NextContinuationToken"]
 
     # -- many objects ------------------------------------------------------------------------
-    def fetch_many(self, keys: Sequence[str], *, concurrency: int) -> list[bytes | Exception]:
+    def fetch_many(
+        self, keys: Sequence[str], *, concurrency: int, max_bytes: int | None = None
+    ) -> list[bytes | Exception]:
         """The bytes of every key, in order, ``concurrency`` requests in flight.
 
         Transient faults are retried with backoff; a key that is gone or forbidden comes back
-        as its exception instead of stopping the others. Exhausted retries raise.
+        as its exception instead of stopping the others, and so does one larger than
+        ``max_bytes`` (:class:`ObjectTooLarge`: a ranged read, never more than the limit plus
+        one byte). Exhausted retries raise.
         """
         if self.is_s3:
-            return sync(self.fs.loop, self._fetch_s3, list(keys), concurrency)
+            return sync(self.fs.loop, self._fetch_s3, list(keys), concurrency, max_bytes)
         with ThreadPoolExecutor(max_workers=min(concurrency, 8)) as pool:
-            return list(pool.map(self._read_or_error, keys))
+            return list(pool.map(self._read_or_error, keys, [max_bytes] * len(keys)))
 
-    def _read_or_error(self, key: str) -> bytes | Exception:
+    def _read_or_error(self, key: str, max_bytes: int | None) -> bytes | Exception:
         try:
-            return self.read_bytes(key)
+            return self.read_bytes(key, max_bytes=max_bytes)
         except _PERMANENT_ERRORS as error:
             return error
 
-    async def _fetch_s3(self, keys: list[str], concurrency: int) -> list[bytes | Exception]:
+    async def _fetch_s3(
+        self, keys: list[str], concurrency: int, max_bytes: int | None
+    ) -> list[bytes | Exception]:
         gate = asyncio.Semaphore(concurrency)
         session = None
         if self.anonymous:
@@ -326,15 +352,33 @@ class Location:
                 auto_decompress=False,
             )
 
-        async def get(key: str) -> bytes:
-            if session is None:
+        # A limit is a ranged GET of its first limit + 1 bytes: enough to know it is exceeded.
+        ranged = {} if max_bytes is None else {"start": 0, "end": max_bytes + 1}
+        headers = {} if max_bytes is None else {"Range": f"bytes=0-{max_bytes}"}
+
+        async def signed_get(key: str) -> bytes:
+            try:
                 # One GET: with max_concurrency > 1 s3fs sends a HEAD first to plan ranged
                 # reads, doubling the requests for objects of a few KB.
+                return await self.fs._cat_file(self.path(key), max_concurrency=1, **ranged)
+            except OSError as error:
+                if not ranged or error.errno != errno.EINVAL:
+                    raise
+                # S3 answers a range over an empty object with 416 (InvalidRange).
                 return await self.fs._cat_file(self.path(key), max_concurrency=1)
-            async with session.get(self.public_url(key)) as response:
-                if response.status == 200:
-                    return await response.read()
-                raise _http_error(response.status, self.uri(key), await response.read())
+
+        async def get(key: str) -> bytes:
+            if session is None:
+                data = await signed_get(key)
+            else:
+                async with session.get(self.public_url(key), headers=headers) as response:
+                    if response.status == 416 and headers:  # a range over an empty object
+                        data = b""
+                    elif response.status in (200, 206):
+                        data = await _read_at_most(response, max_bytes)
+                    else:
+                        raise _http_error(response.status, self.uri(key), await response.read())
+            return data if max_bytes is None else _within(data, max_bytes, self.uri(key))
 
         async def fetch(key: str) -> bytes | Exception:
             async with gate:
@@ -386,6 +430,25 @@ class Location:
             for key in listing.column("key").to_pylist()
             if not os.path.basename(key).startswith((".", "_"))
         ]
+
+
+def _within(data: bytes, max_bytes: int, uri: str) -> bytes:
+    if len(data) > max_bytes:
+        raise ObjectTooLarge(uri, max_bytes)
+    return data
+
+
+async def _read_at_most(response, max_bytes: int | None) -> bytes:
+    """The body, or its first ``max_bytes + 1`` bytes when a server ignores the range."""
+    if max_bytes is None:
+        return await response.read()
+    parts, size = [], 0
+    async for block in response.content.iter_chunked(64 * 1024):
+        parts.append(block)
+        size += len(block)
+        if size > max_bytes:
+            break
+    return b"".join(parts)[: max_bytes + 1]
 
 
 def _http_error(status: int, uri: str, body: bytes) -> Exception:

@@ -30,6 +30,7 @@ from bincount.tables import (
     current_bins,
     part_key,
     part_names,
+    quarantine_row,
     read_table,
     write_part,
 )
@@ -268,17 +269,17 @@ def _quarantine_rows(
         for index in indexes:
             row = rows[index]
             rejects.append(
-                {
-                    "stage": VALIDATE_STAGE["stage"],
-                    "object_key": row["metadata_key"],
-                    "image_id": row["image_id"],
-                    "etag": row["etag"],
-                    "reason_code": code,
-                    "reason": _reason(spec, row),
-                    "expectation": spec["type"],
-                    "run_id": run_id,
-                    "quarantined_at": now,
-                }
+                quarantine_row(
+                    VALIDATE_STAGE["stage"],
+                    row["metadata_key"],
+                    image_id=row["image_id"],
+                    etag=row["etag"],
+                    reason_code=code,
+                    reason=_reason(spec, row),
+                    expectation=spec["type"],
+                    run_id=run_id,
+                    now=now,
+                )
             )
     return rejects
 

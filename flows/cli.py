@@ -233,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_manifest_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policy",
-        default="open:5",
-        help="open:K (0..K and 'more than K'; default open:5), moderate (counts 0-5 only), "
+        default="open:10",
+        help="open:K (0..K and 'more than K'; default open:10), moderate (counts 0-5 only), "
         "hard (all) or max:K",
     )
     parser.add_argument(
@@ -343,6 +343,7 @@ def _train_distributed(args: argparse.Namespace) -> dict:
             rows,
             manifest_version=details["version"],
             size=config.image_size,
+            limits=settings.image_limits(),
         )
     dist.barrier()
     result = train_model(target, config, manifest_version=details["version"], device=args.device)

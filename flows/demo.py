@@ -77,7 +77,8 @@ def demo_summary(result: dict) -> str:
     ingest, validation = result["data"]["ingest"], result["data"]["validate"]
     manifest = result["data"]["manifest"]
     promotion = result["model"]["promotion"]
-    ours = promotion["challenger_figures"]
+    ours = promotion["evaluation"]
+    manifest_top = manifest["policy"].partition(":")[2] or "K"
     backfill, nightly = result["backfill"], result["nightly"]
     truth = result["queue_against_truth"]
     lines = [
@@ -89,8 +90,12 @@ def demo_summary(result: dict) -> str:
         f"  validated  {validation['rows']} bins, {validation['quarantined_rows']} quarantined "
         f"by the label contract (passed: {validation['passed']})",
         f"  manifest   {manifest['version']}: {manifest['rows']} bins, policy {manifest['policy']}",
-        f"  model      {promotion['challenger']}: test accuracy {100 * ours['accuracy']:.1f}%, "
-        f"RMSE {ours['rmse']:.3f} (ABID ResNet-34 baseline on real bins: 55.67%, 0.930)",
+        f"  model      {promotion['challenger']}: counts 0-5 (ABID's moderate task) "
+        f"{100 * ours['moderate_accuracy']:.1f}% accurate, RMSE {ours['moderate_rmse']:.3f} "
+        "(ABID ResNet-34 baseline on real bins: 55.67%, 0.930);",
+        f"             every count (0-{manifest_top}, more): {100 * ours['accuracy']:.1f}%, RMSE "
+        f"{ours['rmse']:.3f}; calibration error {ours['ece_before']:.3f} -> "
+        f"{ours['ece_after']:.3f} (temperature {ours['temperature']:.2f})",
         f"  champion   {'promoted: ' if promotion['promote'] else 'kept: '}{promotion['reason']}",
         f"  scored     {backfill['scored']} bins already in the bucket; their review queue "
         f"holds {backfill['needs_review']} (budget {backfill['queue']['budget']})",

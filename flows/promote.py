@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from bincount.evaluation import report_headline
 from flows.naming import run_name
 from tasks.evaluation import evaluate_registered_model, promotion_gate
 
@@ -18,4 +19,4 @@ def promote(
     """Evaluate the challenger, then promote it only if it beats the champion on that set."""
     report = evaluate_registered_model(output, model, split, manifest)
     decision = promotion_gate(output, report)
-    return decision.to_dict()
+    return {**decision.to_dict(), "evaluation": report_headline(report)}

@@ -26,6 +26,7 @@ def cache_manifest_images(
         manifest_version=details["version"],
         size=image_size,
         concurrency=settings.max_concurrency,
+        limits=settings.image_limits(),
         run_id=current_run_id(),
     )
     get_run_logger().info(

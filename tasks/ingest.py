@@ -66,6 +66,7 @@ def ingest_metadata_chunk(
         output_location,
         objects,
         concurrency=settings.max_concurrency,
+        limits=settings.metadata_limits(),
         run_id=current_run_id(),
     )
 

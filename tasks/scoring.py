@@ -85,6 +85,7 @@ def score_image_chunk(
         keys,
         batch_size=batch_size,
         concurrency=settings.max_concurrency,
+        limits=settings.image_limits(),
         run_id=current_run_id(),
     )
     get_run_logger().info(
@@ -137,9 +138,17 @@ def publish_scoring_summary(
 ) -> ScoringSummary:
     """The run's figures and the top of its review queue with thumbnails, as the
     ``scoring-summary`` artifact."""
-    _, source_location, output_location = locations(source, output)
+    settings, source_location, output_location = locations(source, output)
     seconds = (datetime.now(UTC) - plan.started_at).total_seconds()
-    summary = summarize(plan, source_location, output_location, results, queue, seconds)
+    summary = summarize(
+        plan,
+        source_location,
+        output_location,
+        results,
+        queue,
+        seconds,
+        limits=settings.image_limits(),
+    )
     get_run_logger().info(
         "scored %d images (%d quarantined): %d flagged for review, %.1f images/s",
         summary.scored,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 from PIL import Image
@@ -38,6 +40,52 @@ def jpeg_bytes(width: int = 64, height: int = 48, shade: int = 90) -> bytes:
     return buffer.getvalue()
 
 
+def flat_jpeg(width: int, height: int) -> bytes:
+    """A valid baseline greyscale JPEG of any size, every 8x8 block flat: 4 bits a block, so
+    20000 x 12000 pixels take 1.9 MB, written without ever holding the pixels."""
+    blocks = -(-width // 8) * -(-height // 8)
+
+    def segment(marker: int, body: bytes) -> bytes:
+        return bytes([0xFF, marker]) + struct.pack(">H", len(body) + 2) + body
+
+    one_code = bytes([0, 1] + [0] * 14)  # a single Huffman code, "00", for symbol 0
+    return b"".join(
+        [
+            b"\xff\xd8",
+            segment(0xDB, bytes([0]) + bytes([1] * 64)),  # quantisation table 0
+            segment(0xC0, struct.pack(">BHHB", 8, height, width, 1) + bytes([1, 0x11, 0])),
+            segment(0xC4, bytes([0x00]) + one_code + bytes([0])),  # DC: difference 0
+            segment(0xC4, bytes([0x10]) + one_code + bytes([0])),  # AC: end of block
+            segment(0xDA, bytes([1, 1, 0x00, 0, 63, 0])),
+            bytes(-(-blocks // 2)),  # "00" "00" a block: two blocks a zero byte
+            b"\xff\xd9",
+        ]
+    )
+
+
+def flat_png(width: int, height: int) -> bytes:
+    """A valid black greyscale PNG of any size, compressed a row at a time (never held)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    compressor = zlib.compressobj(9)
+    row = bytes(width + 1)  # filter byte 0, then the row
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    )
+
+
+def image_bytes(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
 def write_bin(
     root: Path,
     image_id: str,
@@ -65,6 +113,14 @@ def write_clean_bucket(root: Path, count: int, *, start: int = 1) -> list[str]:
         quantities = {f"B{number:08d}": number % 4, f"X{number:08d}": number % 3}
         write_bin(root, image_id, quantities)
     return ids
+
+
+def nested(depth: int) -> list:
+    """A list nested ``depth`` levels deep: ``[[[0]]]`` for 3."""
+    value: object = 0
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 # Every kind of malformed metadata object, with the reason code ingest must give it.
@@ -107,6 +163,36 @@ MALFORMED_OBJECTS: dict[str, tuple[bytes, str]] = {
     ),
     "90014": (b"", "bad_json"),
     "90015": (b"null", "wrong_type"),
+    # Hostile objects: each used to stop a whole run.
+    "90016": (b"[" * 200_000 + b"]" * 200_000, "too_deep"),
+    "90017": (
+        b'{"BIN_FCSKU_DATA": {}, "EXPECTED_QUANTITY": ' + b"1" + b"0" * 30 + b"}",
+        "out_of_range",
+    ),
+    "90018": (json.dumps(metadata_document({"B1": 10**30}, expected=1)).encode(), "out_of_range"),
+    "90019": (json.dumps(metadata_document({}, expected=2**40)).encode(), "out_of_range"),
+    "90020": (
+        json.dumps(metadata_document({"B1": 2**62, "B2": 2**62}, expected=1)).encode(),
+        "out_of_range",
+    ),
+    "90021": (b'{"BIN_FCSKU_DATA": {}, "EXPECTED_QUANTITY": ' + b"7" * 5000 + b"}", "out_of_range"),
+    "90022": (
+        json.dumps(
+            {
+                "BIN_FCSKU_DATA": {
+                    "A": {"asin": "A", "quantity": 1, "height": {"unit": "IN", "value": 10**400}}
+                },
+                "EXPECTED_QUANTITY": 1,
+            }
+        ).encode(),
+        "out_of_range",
+    ),
+    "90023": (json.dumps(metadata_document({"\ud800": 1})).encode(), "bad_encoding"),
+    "90024": (json.dumps(metadata_document({"B1": 1}, note=nested(40))).encode(), "too_deep"),
+    "90025": (json.dumps(metadata_document({"B1": 1}, note="x" * (1 << 20))).encode(), "too_large"),
+    "90026": (b'{"BIN_FCSKU_DATA": {}, "EXPECTED_QUANTITY": NaN}', "wrong_type"),
+    "90027": (b"\xef\xbb\xbf" + json.dumps(metadata_document({"B1": 1})).encode(), "bad_json"),
+    "90028": ('{"BIN_FCSKU_DATA": {}, "EXPECTED_QUANTITY": 1}'.encode("utf-16"), "bad_encoding"),
 }
 
 

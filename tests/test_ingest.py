@@ -231,3 +231,27 @@ def test_a_run_killed_midway_then_rerun_leaves_exactly_one_row_per_object(
     pairs = zip(items["image_id"].to_pylist(), items["sku"].to_pylist(), strict=True)
     assert len(set(pairs)) == items.num_rows
     assert not [p for p in Path(out).rglob(".*") if p.is_file()], "no temporary file is left"
+
+
+def test_what_the_parser_does_not_foresee_still_stops_only_its_own_object():
+    from datetime import UTC, datetime
+
+    from bincount.ingest import rows_from_objects
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    good = json.dumps({"BIN_FCSKU_DATA": {}, "EXPECTED_QUANTITY": 0}).encode()
+    objects = [
+        {"key": f"metadata/{i}.json", "etag": "e", "size": 1, "last_modified": now}
+        for i in range(3)
+    ]
+    objects[1]["etag"] = None  # a listing row the bins table cannot hold
+    payloads = [good, good, "not bytes"]  # a payload the parser was never meant to get
+
+    bins, items, rejects = rows_from_objects(objects, payloads, run_id="r", now=now)
+
+    assert [row["image_id"] for row in bins] == ["0"] and not items
+    assert [(r["image_id"], r["reason_code"], r["exception_type"]) for r in rejects] == [
+        ("2", "parse_error", "AttributeError"),
+        ("1", "unrepresentable", "ValueError"),
+    ]
+    assert all(r["reason"].startswith("Expected") for r in rejects)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bincount.settings import Settings
-from bincount.storage import Location, key_range_bounds
+from bincount.storage import Location, ObjectTooLarge, key_range_bounds
 from bincount.testing.s3server import TEST_CREDENTIALS, upload_public
 
 
@@ -24,6 +24,48 @@ def test_fetch_many_returns_bytes_in_order_and_missing_keys_as_errors(s3_server,
     got = location.fetch_many(keys, concurrency=8)
     assert got[:-1] == list(files.values())
     assert isinstance(got[-1], FileNotFoundError)
+
+
+LIMITED = {
+    "m/empty.json": b"",
+    "m/small.json": b"x" * 10,
+    "m/exact.json": b"x" * 16,
+    "m/over.json": b"x" * 17,
+    "m/huge.json": b"y" * 300_000,
+}
+
+
+@pytest.mark.parametrize("kind", ["local", "s3-anonymous", "s3-signed"])
+def test_a_read_limit_returns_what_fits_and_refuses_what_does_not(
+    s3_server, bucket, tmp_path, kind
+):
+    if kind == "local":
+        for key, data in LIMITED.items():
+            (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / key).write_bytes(data)
+        location = Location(str(tmp_path))
+    else:
+        upload_public(s3_server.endpoint_url, bucket, LIMITED)
+        signed = kind == "s3-signed"
+        location = Location(
+            f"s3://{bucket}",
+            endpoint_url=s3_server.endpoint_url,
+            anonymous=not signed,
+            key=TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"] if signed else None,
+            secret=TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] if signed else None,
+        )
+
+    got = location.fetch_many([*LIMITED, "m/missing.json"], concurrency=4, max_bytes=16)
+
+    assert got[:3] == [b"", b"x" * 10, b"x" * 16]  # an empty object is read, not refused
+    for refused, key in zip(got[3:5], ["m/over.json", "m/huge.json"], strict=True):
+        assert isinstance(refused, ObjectTooLarge)
+        assert (
+            str(refused)
+            == f"Expected at most 16 bytes at {location.uri(key)}, but the object is larger"
+        )
+    assert isinstance(got[5], FileNotFoundError)
+    assert location.fetch_many(["m/huge.json"], concurrency=1) == [LIMITED["m/huge.json"]]
 
 
 def test_a_prefix_inside_the_bucket_is_the_root(s3_server, bucket):

@@ -1,0 +1,159 @@
+"""Decoding bin photos within stated limits: hostile images become reasons, never exceptions;
+valid ones decode to what they show (Hypothesis over any bytes and any image)."""
+
+from __future__ import annotations
+
+import pickle
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from bincount.imagecache import UndecodableImage, decode_image, decode_or_reason
+from bincount.limits import ImageLimits
+from bincount.storage import ObjectTooLarge
+from tests.builders import flat_jpeg, flat_png, image_bytes
+
+CODES = {"undecodable_image", "image_too_large", "image_too_many_pixels", "unreadable_image"}
+
+
+def _fault(result) -> UndecodableImage:
+    assert isinstance(result, UndecodableImage), result
+    assert result.code in CODES and result.reason.startswith("Expected")
+    return result
+
+
+def test_a_huge_small_jpeg_decodes_at_reduced_size_within_the_pixel_limit():
+    payload = flat_jpeg(20000, 12000)  # 240 megapixels in 1.9 MB
+    started = time.perf_counter()
+    decoded = decode_or_reason(payload, 32)
+    assert time.perf_counter() - started < 5
+    assert decoded.shape == (32, 32, 3) and decoded.dtype == np.uint8
+    assert np.all(np.abs(decoded.astype(int) - 128) <= 1)  # the flat grey it is
+    # At 1/8 scale it is still 2500 x 1500: past a lower limit, it is refused undecoded.
+    fault = _fault(decode_or_reason(payload, 32, ImageLimits(max_pixels=3_000_000)))
+    assert (fault.code, fault.exception_type) == ("image_too_many_pixels", "UndecodableImage")
+    assert fault.reason == (
+        "Expected an image that decodes to at most 3,000,000 pixels, "
+        "but 20000x12000 decodes to 3,750,000"
+    )
+
+
+def test_a_png_bomb_is_refused_by_pillows_bound_and_by_ours():
+    fault = _fault(decode_or_reason(flat_png(20000, 12000), 32))
+    assert (fault.code, fault.exception_type) == ("image_too_many_pixels", "DecompressionBombError")
+    small = flat_png(300, 200)
+    assert decode_or_reason(small, 32).shape == (32, 32, 3)
+    fault = _fault(decode_or_reason(small, 32, ImageLimits(max_pixels=59_999)))
+    assert fault.code == "image_too_many_pixels" and "300x200 decodes to 60,000" in fault.reason
+
+
+def test_a_progressive_jpeg_counts_whole_because_its_decoder_holds_it_whole():
+    image = Image.new("RGB", (300, 200), (200, 40, 40))
+    limits = ImageLimits(max_pixels=50_000)
+    assert decode_or_reason(image_bytes(image, "JPEG"), 32, limits).shape == (32, 32, 3)
+    fault = _fault(decode_or_reason(image_bytes(image, "JPEG", progressive=True), 32, limits))
+    assert fault.code == "image_too_many_pixels"
+
+
+def test_bytes_limit_fetch_errors_and_formats_outside_the_list():
+    payload = image_bytes(Image.new("RGB", (64, 48), (1, 2, 3)), "JPEG")
+    fault = _fault(decode_or_reason(payload, 32, ImageLimits(max_bytes=len(payload) - 1)))
+    assert fault.code == "image_too_large"
+    fault = _fault(decode_or_reason(ObjectTooLarge("s3://b/bin-images/1.jpg", 10), 32))
+    assert (fault.code, fault.exception_type) == ("image_too_large", "ObjectTooLarge")
+    fault = _fault(decode_or_reason(FileNotFoundError("s3://b/bin-images/1.jpg"), 32))
+    assert (fault.code, fault.exception_type) == ("unreadable_image", "FileNotFoundError")
+    ppm = image_bytes(Image.new("RGB", (8, 8)), "PPM")  # Pillow reads it; scoring does not
+    fault = _fault(decode_or_reason(ppm, 32))
+    assert (fault.code, fault.exception_type) == ("undecodable_image", "UnidentifiedImageError")
+    with pytest.raises(UndecodableImage, match="Expected a decodable image"):
+        decode_image(b"\xff\xd8\xff\xe0 truncated", 32)
+
+
+# -- properties --------------------------------------------------------------------------------
+MODES = ["RGB", "L", "CMYK", "RGBA", "P", "1", "I;16"]
+FORMATS = {  # format: modes it can store
+    "JPEG": {"RGB", "L", "CMYK"},
+    "PNG": {"RGB", "L", "RGBA", "P", "1", "I;16"},
+    "GIF": {"L", "P"},
+    "BMP": {"RGB", "L", "P", "1"},
+    "TIFF": {"RGB", "L", "CMYK", "RGBA", "1"},
+    "WEBP": {"RGB", "RGBA"},
+}
+
+
+@st.composite
+def images(draw) -> tuple[Image.Image, str, dict]:
+    fmt = draw(st.sampled_from(sorted(FORMATS)))
+    mode = draw(st.sampled_from(sorted(FORMATS[fmt])))
+    size = (draw(st.integers(1, 300)), draw(st.integers(1, 300)))
+    colour = Image.new("RGB", (1, 1), draw(st.tuples(*[st.integers(0, 255)] * 3)))
+    image = (colour.quantize() if mode == "P" else colour.convert(mode)).resize(size)
+    options = {"progressive": draw(st.booleans())} if fmt == "JPEG" else {}
+    if fmt == "WEBP":
+        options = {"lossless": True}
+    return image, fmt, options
+
+
+@st.composite
+def hostile_payloads(draw) -> bytes:
+    """Random bytes, or a real image truncated, overwritten or spliced at random."""
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=400))
+    image, fmt, options = draw(images())
+    data = bytearray(image_bytes(image, fmt, **options))
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data)))
+        action = draw(st.sampled_from(["truncate", "overwrite", "insert"]))
+        if action == "truncate":
+            del data[at:]
+        elif action == "overwrite":
+            data[at : at + 4] = draw(st.binary(min_size=1, max_size=4))
+        else:
+            data[at:at] = draw(st.binary(min_size=1, max_size=64))
+    return bytes(data)
+
+
+# Pillow's notes on corrupt TIFF tags, and its bomb warning for 89-179 M declared pixels (the
+# pixel limit then refuses the image anyway).
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@settings(max_examples=300, deadline=None)
+@given(payload=hostile_payloads(), size=st.sampled_from([16, 32, 64]))
+def test_any_bytes_decode_to_an_image_or_a_reason_never_an_exception(payload, size):
+    result = decode_or_reason(payload, size, ImageLimits(max_pixels=40_000))
+    if isinstance(result, np.ndarray):
+        assert result.shape == (size, size, 3) and result.dtype == np.uint8
+    else:
+        _fault(result)
+
+
+@settings(max_examples=150, deadline=None)
+@given(picture=images(), size=st.sampled_from([16, 32]))
+def test_any_valid_flat_image_decodes_to_its_colour(picture, size):
+    image, fmt, options = picture
+    # The reference: Pillow's own conversion of that one colour to RGB.
+    reference = np.array(image.convert("RGB").getpixel((0, 0)), dtype=int)
+
+    decoded = decode_image(image_bytes(image, fmt, **options), size)
+
+    assert decoded.shape == (size, size, 3)
+    tolerance = 8 if fmt == "JPEG" else 0
+    assert np.abs(decoded.astype(int) - reference).max() <= tolerance
+
+
+def test_reasons_cross_process_pools_whole():
+    from bincount.metadata import MalformedMetadata
+
+    reasons = [
+        UndecodableImage("image_too_large", "Expected at most 10 bytes", "ObjectTooLarge"),
+        ObjectTooLarge("s3://b/bin-images/1.jpg", 10),  # sent to the cache's decoding processes
+        MalformedMetadata("bad_json", "Expected valid JSON", cause=ValueError("x")),
+    ]
+    for reason in reasons:
+        copy = pickle.loads(pickle.dumps(reason))
+        assert (type(copy), vars(copy), str(copy)) == (type(reason), vars(reason), str(reason))
