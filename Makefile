@@ -43,6 +43,7 @@ test: lint
 bench: install-dev
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/score.py
+	$(BIN)/python bench/review.py
 
 clean:
 	rm -rf $(VENV) .prefect .pytest_cache .ruff_cache demo-output

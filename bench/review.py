@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from bincount.config import DEMO_RECIPE, TrainConfig
 from bincount.evaluation import evaluate_model
@@ -66,17 +65,18 @@ def train_champion(
     return output
 
 
-def night(workdir: Path, output: Location, *, seed: int, arrivals: int, mismatch: float) -> dict:
-    """Score one night of arrivals with the champion; each rule's figures against the truth."""
+def night(workdir: Path, registry: Path, *, seed: int, arrivals: int, mismatch: float) -> dict:
+    """Score one night of arrivals with the champion of ``registry`` (an output folder), in an
+    output of its own; each rule's figures against the truth."""
     bucket, truth = workdir / f"night-{seed}", workdir / f"night-{seed}.truth"
-    source = Location(str(bucket))
+    shutil.copytree(registry / "models", workdir / f"night-{seed}-out" / "models")
+    source, output = Location(str(bucket)), Location(str(workdir / f"night-{seed}-out"))
     synthesize(source, bins=arrivals, seed=seed, mismatch_rate=mismatch, truth=Location(str(truth)))
     ingest_metadata(source, output)
     started = time.perf_counter()
     summary = score_images(source, output, review=ReviewPolicy())
     seconds = time.perf_counter() - started
     scores = read_table(output, "scores")
-    scores = scores.filter(pc.starts_with(scores.column("image_uri"), str(bucket) + "/"))
     truth_rows = pa.concat_tables(
         [Location(str(truth)).read_parquet(p.name) for p in truth.glob("*.parquet")]
     ).to_pylist()
@@ -226,9 +226,9 @@ def _changes(text: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", help="an output with a champion (default: train one)")
-    parser.add_argument("--train-bins", type=int, default=4000)
+    parser.add_argument("--train-bins", type=int, default=6000)
     parser.add_argument("--train-seed", type=int, default=31)
-    parser.add_argument("--train-minutes", type=float, default=4.5)
+    parser.add_argument("--train-minutes", type=float, default=6.5)
     parser.add_argument("--policy", default=DEFAULT_POLICY, help="the training manifest's policy")
     parser.add_argument(
         "--recipe",
@@ -244,28 +244,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-review-") as temporary:
         workdir = Path(args.workdir or temporary)
         workdir.mkdir(parents=True, exist_ok=True)
-        if args.output:  # the registry alone, copied: the bench never writes into yours
-            shutil.copytree(Path(args.output) / "models", workdir / "out" / "models")
-            output = Location(str(workdir / "out"))
+        if args.output:  # its registry is copied: the bench never writes into your output
+            registry = Path(args.output)
         else:
             print(
                 f"training a demo-sized champion ({args.train_bins} bins, "
                 f"{args.train_minutes} min)..."
             )
             recipe = {**DEMO_RECIPE, **_changes(args.recipe)}
-            output = train_champion(
-                workdir,
-                bins=args.train_bins,
-                seed=args.train_seed,
-                minutes=args.train_minutes,
-                policy=args.policy,
-                recipe=recipe,
+            registry = Path(
+                train_champion(
+                    workdir,
+                    bins=args.train_bins,
+                    seed=args.train_seed,
+                    minutes=args.train_minutes,
+                    policy=args.policy,
+                    recipe=recipe,
+                ).uri()
             )
-        print(f"champion {resolve_version(output, 'champion')} in {output.uri()}\n")
+        champion = resolve_version(Location(str(registry)), "champion")
+        print(f"champion {champion} of {registry}\n")
         nights = [
             night(
                 workdir,
-                output,
+                registry,
                 seed=int(seed),
                 arrivals=args.arrivals,
                 mismatch=args.mismatch_rate,

@@ -54,6 +54,7 @@ from bincount.review import (
     ReviewPolicy,
     disagrees,
     discrepancy_score,
+    probability_text,
     record_probability,
     thumbnail_data_uri,
 )
@@ -365,7 +366,7 @@ def score_chunk(
         run_id=run_id,
         scored_at=now,
     )
-    part = chunk_part_name(keys)
+    part = chunk_part_name([source.uri(key) for key in keys])
     if failures:
         rejects = [
             undecodable_image_row(
@@ -494,11 +495,12 @@ def image_id_from_image_key(key: str) -> str:
     return posixpath.splitext(posixpath.basename(key))[0]
 
 
-def chunk_part_name(keys: Sequence[str]) -> str:
-    """A name derived from the chunk's keys, so a retried chunk rewrites the same files."""
+def chunk_part_name(image_uris: Sequence[str]) -> str:
+    """A name derived from the chunk's image URIs, so a retried chunk rewrites the same files
+    and two sources holding the same keys (``bin-images/00001.jpg``) never share a part."""
     digest = hashlib.sha256()
-    for key in keys:
-        digest.update(key.encode() + b"\x1e")
+    for uri in image_uris:
+        digest.update(uri.encode() + b"\x1e")
     return digest.hexdigest()[:20]
 
 
@@ -623,16 +625,12 @@ class ScoringSummary:
                 + (f"![{row['image_id']}]({row['thumbnail']})" if row.get("thumbnail") else "-")
                 + f" | [{row['image_id']}]({row['link']}) | {row['expected_quantity']} | "
                 f"{row['predicted_count']}{'+' if row['predicted_overflow'] else ''} | "
-                f"{_percent(row['p_recorded'])} |"
+                f"{probability_text(row['p_recorded'])} |"
                 for row in self.review
             ]
         else:
             lines.append("Nothing to review tonight: no record is unlikely enough.")
         return "\n".join(lines) + "\n"
-
-
-def _percent(p: float) -> str:
-    return f"{100 * p:.2g}%" if p >= 0.0001 else "<0.01%"
 
 
 def summarize(

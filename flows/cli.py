@@ -157,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--review-budget-percent",
         type=float,
-        default=5.0,
-        help="the night's queue holds at most this share (%%) of the bins judged (default 5)",
+        default=10.0,
+        help="the night's queue holds at most this share (%%) of the bins judged (default 10)",
     )
     score.add_argument(
         "--review-budget-count", type=int, help="and at most this many bins (default: no cap)"
@@ -200,10 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the whole chain on a synthetic bucket")
     demo.add_argument("--workdir", default="demo-output", help="where the demo writes everything")
-    demo.add_argument("--bins", type=int, default=4000)
+    demo.add_argument("--bins", type=int, default=6000)
     demo.add_argument("--arrivals", type=int, default=400, help="new bins that arrive later")
     demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--train-minutes", type=float, default=4.5)
+    demo.add_argument("--train-minutes", type=float, default=6.5)
     demo.add_argument(
         "--mismatch-rate",
         type=float,

@@ -7,6 +7,7 @@ import os
 from prefect import flow
 
 from bincount.config import DEMO_RECIPE
+from bincount.review import probability_text
 from bincount.synth import MAX_COUNT_LIMIT, default_truth
 from flows.data import data_pipeline
 from flows.retrain import retrain
@@ -18,10 +19,10 @@ from tasks.synth import synthesize_bucket
 @flow(name="demo")
 def demo(
     workdir: str = "demo-output",
-    bins: int = 4000,
+    bins: int = 6000,
     arrivals: int = 400,
     seed: int = 7,
-    train_minutes: float = 4.5,
+    train_minutes: float = 6.5,
     mismatch_rate: float = 0.05,
 ) -> dict:
     """Synthesize a bucket (once), run the data pipeline, train, evaluate and promote, score
@@ -113,7 +114,7 @@ def demo_summary(result: dict) -> str:
             f"             #{row['review_rank']} {row['image_id']}: recorded "
             f"{row['expected_quantity']}, the model sees {row['predicted_count']}"
             f"{'+' if row['predicted_overflow'] else ''} and gives the record "
-            f"{100 * row['p_recorded']:.2g}%"
+            f"{probability_text(row['p_recorded'])}"
             for row in nightly["review"][:3]
         ),
         f"  outputs    {result['output']}/",

@@ -167,7 +167,8 @@ def test_review_policy_refuses_nonsense():
     for bad in ({"budget_percent": 0}, {"budget_percent": 120}, {"max_p_recorded": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             ReviewPolicy(**bad)
-    assert ReviewPolicy().budget(400) == 20 and ReviewPolicy().budget(19) == 0
+    assert ReviewPolicy().budget(400) == 40 and ReviewPolicy().budget(9) == 0
+    assert ReviewPolicy(budget_percent=5).budget(400) == 20
 
 
 # -- measuring a queue ----------------------------------------------------------------------------
