@@ -127,7 +127,10 @@ def evaluate_model(
     )
     report = {
         "model_version": record["version"],
-        "model": {k: record["config"][k] for k in ("arch", "loss", "image_size", "max_count")},
+        "model": {
+            **{k: record["config"][k] for k in ("arch", "loss", "image_size", "max_count")},
+            "open_top": model.open_top,
+        },
         "evaluation_set": {k: v for k, v in evaluated.items() if k != "benchmark"},
         "images_left_out": evaluated["size"] - len(target),
         "metrics": metrics.to_dict(),
@@ -225,11 +228,13 @@ def report_markdown(report: dict) -> str:
         f"| {_pct(abid['accuracy'])} |",
         f"| RMSE | {ours['rmse']:.3f} | {majority['rmse']:.3f} | {abid['rmse']:.3f} |",
     ]
+    top = report["model"]["max_count"] + 1 if report["model"].get("open_top") else None
     for count in range(len(ours["per_class_accuracy"])):
         abid_acc = abid["per_class_accuracy"]
         abid_rmse = abid["per_class_rmse"]
+        name = f"more than {count - 1}" if count == top else f"count {count}"
         lines.append(
-            f"| count {count}: accuracy / RMSE (n={ours['per_class_n'][count]}) "
+            f"| {name}: accuracy / RMSE (n={ours['per_class_n'][count]}) "
             f"| {_pct(ours['per_class_accuracy'][count])} / {_num(ours['per_class_rmse'][count])} "
             f"| {_pct(majority['per_class_accuracy'][count])} / "
             f"{_num(majority['per_class_rmse'][count])} "
