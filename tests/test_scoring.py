@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -390,3 +391,29 @@ def test_real_abid_photos_are_scored_against_their_recorded_quantity(
         assert row["p_recorded"] == pytest.approx(row["count_probabilities"][min(record, 4)])
     # The queue holds at most the budget, however weak the model.
     assert summary.needs_review <= summary.queue["budget"] == int(0.10 * len(photos))
+
+
+def test_the_queue_is_measured_against_the_synthetic_truth(trained, tmp_path):
+    from bincount.review_queue import measure_against_truth
+    from bincount.synth import synthesize
+
+    shutil.copytree(trained / "out", tmp_path / "out")
+    source, output = Location(str(tmp_path / "night")), Location(str(tmp_path / "out"))
+    truth = Location(str(tmp_path / "night.truth"))
+    arrived = synthesize(source, bins=40, seed=8, max_count=8, mismatch_rate=0.4, truth=truth)
+    ingest_metadata(source, output)
+    score_images(source, output, review=ReviewPolicy(budget_percent=30, max_p_recorded=0.5))
+    measured = measure_against_truth(output, truth, list(arrived.ids))
+
+    truth_rows = {r["image_id"]: r for r in pq.read_table(arrived.truth).to_pylist()}
+    rows = [r for r in _scores(tmp_path / "out").to_pylist() if r["p_recorded"] is not None]
+    wrong = {
+        r["image_id"]
+        for r in rows
+        if r["expected_quantity"] != truth_rows[r["image_id"]]["true_count"]
+    }
+    flagged = {r["image_id"] for r in rows if r["needs_review"]}
+    assert measured.judged == len(rows) and measured.wrong == len(wrong) > 0
+    assert measured.flagged == len(flagged) > 0
+    assert measured.flagged_wrong == len(flagged & wrong)
+    assert measured.precision == pytest.approx(len(flagged & wrong) / len(flagged))
