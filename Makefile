@@ -4,9 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 
 export PREFECT_HOME := $(CURDIR)/.prefect
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export DO_NOT_TRACK := 1
-export GX_ANALYTICS_ENABLED := false
+# The telemetry switches are set in one place, bincount/telemetry.py (the CLI and tests apply it).
 
 .PHONY: install install-dev demo test lint format bench clean
 

@@ -1,13 +1,14 @@
 """Scoring throughput end to end against the same model fed pre-decoded tensors.
 
 End to end is one scoring run as ``bincount score`` does it, minus loading the model from the
-registry: ``plan_scoring`` (listing, the scores watermark) then ``score_chunk`` for every chunk
-(fetch, decode in a thread pool ahead of the model, the model, the Parquet scores part), from a
-local synthetic bucket into a fresh output folder that holds the ingested metadata, timed whole.
-The bare model runs the same ``predict_batch`` call on the same images, decoded and normalised
-in memory ahead of time, in the same batches. The two sides alternate A/B/A/B so that machine
-noise hits both alike; the median of the repetitions is reported for both. Scoring must keep
-the model busy: goal ratio (end-to-end images/s / bare images/s) >= 0.85.
+registry: ``plan_scoring`` (listing, the scores watermark), ``score_chunk`` for every chunk
+(fetch, decode in a thread pool ahead of the model, the model, the Parquet scores part), then the
+night's review queue and the summary with its thumbnails, from a local synthetic bucket into a
+fresh output folder that holds the ingested metadata, timed whole. The bare model runs the same
+``predict_batch`` call on the same images, decoded and normalised in memory ahead of time, in the
+same batches. The two sides alternate A/B/A/B so that machine noise hits both alike; the median
+of the repetitions is reported for both. Scoring must keep the model busy: goal ratio
+(end-to-end images/s / bare images/s) >= 0.85.
 
     python bench/score.py [--archs resnet18,mobilenet_v3_small] [--image-size 128]
         [--batch-size 64] [--images 768] [--rounds 3] [--no-flips] [--check]
@@ -31,6 +32,8 @@ import torch
 from bincount.imagecache import decode_image
 from bincount.ingest import ingest_metadata
 from bincount.models import CountingModel
+from bincount.review import ReviewPolicy
+from bincount.review_queue import queue_reviews
 from bincount.scoring import Scorer, plan_scoring, score_chunk, summarize
 from bincount.storage import Location
 from bincount.synth import synthesize
@@ -116,7 +119,9 @@ def end_to_end(
             )
             for chunk in plan.chunks
         ]
-        summary = summarize(plan, output, results, time.perf_counter() - started)
+        queue = queue_reviews(output, ReviewPolicy(), run_parts={r.part_key for r in results})
+        seconds = time.perf_counter() - started
+        summary = summarize(plan, bench.source, output, results, queue, seconds)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     wanted = bench.images if limit is None else min(limit, bench.images)

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import torch
 
 from bincount.calibration import calibration_report
+from bincount.config import TrainConfig
 from bincount.imagecache import load_cached_splits
 from bincount.manifest import load_manifest
 from bincount.metrics import ABID_BASELINE, counting_metrics, majority_baseline
@@ -62,7 +63,7 @@ def evaluation_set(manifest: pa.Table, details: dict, split: str) -> dict:
         "manifest_version": details["version"],
         "split": split,
         "size": rows.num_rows,
-        "source": details["source"],
+        "source": ", ".join(details.get("sources") or [details["source"]]),
         "policy": details["policy"],
         "max_count": details["max_count"],
         "open_top": bool(details.get("open_top", False)),
@@ -89,7 +90,8 @@ def evaluate_model(
     manifest_version = manifest_version or record["lineage"]["manifest_version"]
     manifest, details = load_manifest(output, manifest_version)
     evaluated = evaluation_set(manifest, details, split)
-    size = record["config"]["image_size"]
+    config = TrainConfig.model_validate(record["config"])
+    size = config.image_size
     cached = load_cached_splits(output, manifest_version, size, ("train", _manifest_split(split)))
     target = cached[_manifest_split(split)]
     if not len(target):
@@ -97,7 +99,7 @@ def evaluate_model(
     runtime = resolve_runtime(device)
     model = model.to(runtime.device)
     view_logits, probabilities = predict_split(
-        model, target, runtime=runtime, flips=record["config"].get("test_time_flips", False)
+        model, target, runtime=runtime, flips=config.test_time_flips
     )
     predictions = model.count_from_probabilities(probabilities).tolist()
     labels = target.labels.tolist()
@@ -128,7 +130,7 @@ def evaluate_model(
     report = {
         "model_version": record["version"],
         "model": {
-            **{k: record["config"][k] for k in ("arch", "loss", "image_size", "max_count")},
+            **config.model_dump(include={"arch", "loss", "image_size", "max_count"}),
             "open_top": model.open_top,
         },
         "evaluation_set": {k: v for k, v in evaluated.items() if k != "benchmark"},

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +24,8 @@ import pyarrow as pa
 from PIL import Image, JpegImagePlugin
 
 from bincount.limits import ImageLimits
+from bincount.progress import Progress
+from bincount.sources import fetch_uris, open_sources
 from bincount.storage import Location, ObjectTooLarge
 from bincount.tables import QUARANTINE, quarantine_row, write_part
 
@@ -200,9 +202,14 @@ def build_image_cache(
     workers: int | None = None,
     limits: ImageLimits | None = None,
     run_id: str = "",
+    sources: Sequence[str] = (),
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> CacheSummary:
-    """Decode every manifest image once into shards (or return the complete cache)."""
+    """Decode every manifest image once into shards (or return the complete cache).
+
+    Each image is read from the location its URI is under: ``source`` or one of ``sources``
+    (a manifest's ``sources``), opened the way ``source`` is.
+    """
     limits = limits or ImageLimits()
     if size < 16:
         raise ValueError(f"Expected an image size of at least 16 px, but got {size}")
@@ -212,16 +219,21 @@ def build_image_cache(
         return CacheSummary(**{**done, "created": False})
 
     rows = manifest.sort_by("image_id").to_pylist()
-    root = source.uri() + "/"
+    locations = open_sources(source, list(sources))
     index: list[dict] = []
     rejects: list[dict] = []
     workers = workers or os.cpu_count() or 1
     shard = 0
+    progress = Progress(logger, f"cached images of manifest {manifest_version}", len(rows))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(rows), shard_size):
             batch = rows[start : start + shard_size]
-            keys = [_key_under(root, row["image_uri"]) for row in batch]
-            payloads = source.fetch_many(keys, concurrency=concurrency, max_bytes=limits.max_bytes)
+            payloads = fetch_uris(
+                locations,
+                [row["image_uri"] for row in batch],
+                concurrency=concurrency,
+                max_bytes=limits.max_bytes,
+            )
             step = max(1, len(batch) // (workers * 4))
             parts = [payloads[i : i + step] for i in range(0, len(batch), step)]
             decoded = [
@@ -249,7 +261,7 @@ def build_image_cache(
             if arrays:
                 _write_npy(output, f"{folder}/shard-{shard:05d}.npy", np.stack(arrays))
                 shard += 1
-            logger.info("cached %d of %d images", start + len(batch), len(rows))
+            progress.advance(len(batch))
 
     if rejects:
         write_part(
@@ -268,12 +280,6 @@ def build_image_cache(
     done = {k: v for k, v in summary.__dict__.items() if k != "created"}
     output.write_bytes(f"{folder}/_complete.json", json.dumps(done, indent=2).encode())
     return summary
-
-
-def _key_under(root: str, uri: str) -> str:
-    if not uri.startswith(root):
-        raise ValueError(f"Expected image URIs under {root}, but got {uri}")
-    return uri[len(root) :]
 
 
 def _reject(row: dict, fault: UndecodableImage, *, run_id: str, now: datetime) -> dict:

@@ -175,9 +175,9 @@ def ingest_chunk(
         [obj["key"] for obj in chunk], concurrency=concurrency, max_bytes=limits.max_bytes
     )
     bins, items, rejects = rows_from_objects(
-        chunk, payloads, run_id=run_id, now=clock(), limits=limits
+        chunk, payloads, run_id=run_id, now=clock(), limits=limits, source=source.url
     )
-    part = commit_chunk(output, chunk, bins, items, rejects)
+    part = commit_chunk(output, chunk, bins, items, rejects, source=source.url)
     return ChunkOutcome(part=part, ingested=len(bins), quarantined=len(rejects))
 
 
@@ -237,7 +237,9 @@ def ingest_metadata(
 
 
 def ingested_versions(output: Location) -> pa.Table:
-    """The (key, etag) of every object version already ingested or quarantined at ingest."""
+    """The (key, etag) of every object version already ingested or quarantined at ingest, from
+    any source: an object with the same key and ETag is the same bin version wherever it is
+    listed (a copied or moved bucket), and keeps the source it was first ingested from."""
     bins = read_table(output, BINS, columns=["metadata_key", "etag"])
     rejected = read_table(output, QUARANTINE, columns=["stage", "object_key", "etag"])
     rejected = rejected.filter(pc.equal(rejected.column("stage"), INGEST_STAGE["stage"]))
@@ -280,8 +282,10 @@ def rows_from_objects(
     run_id: str,
     now: datetime,
     limits: MetadataLimits | None = None,
+    source: str | None = None,
 ) -> tuple[list[dict], list[dict], list[dict]]:
-    """Bin rows, item rows and quarantine rows for fetched objects (pure: no I/O).
+    """Bin rows, item rows and quarantine rows for fetched objects (pure: no I/O); each bin row
+    records ``source``, the location the objects were listed in.
 
     Each object is isolated: whatever goes wrong while parsing or typing it becomes its
     quarantine row, and the others go on.
@@ -315,6 +319,7 @@ def rows_from_objects(
             "last_modified": obj["last_modified"],
             "ingested_at": now,
             "run_id": run_id,
+            "source": source,
         }
         accepted.append((obj, bin_row, [{**item, "etag": obj["etag"]} for item in parsed.items]))
     bins, items = _rows(accepted)
@@ -388,9 +393,11 @@ def commit_chunk(
     bins: list[dict],
     items: list[dict],
     rejects: list[dict],
+    *,
+    source: str | None = None,
 ) -> str:
     """Write one chunk's parts, the ``bins`` part (the commit marker) last."""
-    part = chunk_id(objects)
+    part = chunk_id(objects, source)
     write_part(output, ITEMS, part, items)
     if rejects:
         write_part(output, QUARANTINE, part, rejects, partition=INGEST_STAGE)
@@ -398,9 +405,12 @@ def commit_chunk(
     return part
 
 
-def chunk_id(objects: Iterable[dict]) -> str:
-    """A name derived from the chunk's content, so a retried chunk rewrites the same files."""
+def chunk_id(objects: Iterable[dict], source: str | None = None) -> str:
+    """A name derived from the chunk's content, so a retried chunk rewrites the same files; the
+    source is part of it, so equal objects in two sources never share a part."""
     digest = hashlib.sha256()
+    if source is not None:
+        digest.update(f"{source}\x1d".encode())
     for obj in objects:
         digest.update(f"{obj['key']}\x1f{obj['etag']}\x1e".encode())
     return digest.hexdigest()[:20]

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bincount.sources import filled_sources, open_sources
 from bincount.storage import Location
 from bincount.tables import MANIFESTS, QUARANTINE, bins_fingerprint, current_bins, part_key
 from bincount.validate import VALIDATE_STAGE, latest_validation
@@ -147,13 +148,17 @@ def build_manifest(
     test_percent: float = 10.0,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ManifestSummary:
-    """Build the manifest of the validated current bins (or return the identical existing one)."""
+    """Build the manifest of the validated current bins (or return the identical existing one).
+
+    Each image URI is under the source its bin was ingested from; ``source`` stands for bins
+    ingested before sources were recorded.
+    """
     if not (val_percent >= 0 and test_percent >= 0 and val_percent + test_percent < 100):
         raise ValueError(
             f"Expected val and test percentages that leave a train split, but got "
             f"{val_percent} and {test_percent}"
         )
-    bins = current_bins(output)
+    bins = current_bins(output, source.url)
     validated = latest_validation(output)
     bins_fp = bins_fingerprint(bins)
     if validated is None or validated["bins_fingerprint"] != bins_fp:
@@ -163,8 +168,11 @@ def build_manifest(
             ": run validate first"
         )
     quarantined = _validate_quarantine(output, bins_fp)
-    valid = bins.filter(pc.invert(pc.is_in(bins.column("image_id"), quarantined)))
+    valid = bins.filter(pc.invert(pc.is_in(_versions(bins), quarantined)))
     admitted = valid.filter(policy.admits(valid.column("expected_quantity")))
+    row_sources = filled_sources(admitted, source.url).to_pylist()
+    sources = sorted(set(filled_sources(bins, source.url).to_pylist())) or [source.url]
+    locations = open_sources(source, sources)
 
     ids = admitted.column("image_id").to_pylist()
     labels = [policy.label(q) for q in admitted.column("expected_quantity").to_pylist()]
@@ -182,7 +190,13 @@ def build_manifest(
         {
             "image_id": pa.array(ids, pa.string()),
             "image_uri": pa.array(
-                [source.uri(k) for k in admitted.column("image_key").to_pylist()], pa.string()
+                [
+                    locations[url].uri(key)
+                    for url, key in zip(
+                        row_sources, admitted.column("image_key").to_pylist(), strict=True
+                    )
+                ],
+                pa.string(),
             ),
             "label": pa.array(labels, pa.int32()),
             "split": pa.array(splits, pa.string()),
@@ -200,7 +214,8 @@ def build_manifest(
         "open_top": policy.open_top,
         "rows": manifest.num_rows,
         "bins_fingerprint": bins_fp,
-        "source": source.url,
+        "source": sources[0],  # the first of ``sources``, kept for readers of one source
+        "sources": sources,
         "val_percent": val_percent,
         "test_percent": None if benchmark is not None else test_percent,
         "distribution": {s: dict(sorted(distribution[s].items())) for s in SPLITS},
@@ -231,11 +246,17 @@ def build_manifest(
 
 
 def _validate_quarantine(output: Location, bins_fp: str) -> pa.Array:
-    """Ids quarantined by the validation of exactly these bins."""
+    """The object versions (key and ETag) quarantined by the validation of exactly these bins."""
     key = part_key(QUARANTINE, bins_fp, VALIDATE_STAGE)
     if not output.exists(key):
         return pa.array([], pa.string())
-    return output.read_parquet(key).column("image_id").combine_chunks().drop_null()
+    rows = output.read_parquet(key)
+    versions = pc.binary_join_element_wise(rows.column("object_key"), rows.column("etag"), "\x1f")
+    return versions.combine_chunks().drop_null()
+
+
+def _versions(bins: pa.Table) -> pa.ChunkedArray:
+    return pc.binary_join_element_wise(bins.column("metadata_key"), bins.column("etag"), "\x1f")
 
 
 def _benchmark_details(benchmark: Mapping[str, int], name: str | None, admitted: pa.Table) -> dict:

@@ -109,20 +109,23 @@ def load_model(output: Location, version: str):
 
 def list_models(output: Location) -> list[dict]:
     """Every finished model, newest first, with its best validation figures."""
+    from bincount.config import TrainConfig
+
     current = champion(output)
     rows = []
     for key in output.list(MODELS).column("key").to_pylist():
         parts = key.split("/")
         if len(parts) == 3 and parts[2] == "_complete.json":
             record = read_model_record(output, parts[1])
+            config = TrainConfig.model_validate(record["config"])
             best = record["metrics"]["best_epoch"]
             rows.append(
                 {
                     "version": parts[1],
                     "champion": bool(current and current["version"] == parts[1]),
-                    "arch": record["config"]["arch"],
-                    "loss": record["config"]["loss"],
-                    "image_size": record["config"]["image_size"],
+                    "arch": config.arch,
+                    "loss": config.loss,
+                    "image_size": config.image_size,
                     "manifest": record["lineage"]["manifest_version"],
                     "val_accuracy": best["val_accuracy"],
                     "val_rmse": best["val_rmse"],

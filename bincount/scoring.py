@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from bincount.config import TrainConfig
 from bincount.imagecache import (
     UndecodableImage,
     decode_image,
@@ -49,6 +50,7 @@ from bincount.limits import ImageLimits
 from bincount.metadata import IMAGE_PREFIX
 from bincount.models import CountingModel
 from bincount.prefetch import Prefetched
+from bincount.progress import Progress
 from bincount.registry import load_model, resolve_version
 from bincount.review import (
     ReviewPolicy,
@@ -59,6 +61,7 @@ from bincount.review import (
     thumbnail_data_uri,
 )
 from bincount.review_queue import NightQueue, queue_reviews
+from bincount.sources import fetch_uris, locate, of_source
 from bincount.storage import Location
 from bincount.tables import (
     BINS,
@@ -117,12 +120,12 @@ def load_scorer(output: Location, model: str = "champion", *, device: str | None
     network, record = load_model(output, version)
     runtime = resolve_runtime(device)
     network = network.to(runtime.device, memory_format=torch.channels_last).eval()
-    config = record["config"]
+    config = TrainConfig.model_validate(record["config"])
     return Scorer(
         model=network,
         version=version,
-        image_size=config["image_size"],
-        flips=config.get("test_time_flips", False),
+        image_size=config.image_size,
+        flips=config.test_time_flips,
         runtime=runtime,
     )
 
@@ -331,11 +334,14 @@ def score_chunk(
 ) -> ChunkResult:
     """Score one chunk of image keys and commit it: quarantine part first, scores part last."""
     started = time.perf_counter()
-    expected = expected_quantities(output, [image_id_from_image_key(k) for k in keys])
+    expected = expected_quantities(
+        output, [image_id_from_image_key(k) for k in keys], source=source.url
+    )
     scored_keys: list[str] = []
     probabilities: list[np.ndarray] = []
     failures: list[tuple[str, UndecodableImage]] = []
     model_seconds = 0.0
+    progress = Progress(logger, f"scored images of chunk {keys[0] if keys else ''}..", len(keys))
     for batch in decoded_batches(
         source,
         keys,
@@ -350,6 +356,7 @@ def score_chunk(
             probabilities.append(scorer.probabilities(batch.images))
             model_seconds += time.perf_counter() - tick
             scored_keys.extend(batch.keys)
+        progress.advance(len(batch.keys) + len(batch.failures))
 
     now = clock()
     width = scorer.model.num_classes
@@ -450,41 +457,75 @@ def score_table(
     )
 
 
-def link(source: Location, image_uri: str) -> str:
-    """A link a person can open: a public HTTPS URL for the source's own S3 objects."""
-    root = source.uri() + "/"
-    return source.public_url(image_uri[len(root) :]) if image_uri.startswith(root) else image_uri
+def link(source: Location | Sequence[Location], image_uri: str) -> str:
+    """A link a person can open: a public HTTPS URL for a source's own S3 objects."""
+    found = _located(_as_locations(source), image_uri)
+    return found[0].public_url(found[1]) if found else image_uri
 
 
 def with_thumbnails(
-    source: Location, rows: list[dict], *, size: int = 96, limits: ImageLimits | None = None
+    source: Location | Sequence[Location],
+    rows: list[dict],
+    *,
+    size: int = 96,
+    limits: ImageLimits | None = None,
 ) -> list[dict]:
     """Queue rows with a link to the photo and a small inline thumbnail: the photo as the model
-    saw it (squashed to a square, decoded within the same limits). None where the photo can no
-    longer be read; the row still shows."""
+    saw it (squashed to a square, decoded within the same limits), read from the source it is
+    under. None where the photo can no longer be read; the row still shows."""
     limits = limits or ImageLimits()
-    root = source.uri() + "/"
-    keys = [row["image_uri"].removeprefix(root) for row in rows]
-    payloads = source.fetch_many(keys, concurrency=16, max_bytes=limits.max_bytes) if keys else []
+    locations = _as_locations(source)
+    readable = [row["image_uri"] for row in rows if _located(locations, row["image_uri"])]
+    fetched = fetch_uris(locations, readable, concurrency=16, max_bytes=limits.max_bytes)
+    payloads = dict(zip(readable, fetched, strict=True))
     shown = []
-    for row, payload in zip(rows, payloads, strict=True):
-        decoded = decode_or_reason(payload, size, limits)
+    for row in rows:
+        payload = payloads.get(row["image_uri"])
+        decoded = decode_or_reason(payload, size, limits) if payload is not None else None
         thumbnail = thumbnail_data_uri(decoded) if isinstance(decoded, np.ndarray) else None
-        shown.append({**row, "link": link(source, row["image_uri"]), "thumbnail": thumbnail})
+        found = _located(locations, row["image_uri"])
+        shown.append(
+            {
+                **row,
+                "link": found[0].public_url(found[1]) if found else row["image_uri"],
+                "thumbnail": thumbnail,
+            }
+        )
     return shown
 
 
-def expected_quantities(output: Location, image_ids: Sequence[str]) -> dict[str, int]:
-    """EXPECTED_QUANTITY of each of ``image_ids`` from the newest ingested metadata."""
-    columns = ["image_id", "metadata_key", "expected_quantity", "ingested_at"]
+def _as_locations(source: Location | Sequence[Location]) -> dict[str, Location]:
+    sources = [source] if isinstance(source, Location) else list(source)
+    return {location.url: location for location in sources}
+
+
+def _located(locations: dict[str, Location], uri: str) -> tuple[Location, str] | None:
+    try:
+        return locate(locations, uri)
+    except ValueError:
+        return None
+
+
+def expected_quantities(
+    output: Location, image_ids: Sequence[str], *, source: str | None = None
+) -> dict[str, int]:
+    """EXPECTED_QUANTITY of each of ``image_ids`` from the newest ingested metadata: that of the
+    bin ingested from ``source`` (or with no recorded source) when one is given and there is
+    one, else of the bin with that id from any source (a bucket copied since it was ingested)."""
+    columns = ["image_id", "metadata_key", "expected_quantity", "ingested_at", "source"]
     bins = read_table(output, BINS, columns=columns)
-    wanted = newest_versions(
-        bins.filter(pc.is_in(bins.column("image_id"), pa.array(list(image_ids), pa.string())))
-    )
+    bins = bins.filter(pc.is_in(bins.column("image_id"), pa.array(list(image_ids), pa.string())))
+    found = _quantities(newest_versions(bins))
+    if source is not None:
+        found.update(_quantities(newest_versions(bins.filter(of_source(bins, source)), source)))
+    return found
+
+
+def _quantities(bins: pa.Table) -> dict[str, int]:
     return dict(
         zip(
-            wanted.column("image_id").to_pylist(),
-            wanted.column("expected_quantity").to_pylist(),
+            bins.column("image_id").to_pylist(),
+            bins.column("expected_quantity").to_pylist(),
             strict=True,
         )
     )
@@ -633,9 +674,32 @@ class ScoringSummary:
         return "\n".join(lines) + "\n"
 
 
+def combined_plan(plans: Sequence[ScoringPlan]) -> ScoringPlan:
+    """One plan standing for the plans of a run over several sources (for its summary)."""
+    if not plans:
+        raise ValueError("Expected at least one scoring plan, but got none")
+    if len({plan.model_version for plan in plans}) > 1:
+        raise ValueError(
+            f"Expected one model for the whole run, but got "
+            f"{sorted({plan.model_version for plan in plans})}"
+        )
+    first = plans[0]
+    return ScoringPlan(
+        source=", ".join(plan.source for plan in plans),
+        prefix=first.prefix,
+        model_version=first.model_version,
+        listed=sum(plan.listed for plan in plans),
+        not_images=sum(plan.not_images for plan in plans),
+        already_scored=sum(plan.already_scored for plan in plans),
+        chunks=[chunk for plan in plans for chunk in plan.chunks],
+        started_at=min(plan.started_at for plan in plans),
+        discarded_orphan_parts=sum(plan.discarded_orphan_parts for plan in plans),
+    )
+
+
 def summarize(
     plan: ScoringPlan,
-    source: Location,
+    source: Location | Sequence[Location],
     output: Location,
     results: Sequence[ChunkResult],
     queue: NightQueue,
@@ -643,7 +707,8 @@ def summarize(
     *,
     limits: ImageLimits | None = None,
 ) -> ScoringSummary:
-    """One run's summary from its plan, the results of its chunks and the night's queue."""
+    """One run's summary from its plan, the results of its chunks and the night's queue
+    (``source``: the location, or locations, its images came from)."""
     return ScoringSummary(
         source=plan.source,
         output=output.uri(),

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         description="Most pixels one image decodes to (a JPEG at its reduced draft scale).",
     )
 
+    def given_source(self) -> str | None:
+        """The source set in the environment (``BINCOUNT_SOURCE``), or None when only the
+        default stands: an output's own bins then say where they came from."""
+        return self.source if "source" in self.model_fields_set else None
+
     def metadata_limits(self) -> limits.MetadataLimits:
         """The metadata limits as the library takes them."""
         return limits.MetadataLimits(

@@ -100,6 +100,16 @@ class Location:
             raise ValueError("Expected a location (path, file:// or s3:// URL), but got ''")
         protocol, separator, rest = url.partition("://")
         self.retry = RetryPolicy(max_attempts=max_attempts)
+        # Kept so that a location can open others like itself (:meth:`sibling`).
+        self._options = {
+            "endpoint_url": endpoint_url,
+            "anonymous": anonymous,
+            "key": key,
+            "secret": secret,
+            "region": region,
+            "max_attempts": max_attempts,
+            "max_concurrency": max_concurrency,
+        }
         self.anonymous = anonymous
         self.endpoint_url = endpoint_url
         self.region = region
@@ -161,6 +171,13 @@ class Location:
             max_attempts=settings.max_attempts,
             max_concurrency=settings.max_concurrency,
         )
+
+    def sibling(self, url: str | None) -> Location:
+        """A location at ``url`` read the same way as this one (endpoint, credentials, retries);
+        this one itself when ``url`` is None or names the same root."""
+        if url is None or url == self.url:
+            return self
+        return Location(url, **self._options)
 
     def __repr__(self) -> str:  # never shows credentials
         return f"Location({self.url!r})"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -32,12 +33,15 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 
+from bincount.progress import Progress
 from bincount.storage import Location
 
 IMAGE_PREFIX = "bin-images"
 METADATA_PREFIX = "metadata"
 
 MAX_COUNT_LIMIT = 50  # beyond this the items get too small to be told apart at 128 px
+logger = logging.getLogger(__name__)
+
 MAX_BINS = 100_000  # the id scheme keeps five-digit ids below 100000 up to here
 MAX_HIDDEN = 0.38  # the share of an item that items above it and the bands may hide
 
@@ -208,13 +212,20 @@ def _run(
 ) -> list[BinRecord]:
     batch = max(8, min(100, math.ceil(len(plan) / (workers * 4))))
     batches = [plan[start : start + batch] for start in range(0, len(plan), batch)]
+    progress = Progress(logger, f"synthesized bins in {dest.uri()}", len(plan))
+    records: list[BinRecord] = []
     if workers == 1 or len(batches) == 1:
-        return [record for part in batches for record in _write_batch(dest, job, part)]
+        for part in batches:
+            records += _write_batch(dest, job, part)
+            progress.advance(len(part))
+        return records
     # spawn, not fork: the caller may be a threaded process (a Prefect worker, an event loop).
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(batches)), mp_context=context) as pool:
-        parts = pool.map(_write_batch, [dest] * len(batches), [job] * len(batches), batches)
-        return [record for part in parts for record in part]
+        for part in pool.map(_write_batch, [dest] * len(batches), [job] * len(batches), batches):
+            records += part
+            progress.advance(len(part))
+    return records
 
 
 def _write_batch(dest: Location, job: _Job, part: Sequence[tuple[int, str]]) -> list[BinRecord]:

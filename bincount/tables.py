@@ -136,21 +136,37 @@ def part_names(output: Location, table_name: str, partition: dict[str, str] | No
     return names
 
 
-def current_bins(output: Location) -> pa.Table:
-    """The latest ingested version of every metadata object (bins is an append-only history)."""
-    return newest_versions(read_table(output, BINS))
+def current_bins(output: Location, fallback_source: str | None = None) -> pa.Table:
+    """The latest ingested version of every metadata object of every source (bins is an
+    append-only history); rows without a recorded source get ``fallback_source``."""
+    return newest_versions(read_table(output, BINS), fallback_source)
 
 
-def newest_versions(bins: pa.Table) -> pa.Table:
-    """The newest row (by ``ingested_at``) of each ``metadata_key`` of bins rows, by image id."""
+def newest_versions(bins: pa.Table, fallback_source: str | None = None) -> pa.Table:
+    """The newest row (by ``ingested_at``) of each ``metadata_key`` of each source of bins rows,
+    by image id. A row without a recorded source counts as ``fallback_source``'s (and gets it)."""
     if bins.num_rows == 0:
         return bins
-    ordered = bins.sort_by([("metadata_key", "ascending"), ("ingested_at", "descending")])
-    keys = ordered.column("metadata_key")
+    if "source" in bins.column_names and fallback_source is not None:
+        index = bins.column_names.index("source")
+        bins = bins.set_column(
+            index, "source", pc.fill_null(bins.column("source"), fallback_source)
+        )
+    # Source and key side by side: the same key in two sources names two bins.
+    identity = (
+        pc.binary_join_element_wise(
+            pc.fill_null(bins.column("source"), ""), bins.column("metadata_key"), "\x1f"
+        )
+        if "source" in bins.column_names
+        else bins.column("metadata_key")
+    )
+    bins = bins.append_column("__identity", identity)
+    ordered = bins.sort_by([("__identity", "ascending"), ("ingested_at", "descending")])
+    keys = ordered.column("__identity")
     # After the sort the first row of each key is its newest version.
     first = pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1))
     keep = pa.concat_arrays([pa.array([True]), first.combine_chunks()])
-    return ordered.filter(keep).sort_by("image_id")
+    return ordered.filter(keep).drop_columns(["__identity"]).sort_by("image_id")
 
 
 def bins_fingerprint(bins: pa.Table) -> str:

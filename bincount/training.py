@@ -36,6 +36,7 @@ from bincount.manifest import load_manifest
 from bincount.metrics import counting_metrics
 from bincount.models import CountingModel, load_weights_file
 from bincount.prefetch import Prefetched
+from bincount.progress import Progress
 from bincount.registry import ModelFiles, model_folder, read_model_record, save_model
 from bincount.storage import Location
 
@@ -205,6 +206,16 @@ class EpochMetrics:
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
+    def line(self, epochs: int) -> str:
+        """One readable log line: ``epoch 3/10: train loss 1.234, val loss ...``."""
+        return (
+            f"epoch {self.epoch}/{epochs}: train loss {self.train_loss:.4f}, val loss "
+            f"{self.val_loss:.4f}, val accuracy {100 * self.val_accuracy:.1f}%, val RMSE "
+            f"{self.val_rmse:.3f}, {self.images_per_second:.1f} images/s, "
+            f"{100 * self.data_wait_share:.0f}% waiting for data, {self.seconds:.1f} s, "
+            f"lr {self.lr:.2e}"
+        )
+
 
 @dataclass
 class TrainResult:
@@ -299,17 +310,7 @@ def train_model(
         if schedule.out_of_time(state.train_seconds):
             state.stopped = True
         state.epoch += 1
-        logger.info(
-            "epoch %d/%d: loss %.4f, val accuracy %.4f, val RMSE %.4f, %.1f images/s, "
-            "%.1f%% of step time waiting for data",
-            metrics.epoch,
-            config.epochs,
-            metrics.train_loss,
-            metrics.val_accuracy,
-            metrics.val_rmse,
-            metrics.images_per_second,
-            100 * metrics.data_wait_share,
-        )
+        logger.info(metrics.line(config.epochs))
         if runtime.is_main:
             _save_checkpoint(output, folder, model, optimizer, state, config)
             if on_epoch is not None:
@@ -466,6 +467,7 @@ def _train_epoch(
     wrapped.train()
     total_loss, seen = 0.0, 0
     started = time.perf_counter()
+    progress = Progress(logger, f"epoch {state.epoch + 1} training batches", len(loader))
     for images, counts in loader:
         images = images.to(runtime.device, non_blocking=True)
         counts = counts.to(runtime.device, non_blocking=True)
@@ -480,6 +482,7 @@ def _train_epoch(
         total_loss += loss.item() * len(counts)
         seen += len(counts)
         state.step += 1
+        progress.advance()
         if schedule.out_of_time(state.train_seconds + time.perf_counter() - started):
             break
     state.train_seconds += time.perf_counter() - started
@@ -570,7 +573,7 @@ def _resume(
     if not output.exists(key):
         return TrainState()
     checkpoint = torch.load(
-        io.BytesIO(output.read_bytes(key)), map_location="cpu", weights_only=False
+        io.BytesIO(output.read_bytes(key)), map_location="cpu", weights_only=True
     )
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,8 +20,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bincount import telemetry
 from bincount.contracts import expectation_suite
 from bincount.metadata import IMAGE_PREFIX
+from bincount.sources import filled_sources, open_sources
 from bincount.storage import Location
 from bincount.tables import (
     QUARANTINE,
@@ -137,12 +138,34 @@ def validate_bins(
     run_id: str | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ValidationReport:
-    """Validate the current bins, replace the validate-stage quarantine, and record the run."""
+    """Validate the current bins, replace the validate-stage quarantine, and record the run.
+
+    Each bin's image is looked for in the source it was ingested from; ``source`` stands for
+    bins ingested before sources were recorded (and is listed when there are no bins).
+    """
     run_id = run_id or uuid.uuid4().hex
     now = clock()
-    bins = current_bins(output)
-    images = source.list(IMAGE_PREFIX, partitions=partitions).column("key")
-    frame = _validation_frame(bins, images)
+    bins = current_bins(output, source.url)
+    bin_sources = filled_sources(bins, source.url)
+    urls = sorted(set(bin_sources.to_pylist())) or [source.url]
+    locations = open_sources(source, urls)
+    rejected_keys = _ingest_rejected_image_keys(output)
+    exists = pa.chunked_array([pa.array([False] * bins.num_rows, pa.bool_())])
+    images_listed = images_without_metadata = 0
+    for url in urls:
+        images = locations[url].list(IMAGE_PREFIX, partitions=partitions).column("key")
+        images = images.combine_chunks() if images.num_chunks else pa.array([], pa.string())
+        mine = pc.equal(bin_sources, url)
+        exists = pc.or_(exists, pc.and_(mine, pc.is_in(bins.column("image_key"), images)))
+        known = pa.concat_arrays(
+            [
+                bins.filter(mine).column("image_key").combine_chunks().cast(pa.string()),
+                rejected_keys,
+            ]
+        )
+        images_listed += len(images)
+        images_without_metadata += int(pc.sum(pc.invert(pc.is_in(images, known))).as_py() or 0)
+    frame = _validation_frame(bins, bin_sources, exists)
     suite = expectation_suite(suite_name)
     parameters = {"max_expected_quantity": max_expected_quantity}
     outcomes, failures = run_suite(suite, frame, parameters)
@@ -151,20 +174,14 @@ def validate_bins(
     bins_fp = bins_fingerprint(bins)
     _replace_snapshot(output, bins_fp, rejects)
 
-    known_images = pa.concat_arrays(
-        [
-            bins.column("image_key").combine_chunks().cast(pa.string()),
-            _ingest_rejected_image_keys(output),
-        ]
-    )
     report = ValidationReport(
         run_id=run_id,
         suite=suite_name,
         bins_fingerprint=bins_fp,
         rows=bins.num_rows,
         quarantined_rows=len({row["image_id"] for row in rejects}),
-        images_listed=len(images),
-        images_without_metadata=int(pc.sum(pc.invert(pc.is_in(images, known_images))).as_py() or 0),
+        images_listed=images_listed,
+        images_without_metadata=images_without_metadata,
         outcomes=outcomes,
         validated_at=now.isoformat(),
         parameters=parameters,
@@ -176,10 +193,12 @@ def validate_bins(
     return report
 
 
-def _validation_frame(bins: pa.Table, image_keys: pa.ChunkedArray) -> pa.Table:
-    exists = pc.is_in(bins.column("image_key"), value_set=image_keys.combine_chunks())
+def _validation_frame(
+    bins: pa.Table, sources: pa.ChunkedArray, exists: pa.ChunkedArray
+) -> pa.Table:
     return (
         bins.select(["image_id", "metadata_key", "etag", "expected_quantity", "sku_quantity_sum"])
+        .append_column("source", sources.cast(pa.string()))
         .append_column("image_exists", exists)
         .append_column(ROW, pa.array(range(bins.num_rows), pa.int64()))
     )
@@ -197,7 +216,7 @@ def run_suite(
     suite: dict, frame: pa.Table, parameters: dict[str, Any]
 ) -> tuple[list[ExpectationOutcome], dict[str, list[int]]]:
     """Run a suite over a table with a ``_row`` index: outcomes and failing rows per code."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    telemetry.quiet()  # before GX is imported: no usage analytics
     import great_expectations as gx  # about 3 s to import: only when validating
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -239,7 +258,9 @@ def run_suite(
                 expectation=spec["type"],
                 description=meta.get("description", spec["type"]),
                 column=kwargs.get("column")
-                or f"{kwargs.get('column_A')}, {kwargs.get('column_B')}",
+                or ", ".join(
+                    kwargs.get("column_list") or [kwargs.get("column_A"), kwargs.get("column_B")]
+                ),
                 evaluated=frame.num_rows,
                 # Column-level expectations (e.g. the type) fail the whole column at once.
                 failed=len(rows) if rows or outcome.success else frame.num_rows,
@@ -286,10 +307,16 @@ def _quarantine_rows(
 
 def _reason(spec: dict, row: dict) -> str:
     description = spec["meta"].get("description", spec["type"])
+    named = {
+        name
+        for value in spec["kwargs"].values()
+        for name in (value if isinstance(value, list) else [value])
+        if isinstance(name, str)
+    }
     got = ", ".join(
         f"{column}={row[column]!r}"
         for column in ("expected_quantity", "sku_quantity_sum", "image_exists", "image_id")
-        if column in spec["kwargs"].values()
+        if column in named
     )
     return f"Expected: {description}; got {got or 'a failing value'}"
 

@@ -6,7 +6,7 @@ import os
 
 from prefect import flow
 
-from bincount.config import DEMO_RECIPE
+from bincount.config import DEMO_RECIPE, TrainConfig
 from bincount.review import probability_text
 from bincount.synth import MAX_COUNT_LIMIT, default_truth
 from flows.data import data_pipeline
@@ -44,7 +44,11 @@ def demo(
             truth=truth,
         )
     data = data_pipeline(source=bucket, output=output)
-    model = retrain(source=bucket, output=output, max_minutes=train_minutes, **DEMO_RECIPE)
+    model = retrain(
+        source=bucket,
+        output=output,
+        config=TrainConfig(**DEMO_RECIPE, max_minutes=train_minutes),
+    )
     backfill = score(source=bucket, output=output)
     arrived = synthesize_bucket(
         bucket,

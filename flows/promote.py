@@ -11,8 +11,8 @@ from tasks.evaluation import evaluate_registered_model, promotion_gate
 
 @flow(name="promote", flow_run_name=run_name("promote"))
 def promote(
+    model: str,
     output: str | None = None,
-    model: str = "",
     split: str = "test",
     manifest: str | None = None,
 ) -> dict:

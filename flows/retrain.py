@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from bincount.config import TrainConfig
 from bincount.manifest import DEFAULT_POLICY
 from flows.manifest import manifest as build_manifest
 from flows.naming import run_name
@@ -17,28 +18,13 @@ def retrain(
     output: str | None = None,
     policy: str = DEFAULT_POLICY,
     benchmark_split: str | None = None,
-    arch: str = "resnet18",
-    loss: str = "ce",
-    image_size: int = 128,
-    epochs: int = 10,
-    batch_size: int = 64,
-    lr: float = 2e-3,
-    max_minutes: float | None = None,
+    config: TrainConfig = TrainConfig(),  # noqa: B008 (immutable: a frozen pydantic model)
+    device: str | None = None,
 ) -> dict:
     """Build the manifest, train a challenger on it, and send it through the gate."""
     built = build_manifest(
         source=source, output=output, policy=policy, benchmark_split=benchmark_split
     )
-    trained = train(
-        output=output,
-        manifest=built["version"],
-        arch=arch,
-        loss=loss,
-        image_size=image_size,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        max_minutes=max_minutes,
-    )
+    trained = train(output=output, manifest=built["version"], config=config, device=device)
     decision = promote(output=output, model=trained["version"], manifest=built["version"])
     return {"manifest": built, "train": trained, "promotion": decision}

@@ -12,6 +12,7 @@ from tasks.scoring import (
     plan_image_scoring,
     publish_scoring_summary,
     rank_review_queue,
+    resolve_scoring_sources,
     score_image_chunk,
 )
 
@@ -30,23 +31,26 @@ def score(
     dask: str | None = None,
 ) -> dict:
     """Score images not scored yet; queue the bins whose photo disagrees with their record."""
+    sources = resolve_scoring_sources(source, output)  # the given one, else the output's own
     if ingest_first:  # so that expected quantities of new bins are known
-        ingest(source=source, output=output, dask=dask)
-    plan = plan_image_scoring(source, output, prefix, model, limit)
+        for each in sources:
+            ingest(source=each, output=output, dask=dask)
+    plans = plan_image_scoring(sources, output, prefix, model, limit)
+    chunks = [(plan.source, keys) for plan in plans for keys in plan.chunks]
     results = []
-    if plan.chunks:
+    if chunks:
         with chunk_runner(dask) as runner:
             results = runner.map(
                 score_image_chunk,
                 {
-                    "source": unmapped(source),
+                    "source": [chunk_source for chunk_source, _ in chunks],
                     "output": unmapped(output),
-                    "model_version": plan.model_version,
-                    "keys": plan.chunks,
+                    "model_version": plans[0].model_version,
+                    "keys": [keys for _, keys in chunks],
                     "batch_size": batch_size,
                     "device": unmapped(device),
                 },
             ).result()
     queue = rank_review_queue(output, review, results)
-    summary = publish_scoring_summary(source, output, plan, results, queue)
+    summary = publish_scoring_summary(output, plans, results, queue)
     return summary.as_dict()

@@ -20,24 +20,12 @@ def tune(
     manifest: str | None = None,
     space: str = "lr=0.001,0.003;loss=ce,ordinal",
     trials: int | None = None,
-    epochs: int = 5,
-    arch: str = "resnet18",
-    image_size: int = 128,
-    batch_size: int = 64,
-    max_minutes: float | None = None,
-    seed: int = 0,
+    config: TrainConfig = TrainConfig(epochs=5),  # noqa: B008 (immutable: a frozen pydantic model)
 ) -> dict:
     """Train every trial of the space (or a sample of it), record them, promote the best."""
-    base = TrainConfig(
-        arch=arch,
-        image_size=image_size,
-        batch_size=batch_size,
-        epochs=epochs,
-        max_minutes=max_minutes,
-        seed=seed,
-    )
+    base = config
     search = SearchSpace.parse(space)
-    configs = search.trials(base, limit=trials, seed=seed)
+    configs = search.trials(base, limit=trials, seed=base.seed)
     cached = [
         cache_manifest_images(output, manifest, size)
         for size in sorted({config.image_size for config in configs})

@@ -28,6 +28,7 @@ def cache_manifest_images(
         concurrency=settings.max_concurrency,
         limits=settings.image_limits(),
         run_id=current_run_id(),
+        sources=details.get("sources", []),
     )
     get_run_logger().info(
         "image cache %s: %d images, %d quarantined (%s)",

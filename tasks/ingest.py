@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -61,7 +62,8 @@ def ingest_metadata_chunk(
 ) -> ChunkOutcome:
     """Fetch, parse and commit one chunk (a retry rewrites the same parts)."""
     settings, source_location, output_location = locations(source, output)
-    return ingest_chunk(
+    started = time.perf_counter()
+    outcome = ingest_chunk(
         source_location,
         output_location,
         objects,
@@ -69,6 +71,15 @@ def ingest_metadata_chunk(
         limits=settings.metadata_limits(),
         run_id=current_run_id(),
     )
+    seconds = time.perf_counter() - started
+    get_run_logger().info(
+        "part %s: %d ingested, %d quarantined (%.0f objects/s)",
+        outcome.part,
+        outcome.ingested,
+        outcome.quarantined,
+        objects.num_rows / seconds if seconds else 0.0,
+    )
+    return outcome
 
 
 @task(name="ingest-summary", cache_policy=NO_CACHE)

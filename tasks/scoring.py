@@ -19,40 +19,64 @@ from bincount.scoring import (
     Scorer,
     ScoringPlan,
     ScoringSummary,
+    combined_plan,
     load_scorer,
     plan_scoring,
     score_chunk,
     summarize,
 )
 from bincount.settings import get_settings
+from bincount.sources import sources_to_list
 from bincount.storage import Location
 from tasks.runtime import current_run_id, locations, resolve_output
 
 
+@task(name="scoring-sources", cache_policy=NO_CACHE)
+def resolve_scoring_sources(source: str | None, output: str | None) -> list[str]:
+    """The sources to list new images in: the one given, else every source of the output."""
+    settings = get_settings()
+    given = source or settings.given_source()
+    fallback = Location.source(settings)
+    found = sources_to_list(
+        resolve_output(output),
+        Location.source(settings, given).url if given else None,
+        fallback.url,
+    )
+    get_run_logger().info("listing new images in %s", ", ".join(found))
+    return found
+
+
 @task(name="plan-scoring", retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
 def plan_image_scoring(
-    source: str | None, output: str | None, prefix: str, model: str, limit: int | None
-) -> ScoringPlan:
-    """Pin the model (``champion`` resolved once), list the images, leave out those scored."""
-    settings, source_location, output_location = locations(source, output)
-    plan = plan_scoring(
-        source_location,
-        output_location,
-        model_version=resolve_version(output_location, model),
-        prefix=prefix,
-        limit=limit,
-        chunk_size=settings.chunk_size,
-        partitions=settings.list_partitions,
-    )
-    get_run_logger().info(
-        "model %s: %d images listed, %d already scored, %d to score in %d chunks",
-        plan.model_version,
-        plan.listed - plan.not_images,
-        plan.already_scored,
-        plan.new,
-        len(plan.chunks),
-    )
-    return plan
+    sources: list[str], output: str | None, prefix: str, model: str, limit: int | None
+) -> list[ScoringPlan]:
+    """Pin the model (``champion`` resolved once), list each source's images, leave out those
+    scored; ``limit`` counts over all sources."""
+    settings, _, output_location = locations(None, output)
+    model_version = resolve_version(output_location, model)
+    plans = []
+    for source in sources:
+        left = None if limit is None else max(0, limit - sum(plan.new for plan in plans))
+        plan = plan_scoring(
+            Location.source(settings, source),
+            output_location,
+            model_version=model_version,
+            prefix=prefix,
+            limit=left,
+            chunk_size=settings.chunk_size,
+            partitions=settings.list_partitions,
+        )
+        get_run_logger().info(
+            "model %s, %s: %d images listed, %d already scored, %d to score in %d chunks",
+            plan.model_version,
+            plan.source,
+            plan.listed - plan.not_images,
+            plan.already_scored,
+            plan.new,
+            len(plan.chunks),
+        )
+        plans.append(plan)
+    return plans
 
 
 @lru_cache(maxsize=2)
@@ -130,19 +154,19 @@ def rank_review_queue(
 
 @task(name="scoring-summary", cache_policy=NO_CACHE)
 def publish_scoring_summary(
-    source: str | None,
     output: str | None,
-    plan: ScoringPlan,
+    plans: list[ScoringPlan],
     results: list[ChunkResult],
     queue: NightQueue,
 ) -> ScoringSummary:
     """The run's figures and the top of its review queue with thumbnails, as the
     ``scoring-summary`` artifact."""
-    settings, source_location, output_location = locations(source, output)
+    settings, _, output_location = locations(None, output)
+    plan = combined_plan(plans)
     seconds = (datetime.now(UTC) - plan.started_at).total_seconds()
     summary = summarize(
         plan,
-        source_location,
+        [Location.source(settings, each.source) for each in plans],
         output_location,
         results,
         queue,

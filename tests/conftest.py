@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from bincount import telemetry
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ABID = REPO.parent / "shared" / "abid"
 
 # Before Prefect or GX is imported anywhere: local, quiet, no telemetry.
 os.environ.setdefault("PREFECT_HOME", str(REPO / ".prefect"))
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ["DO_NOT_TRACK"] = "1"
-os.environ["GX_ANALYTICS_ENABLED"] = "false"
+telemetry.quiet(force=True)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 

@@ -162,3 +162,21 @@ def test_deploy_then_a_process_worker_runs_nightly_scoring(prefect_api, trained,
     scores = read_table(Location(output), "scores")
     assert scores.num_rows == 45  # the 40 bins it was trained on and the 5 that arrived
     assert set(scores.column("run_id").to_pylist()) == {str(run.id)}
+
+
+def test_every_declared_parameter_validates_against_its_flow():
+    import importlib
+    import inspect
+
+    from bincount.config import TrainConfig
+
+    for name, spec in _declared().items():
+        path, _, function = spec["entrypoint"].partition(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        flow = getattr(module, function)
+        declared = spec["parameters"] or {}
+        validated = flow.validate_parameters(declared)  # raises on an unknown or invalid one
+        assert set(declared) <= set(inspect.signature(flow.fn).parameters), name
+        assert set(declared) <= set(validated), name
+    config = TrainConfig.model_validate(_declared()["weekly-retrain"]["parameters"]["config"])
+    assert config == TrainConfig(arch="resnet34", image_size=224, epochs=30, batch_size=128)

@@ -47,7 +47,7 @@ def test_train_evaluate_promote_through_the_flows(prefect_api, settings_env, man
     from flows.train import train
 
     output, manifest = manifest_output
-    first = train(output=output, epochs=2, lr=1e-3, **TINY)
+    first = train(output=output, config=TrainConfig(epochs=2, lr=1e-3, **TINY))
     assert first["created"] and len(first["history"]) == 2
     for epoch in first["history"]:
         assert {"train_loss", "val_accuracy", "val_rmse", "images_per_second"} <= set(epoch)
@@ -74,10 +74,10 @@ def test_train_evaluate_promote_through_the_flows(prefect_api, settings_env, man
     assert recomputed.rmse == pytest.approx(report["metrics"]["rmse"])
     assert report["evaluation_set"]["size"] == len(predictions)
 
-    again = train(output=output, epochs=2, lr=1e-3, **TINY)
+    again = train(output=output, config=TrainConfig(epochs=2, lr=1e-3, **TINY))
     assert again["version"] == first["version"] and not again["created"]
 
-    second = train(output=output, epochs=1, lr=1e-3, seed=1, **TINY)
+    second = train(output=output, config=TrainConfig(epochs=1, lr=1e-3, seed=1, **TINY))
     gate = promote(output=output, model=second["version"])
     expected = (gate["challenger_figures"]["accuracy"], -gate["challenger_figures"]["rmse"]) > (
         gate["champion_figures"]["accuracy"],
@@ -206,10 +206,7 @@ def test_tune_records_every_trial_and_promotes_the_best(prefect_api, settings_en
         output=output,
         space="lr=0.001,0.004;loss=ce,ordinal",
         trials=3,
-        epochs=1,
-        arch="mobilenet_v3_small",
-        image_size=32,
-        batch_size=16,
+        config=TrainConfig(epochs=1, arch="mobilenet_v3_small", image_size=32, batch_size=16),
     )
     table = pq.read_table(
         os.path.join(output, "tuning", f"study={result['study']}", "trials.parquet")

@@ -1,0 +1,103 @@
+"""The README's command table run verbatim through the CLI on synthetic buckets: the source is
+given to ``ingest`` alone, and an output fed from two sources reads each bin from its own.
+
+The settings point S3 at the moto server, so a step that fell back to the default source
+(``s3://aft-vbi-pds``) would fail at once instead of passing by accident.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.compute as pc
+import pytest
+
+from bincount.storage import Location
+from bincount.tables import read_table
+from tests.builders import write_clean_bucket
+
+# A model trained in seconds: the commands are under test, not the model.
+TINY = ["--arch", "mobilenet_v3_small", "--image-size", "32", "--epochs", "1"]
+TINY += ["--batch-size", "16"]
+
+
+def _run(capsys, *argv: str):
+    from flows.cli import main
+
+    assert main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_the_command_table_needs_the_source_at_ingest_alone(
+    prefect_api, settings_env, tmp_path, capsys
+):
+    bucket, output = str(tmp_path / "B"), str(tmp_path / "O")
+    _run(capsys, "synth", bucket, "--bins", "30", "--seed", "5", "--max-count", "5")
+    assert _run(capsys, "ingest", "--source", bucket, "--output", output)["ingested"] == 30
+    assert _run(capsys, "validate", "--output", output)["images_listed"] == 30
+    built = _run(capsys, "manifest", "--output", output)
+    assert built["rows"] == 30
+    trained = _run(capsys, "train", "--output", output, *TINY)
+    promoted = _run(capsys, "promote", "--output", output, "--model", trained["version"])
+    assert promoted["promote"] is True
+    scored = _run(capsys, "score", "--output", output)
+    assert scored["scored"] == 30 and scored["source"] == Location(bucket).url
+
+    bins = read_table(Location(output), "bins")
+    assert set(bins.column("source").to_pylist()) == {Location(bucket).url}
+    uris = read_table(Location(output), "scores").column("image_uri").to_pylist()
+    assert all(uri.startswith(Location(bucket).url + "/bin-images/") for uri in uris)
+
+
+def test_one_output_fed_from_two_sources_reads_each_bin_from_its_own(
+    prefect_api, settings_env, tmp_path, capsys
+):
+    synthetic, second, output = str(tmp_path / "synth"), tmp_path / "second", str(tmp_path / "O")
+    _run(capsys, "synth", synthetic, "--bins", "20", "--seed", "2", "--max-count", "5")
+    # Ids 00001.. exist in both: a bin is its source and its id.
+    write_clean_bucket(second, 16)
+    _run(capsys, "ingest", "--source", synthetic, "--output", output)
+    _run(capsys, "ingest", "--source", str(second), "--output", output)
+    validated = _run(capsys, "validate", "--output", output)
+    assert validated["passed"] and validated["rows"] == 36
+    assert validated["images_listed"] == 36 and validated["images_without_metadata"] == 0
+    built = _run(capsys, "manifest", "--output", output, "--policy", "open:3")
+    assert built["rows"] == 36
+    retrained = _run(capsys, "retrain", "--output", output, "--policy", "open:3", *TINY)
+    assert retrained["promotion"]["promote"] is True
+    scored = _run(capsys, "score", "--output", output)
+    assert scored["scored"] == 36 and scored["unknown_expected"] == 0
+
+    scores = read_table(Location(output), "scores")
+    uris = scores.column("image_uri").to_pylist()
+    assert sum(uri.startswith(Location(synthetic).url + "/") for uri in uris) == 20
+    assert sum(uri.startswith(Location(str(second)).url + "/") for uri in uris) == 16
+    # Each bin's record comes from its own source, though the ids overlap.
+    bins = read_table(Location(output), "bins")
+    recorded = {
+        (source, image_id): quantity
+        for source, image_id, quantity in zip(
+            bins.column("source").to_pylist(),
+            bins.column("image_id").to_pylist(),
+            bins.column("expected_quantity").to_pylist(),
+            strict=True,
+        )
+    }
+    for uri, image_id, expected in zip(
+        uris,
+        scores.column("image_id").to_pylist(),
+        scores.column("expected_quantity").to_pylist(),
+        strict=True,
+    ):
+        source = uri.rsplit("/bin-images/", 1)[0]
+        assert expected == recorded[(source, image_id)]
+    assert pc.sum(pc.is_null(bins.column("source"))).as_py() == 0
+
+
+def test_scoring_an_output_without_bins_asks_for_a_source(
+    prefect_api, settings_env, tmp_path, capsys
+):
+    from flows.cli import main
+
+    with pytest.raises(ValueError, match="Expected a source to list"):
+        main(["score", "--output", str(tmp_path / "empty")])
