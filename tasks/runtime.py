@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 from prefect.runtime import flow_run
@@ -9,6 +10,13 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from bincount.settings import Settings, get_settings
 from bincount.storage import Location
+
+
+# The library logs through "bincount" (epoch lines, progress, calibration). Prefect attaches its
+# handlers to the loggers named in PREFECT_LOGGING_EXTRA_LOGGERS but not a level, so without
+# this the library's INFO lines never reach a run's log.
+if logging.getLogger("bincount").level == logging.NOTSET:
+    logging.getLogger("bincount").setLevel(logging.INFO)
 
 
 def current_run_id() -> str:

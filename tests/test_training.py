@@ -4,6 +4,7 @@ corrupt image), train, evaluate, the promotion gate both ways, resume after a ki
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -216,3 +217,11 @@ def test_tune_records_every_trial_and_promotes_the_best(prefect_api, settings_en
     assert result["best"]["model_version"] == best["model_version"]
     assert result["promotion"]["challenger"] == best["model_version"]
     assert champion(Location(output))["version"] == best["model_version"]
+
+
+def test_the_library_epoch_lines_reach_the_runs_logs():
+    # Prefect attaches its handlers to the "bincount" logger but sets no level: without one
+    # the epoch and progress lines (INFO) would never reach a run's log or the console.
+    import tasks.runtime  # noqa: F401  (every task imports it)
+
+    assert logging.getLogger("bincount.training").isEnabledFor(logging.INFO)
