@@ -11,7 +11,6 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from bincount.settings import Settings, get_settings
 from bincount.storage import Location
 
-
 # The library logs through "bincount" (epoch lines, progress, calibration). Prefect attaches its
 # handlers to the loggers named in PREFECT_LOGGING_EXTRA_LOGGERS but not a level, so without
 # this the library's INFO lines never reach a run's log.
