@@ -39,7 +39,13 @@ from bincount.imagecache import build_image_cache
 from bincount.ingest import ingest_metadata
 from bincount.manifest import DEFAULT_POLICY, CountPolicy, build_manifest, load_manifest
 from bincount.registry import decide_promotion, record_decision, resolve_version
-from bincount.review import ReviewPolicy, average_precision, discrepancy_score, rank_queue
+from bincount.review import (
+    ReviewPolicy,
+    average_precision,
+    discrepancy_score,
+    flag_quality,
+    rank_queue,
+)
 from bincount.scoring import score_images
 from bincount.storage import Location
 from bincount.synth import synthesize
@@ -157,14 +163,13 @@ def abid_baseline_estimate(bins: int = 200_000, seed: int = 0) -> dict:
 
 
 def figures(flags: np.ndarray, errors: np.ndarray) -> dict:
-    wrong, large = errors != 0, np.abs(errors) >= 2
-    flagged = int(flags.sum())
+    quality = flag_quality(flags, errors)
     return {
-        "flagged": flagged,
-        "share": flagged / len(flags),
-        "precision": (flags & wrong).sum() / flagged if flagged else math.nan,
-        "recall": (flags & wrong).sum() / wrong.sum() if wrong.any() else math.nan,
-        "recall_2": (flags & large).sum() / large.sum() if large.any() else math.nan,
+        "flagged": quality.flagged,
+        "share": quality.flagged / quality.judged,
+        "precision": quality.precision,
+        "recall": quality.recall,
+        "recall_2": quality.recall_by_2_or_more,
     }
 
 

@@ -312,23 +312,32 @@ class QueueAgainstTruth:
         }
 
 
+def flag_quality(flags: np.ndarray, errors: np.ndarray) -> QueueAgainstTruth:
+    """Precision and recall of yes/no ``flags`` against ``errors`` (record minus truth; 0 where
+    right), one per judged bin."""
+    flags, errors = np.asarray(flags, bool), np.asarray(errors, np.int64)
+    if flags.shape != errors.shape:
+        raise ValueError(f"Expected one error per flag, but got {errors.shape} and {flags.shape}")
+    wrong, large = errors != 0, np.abs(errors) >= 2
+    return QueueAgainstTruth(
+        judged=len(flags),
+        wrong=int(wrong.sum()),
+        wrong_by_2_or_more=int(large.sum()),
+        flagged=int(flags.sum()),
+        flagged_wrong=int((flags & wrong).sum()),
+        caught_by_2_or_more=int((flags & large).sum()),
+    )
+
+
 def queue_against_truth(
     flagged: dict[str, bool], recorded: dict[str, int], true_counts: dict[str, int]
 ) -> QueueAgainstTruth:
     """Precision and recall of a queue (``flagged``: bin id → needs_review, for every bin the
     night judged) given each bin's record and the count its photo really shows."""
     judged = [i for i in flagged if i in recorded and i in true_counts]
-    error = {i: recorded[i] - true_counts[i] for i in judged}
-    wrong = {i for i in judged if error[i]}
-    large = {i for i in wrong if abs(error[i]) >= 2}
-    chosen = {i for i in judged if flagged[i]}
-    return QueueAgainstTruth(
-        judged=len(judged),
-        wrong=len(wrong),
-        wrong_by_2_or_more=len(large),
-        flagged=len(chosen),
-        flagged_wrong=len(chosen & wrong),
-        caught_by_2_or_more=len(chosen & large),
+    return flag_quality(
+        np.array([flagged[i] for i in judged], bool),
+        np.array([recorded[i] - true_counts[i] for i in judged], np.int64),
     )
 
 
