@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export PREFECT_HOME := $(CURDIR)/.prefect
 # The telemetry switches are set in one place, bincount/telemetry.py (the CLI and tests apply it).
 
-.PHONY: install install-dev demo test lint format bench clean
+.PHONY: install install-dev demo ui-check test lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(BIN)/bincount demo
 
+# Screenshots of the demo's training, evaluation and scoring artifacts in the Prefect UI, with
+# headless Chromium from the distribution (skipped with a message where there is none).
+ui-check: install
+	$(BIN)/python bench/ui_check.py --prefect-home $(PREFECT_HOME) --out ui-check
+
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -44,4 +49,4 @@ bench: install-dev
 	$(BIN)/python bench/review.py
 
 clean:
-	rm -rf $(VENV) .prefect .pytest_cache .ruff_cache demo-output
+	rm -rf $(VENV) .prefect .pytest_cache .ruff_cache demo-output ui-check

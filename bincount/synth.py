@@ -105,6 +105,7 @@ def synthesize(
     mismatch_rate: float = 0.0,
     truth: Location | None = None,
     workers: int | None = None,
+    exposure: float = 1.0,
 ) -> SynthSummary:
     """Write ``bins`` synthetic bins (image + metadata) into ``dest`` and summarise them.
 
@@ -112,10 +113,13 @@ def synthesize(
     the other bins, records that disagree with their photo (``record_mismatch``). ``truth``,
     a place outside the bucket, receives :func:`truth_table` of the bins written, so quality
     can be measured against what the photos really show while no flow can read it.
+    ``exposure`` below 1 darkens every photo (a camera with less light: a drift to detect).
     """
     _validate(bins=bins, seed=seed, max_count=max_count, defect_rate=defect_rate, workers=workers)
     if not 0.0 <= mismatch_rate <= 1.0:
         raise ValueError(f"Expected mismatch_rate in [0, 1], but got {mismatch_rate!r}")
+    if not 0.0 < exposure <= 4.0:
+        raise ValueError(f"Expected exposure in (0, 4], but got {exposure!r}")
     if truth is not None and truth.uri().startswith(dest.uri() + "/"):
         raise ValueError(
             f"Expected the truth outside the bucket, but got {truth.uri()} inside {dest.uri()}"
@@ -128,7 +132,13 @@ def synthesize(
             " under metadata/ or bin-images/; use append=True to add new bins"
         )
     plan = plan_ids(existing, bins=bins)
-    job = _Job(seed=seed, max_count=max_count, defect_rate=defect_rate, mismatch_rate=mismatch_rate)
+    job = _Job(
+        seed=seed,
+        max_count=max_count,
+        defect_rate=defect_rate,
+        mismatch_rate=mismatch_rate,
+        exposure=exposure,
+    )
     records = _run(dest, job, plan, workers=workers or os.cpu_count() or 1)
     truth_uri = None
     if truth is not None and records:
@@ -193,6 +203,7 @@ class _Job:
     max_count: int
     defect_rate: float
     mismatch_rate: float = 0.0
+    exposure: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -238,6 +249,7 @@ def _write_batch(dest: Location, job: _Job, part: Sequence[tuple[int, str]]) -> 
             max_count=job.max_count,
             defect_rate=job.defect_rate,
             mismatch_rate=job.mismatch_rate,
+            exposure=job.exposure,
         )
         # Image first: a reader that sees the metadata object finds its image already there.
         if image is not None:
@@ -255,6 +267,7 @@ def make_bin(
     max_count: int,
     defect_rate: float = 0.0,
     mismatch_rate: float = 0.0,
+    exposure: float = 1.0,
 ) -> tuple[BinRecord, bytes | None, bytes]:
     """One bin's record, JPEG bytes (None when the image is withheld) and metadata bytes."""
     content_rng, scene_rng, defect_rng, mismatch_rng = (
@@ -264,7 +277,7 @@ def make_bin(
     products = catalogue(seed)
     lines = pick_lines(content_rng, count=count, catalogue=products)
     document = metadata_document(lines, bin_id=bin_id)
-    image = render_bin(scene_rng, lines, pools=texture_pools(seed)).jpeg
+    image = render_bin(scene_rng, lines, pools=texture_pools(seed), exposure=exposure).jpeg
     defect, rng = None, defect_rng
     if defect_rate > 0 and defect_rng.random() < defect_rate:
         defect = DEFECT_KINDS[int(defect_rng.integers(len(DEFECT_KINDS)))]
@@ -1301,7 +1314,11 @@ class Rendered:
 
 
 def render_bin(
-    rng: np.random.Generator, lines: Sequence[tuple[Product, int]], *, pools: Pools
+    rng: np.random.Generator,
+    lines: Sequence[tuple[Product, int]],
+    *,
+    pools: Pools,
+    exposure: float = 1.0,
 ) -> Rendered:
     """The JPEG of a pod holding ``lines``, as an ABID camera would have taken it."""
     size = image_size(rng)
@@ -1316,6 +1333,8 @@ def render_bin(
         scene = ImageChops.screen(scene, _glare(rng, size))
     noise = pools.noise[int(rng.integers(len(pools.noise)))]
     scene = ImageChops.add(scene, _crop(rng, noise, size), scale=1.0, offset=-128)
+    if exposure != 1.0:  # after the scene is drawn: the same bins, photographed in other light
+        scene = scene.point([min(255, round(v * exposure)) for v in range(256)] * 3)
     buffer = io.BytesIO()
     scene.save(buffer, format="JPEG", quality=int(rng.integers(88, 96)))
     return Rendered(jpeg=buffer.getvalue(), visible=tuple(visible))

@@ -24,11 +24,14 @@ def demo(
     seed: int = 7,
     train_minutes: float = 6.5,
     mismatch_rate: float = 0.05,
+    dark_arrivals: int = 200,
+    dark_exposure: float = 0.35,
 ) -> dict:
     """Synthesize a bucket (once), run the data pipeline, train, evaluate and promote, score
     the bins there; then new bins arrive (some with records that disagree with their photos)
     and the nightly job scores them alone and queues the suspicious ones, measured against the
-    synthetic truth (kept beside the bucket, where no flow looks)."""
+    synthetic truth (kept beside the bucket, where no flow looks). Last, a batch of darker
+    photos arrives (a camera with less light): the nightly drift monitoring raises its alert."""
     bucket = os.path.join(workdir, "bucket")
     output = os.path.join(workdir, "output")
     truth = default_truth(bucket)  # demo-output/bucket.truth, where `bincount synth` puts it
@@ -62,6 +65,18 @@ def demo(
     )
     nightly = score(source=bucket, output=output)
     measured = measure_queue_against_truth(output, truth, list(arrived.ids))
+    darker = synthesize_bucket(
+        bucket,
+        bins=dark_arrivals,
+        seed=seed + 2,
+        max_count=MAX_COUNT_LIMIT,
+        append=True,
+        defect_rate=0.02,
+        mismatch_rate=mismatch_rate,
+        truth=truth,
+        exposure=dark_exposure,
+    )
+    dark_night = score(source=bucket, output=output)
     return {
         "bucket": os.path.abspath(bucket),
         "output": os.path.abspath(output),
@@ -74,6 +89,9 @@ def demo(
         "mismatch_rate": mismatch_rate,
         "queue_against_truth": measured,
         "truth": os.path.abspath(truth),
+        "dark_arrived": darker.bins,
+        "dark_exposure": dark_exposure,
+        "dark_night": dark_night,
     }
 
 
@@ -121,15 +139,43 @@ def demo_summary(result: dict) -> str:
             f"{probability_text(row['p_recorded'])}"
             for row in nightly["review"][:3]
         ),
+        *_drift_lines(result),
         f"  outputs    {result['output']}/",
         "             bins/ items/ quarantine/ manifests/ models/ scores/ review_queue/",
+        "             monitoring/",
         "",
         "See the runs and their artifacts (ingest-summary, validation, manifest distribution,",
-        "training curves, evaluation, promotion-decision, scoring-summary) in the Prefect UI:",
+        "training curves, evaluation, promotion-decision, scoring-summary, drift-monitoring) in",
+        "the Prefect UI (`make ui-check` screenshots them):",
         f"  PREFECT_HOME={os.environ.get('PREFECT_HOME', '~/.prefect')} "
         ".venv/bin/prefect server start   # then open http://127.0.0.1:4200",
     ]
     return "\n".join(lines)
+
+
+def _drift_lines(result: dict) -> list[str]:
+    """Each scoring run's drift verdict, and the alert of the darker night."""
+    nights = (
+        ("backfill", result["backfill"]),
+        ("arrivals", result["nightly"]),
+        (f"darker ({result['dark_exposure']:g}x light)", result["dark_night"]),
+    )
+    lines = []
+    for name, night in nights:
+        drift = night["drift"]
+        psi = drift["psi_reference"]
+        figures = (
+            f"{night['scored']} bins, PSI {'n/a' if psi is None else f'{psi:.3f}'} against the "
+            "test set, mean confidence "
+            + ("n/a" if drift["mean_confidence"] is None else f"{drift['mean_confidence']:.2f}")
+        )
+        verdict = (
+            "DRIFT: event bincount.drift.detected emitted (" + "; ".join(drift["reasons"]) + ")"
+            if drift["drift"]
+            else "no drift"
+        )
+        lines.append(f"  {'monitoring' if not lines else '':10} {name}: {figures}; {verdict}")
+    return lines
 
 
 def _share(value: float) -> str:

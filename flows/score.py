@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from prefect import flow, unmapped
 
+from bincount.monitoring import DriftPolicy
 from bincount.review import ReviewPolicy
 from flows.ingest import ingest
 from flows.naming import run_name
+from tasks.monitoring import monitor_drift
 from tasks.runtime import chunk_runner
 from tasks.scoring import (
     plan_image_scoring,
@@ -25,12 +27,14 @@ def score(
     model: str = "champion",
     limit: int | None = None,
     review: ReviewPolicy = ReviewPolicy(),  # noqa: B008 (immutable: a frozen pydantic model)
+    drift: DriftPolicy = DriftPolicy(),  # noqa: B008 (immutable: a frozen pydantic model)
     batch_size: int = 64,
     ingest_first: bool = True,
     device: str | None = None,
     dask: str | None = None,
 ) -> dict:
-    """Score images not scored yet; queue the bins whose photo disagrees with their record."""
+    """Score images not scored yet; queue the bins whose photo disagrees with their record;
+    compare the night with the model's test set and recent nights (an event on drift)."""
     sources = resolve_scoring_sources(source, output)  # the given one, else the output's own
     if ingest_first:  # so that expected quantities of new bins are known
         for each in sources:
@@ -52,5 +56,6 @@ def score(
                 },
             ).result()
     queue = rank_review_queue(output, review, results)
-    summary = publish_scoring_summary(output, plans, results, queue)
-    return summary.as_dict()
+    monitored = monitor_drift(output, plans[0].model_version, review, drift)
+    summary = publish_scoring_summary(output, plans, results, queue, monitored)
+    return {**summary.as_dict(), "drift": monitored.event_payload() | {"drift": monitored.drift}}

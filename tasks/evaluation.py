@@ -6,6 +6,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from bincount import plots
 from bincount.evaluation import evaluate_model, report_markdown
 from bincount.registry import (
     PromotionDecision,
@@ -33,7 +34,7 @@ def evaluate_registered_model(
     )
     create_markdown_artifact(
         key=f"evaluation-{report['model_version']}",
-        markdown=report_markdown(report),
+        markdown=with_charts(report_markdown(report), report),
         description="ABID metrics beside the ResNet-34 baseline and the majority class",
     )
     return report
@@ -65,6 +66,43 @@ def promotion_gate(output: str | None, challenger_report: dict) -> PromotionDeci
         description="The champion/challenger comparison and its outcome",
     )
     return decision
+
+
+def with_charts(markdown: str, report: dict) -> str:
+    """The report with its pictures after the headline table: accuracy per count beside the
+    ABID baseline, the confusion matrix as a heatmap, the reliability diagram."""
+    ours = report["metrics"]
+    names = plots.class_names(
+        len(ours["per_class_accuracy"]), open_top=bool(report["model"].get("open_top"))
+    )
+    charts = [
+        plots.markdown_image(
+            "accuracy per recorded count beside the ABID ResNet-34",
+            plots.per_count_accuracy(
+                ours["per_class_accuracy"],
+                report["abid_baseline"]["per_class_accuracy"],
+                names=names,
+            ),
+        ),
+        plots.markdown_image(
+            "confusion matrix", plots.confusion_heatmap(ours["confusion"], names=names)
+        ),
+    ]
+    calibration = report.get("calibration")
+    if calibration:
+        charts.append(
+            plots.markdown_image(
+                "reliability before and after the temperature",
+                plots.reliability_diagram(
+                    calibration["reliability_before"], calibration["reliability_after"]
+                ),
+            )
+        )
+    # Side by side where the page is wide enough; after the headline table, before the numbers.
+    section = "\n" + " ".join(charts) + "\n"
+    marker = "\nConfusion matrix"
+    at = markdown.find(marker)
+    return markdown + section if at < 0 else markdown[:at] + section + markdown[at:]
 
 
 def decision_markdown(decision: PromotionDecision) -> str:

@@ -6,6 +6,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from bincount import plots
 from bincount.manifest import (
     SPLITS,
     CountPolicy,
@@ -82,4 +83,20 @@ def distribution_markdown(summary: ManifestSummary) -> str:
         lines.append(f"| {split} | {cells} | {sum(counts.values()):,} |")
     if summary.benchmark:
         lines += ["", f"Benchmark test split: {summary.benchmark}"]
+    policy = CountPolicy.parse(summary.policy)
+    names = [
+        f">{policy.max_count}" if policy.open_top and label > policy.max_count else str(label)
+        for label in labels
+    ]
+    if labels:
+        chart = plots.count_bars(
+            {
+                split: [summary.distribution[split].get(label, 0) for label in labels]
+                for split in SPLITS
+            },
+            names=names,
+            title=f"bins per label, manifest {summary.version}",
+            stacked=True,
+        )
+        lines += ["", plots.markdown_image("bins per label and split", chart)]
     return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from bincount.monitoring import DriftCheck, prediction_chart
 from bincount.registry import resolve_version
 from bincount.review import ReviewPolicy
 from bincount.review_queue import NightQueue, measure_against_truth, queue_reviews
@@ -158,9 +159,10 @@ def publish_scoring_summary(
     plans: list[ScoringPlan],
     results: list[ChunkResult],
     queue: NightQueue,
+    drift: DriftCheck | None = None,
 ) -> ScoringSummary:
-    """The run's figures and the top of its review queue with thumbnails, as the
-    ``scoring-summary`` artifact."""
+    """The run's figures, the night's predicted counts (beside the model's test set) and the
+    top of its review queue with thumbnails, as the ``scoring-summary`` artifact."""
     settings, _, output_location = locations(None, output)
     plan = combined_plan(plans)
     seconds = (datetime.now(UTC) - plan.started_at).total_seconds()
@@ -182,10 +184,30 @@ def publish_scoring_summary(
     )
     create_markdown_artifact(
         key="scoring-summary",
-        markdown=summary.to_markdown(),
+        markdown=summary.to_markdown() + _drift_section(drift),
         description="Images scored and the top of the night's review queue, with photos",
     )
     return summary
+
+
+def _drift_section(drift: DriftCheck | None) -> str:
+    if drift is None or not drift.row["bins"]:
+        return ""
+    verdict = (
+        "**drift detected** (" + "; ".join(drift.reasons) + ")"
+        if drift.drift
+        else "no drift detected"
+    )
+    lines = [
+        "",
+        "## Tonight's predicted counts",
+        "",
+        f"Against the model's test set and recent nights: {verdict}; the trend is in the "
+        "`drift-monitoring` artifact.",
+        "",
+        *prediction_chart(drift),
+    ]
+    return "\n".join(lines)
 
 
 @task(name="queue-against-truth", cache_policy=NO_CACHE)

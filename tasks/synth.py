@@ -20,6 +20,7 @@ def synthesize_bucket(
     defect_rate: float,
     mismatch_rate: float = 0.0,
     truth: str | None = None,
+    exposure: float = 1.0,
 ) -> SynthSummary:
     """Write synthetic bins (photos and metadata) in the real bucket's layout."""
     settings = get_settings()
@@ -32,4 +33,5 @@ def synthesize_bucket(
         defect_rate=defect_rate,
         mismatch_rate=mismatch_rate,
         truth=Location.output(settings, truth) if truth else None,
+        exposure=exposure,
     )

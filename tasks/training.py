@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
+from uuid import UUID
 
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactUpdate
+
+from bincount import plots
 from bincount.config import TrainConfig
 from bincount.manifest import load_manifest
 from bincount.training import EpochMetrics, TrainResult, train_model
@@ -21,17 +26,22 @@ def train_counting_model(
     _, details = load_manifest(output_location, manifest)
     version = config.for_manifest(details).fingerprint(details["version"])
     logger = get_run_logger()
+    artifact: list[UUID] = []  # the run's one training artifact, redrawn in place every epoch
 
     def report(metrics: EpochMetrics, history: list[dict]) -> None:
         # The epoch's log line is the library's (bincount's logger, attached to the run's).
-        create_table_artifact(  # one key: the artifact grows by a version every epoch
-            key=f"training-{version}",
-            table=[
-                {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
-                for row in history
-            ],
-            description=f"Per-epoch loss, accuracy, RMSE, images/s and data wait of {version}",
-        )
+        markdown = training_markdown(version, history, epochs=config.epochs)
+        if not artifact:
+            artifact.append(
+                create_markdown_artifact(
+                    key=f"training-{version}",
+                    markdown=markdown,
+                    description=f"Loss, validation accuracy and RMSE per epoch of {version}",
+                )
+            )
+        else:
+            with get_client(sync_client=True) as client:
+                client.update_artifact(artifact[0], ArtifactUpdate(data=markdown))
 
     result = train_model(
         output_location,
@@ -49,3 +59,33 @@ def train_counting_model(
         result.val_rmse,
     )
     return result
+
+
+def training_markdown(version: str, history: list[dict], *, epochs: int) -> str:
+    """The curves so far and the figures of every epoch (the best one in bold)."""
+    best = max(history, key=lambda row: (row["val_accuracy"], -row["val_rmse"]))
+    latest = history[-1]
+    lines = [
+        f"# Training {version}: epoch {latest['epoch']} of at most {epochs}",
+        "",
+        f"Best so far: epoch {best['epoch']}, validation accuracy "
+        f"{100 * best['val_accuracy']:.1f}%, RMSE {best['val_rmse']:.3f} (the weights kept).",
+        "",
+        plots.markdown_image(
+            "loss, validation accuracy and RMSE per epoch",
+            plots.training_curves(history, best_epoch=best["epoch"]),
+        ),
+        "",
+        "| epoch | train loss | val loss | val accuracy | val RMSE | images/s | waiting for data "
+        "| lr |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in history:
+        mark = "**" if row is best else ""
+        lines.append(
+            f"| {mark}{row['epoch']}{mark} | {row['train_loss']:.4f} | {row['val_loss']:.4f} | "
+            f"{100 * row['val_accuracy']:.1f}% | {row['val_rmse']:.3f} | "
+            f"{row['images_per_second']:.1f} | {100 * row['data_wait_share']:.0f}% | "
+            f"{row['lr']:.2e} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,432 @@
+"""Drift monitoring: does tonight's scoring look like what the model was judged on?
+
+Every scoring run is compared with two references and the comparison is kept, one row per run,
+in ``<output>/monitoring/part-<run id>.parquet``:
+
+* **the model's test set**: the predictions its evaluation saved
+  (``models/<version>/evaluations/<set>-predictions.parquet``, the champion's promotion set when
+  the model is the champion). A new champion is thus a new reference;
+* **recent nights**: the last ``recent_nights`` runs scored by the same model (a new champion
+  starts with none), pooled.
+
+The statistics:
+
+* **PSI** (population stability index) of the predicted-count classes (0..K, and "more than K"):
+  ``sum_k (p_k - q_k) ln(p_k / q_k)`` over tonight's shares ``p`` and the reference's ``q``, each
+  share smoothed by half a bin per class so that an empty class stays finite. The usual reading:
+  below 0.1 stable, 0.1-0.25 a moderate shift, above 0.25 a population that has changed.
+  Sampling alone gives about ``(classes - 1) (1/n + 1/m)`` (0.05 for 400 bins against 600).
+* **confidence shift**: tonight's mean confidence (the probability of the predicted count)
+  minus the reference's. Darker, blurred or unfamiliar photos lower it.
+* **review rate**: the share of tonight's judged bins the queue flagged, beside the rate the
+  same policy gives the test set's (right) records and the recent nights' median.
+
+A night is a drift when one of ``DriftPolicy``'s thresholds is passed; nights with fewer than
+``min_bins`` scored bins are recorded but not judged (too few for a share to mean anything).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+from pydantic import BaseModel, ConfigDict, Field
+
+from bincount.registry import champion, model_folder, read_model_record
+from bincount.review import ReviewPolicy, rank_queue, record_probability
+from bincount.storage import Location
+from bincount.tables import SCORES, read_table, write_part
+
+MONITORING = "monitoring"
+DRIFT_EVENT = "bincount.drift.detected"
+_SMOOTHING = 0.5  # bins added to every class before taking shares (Jeffreys)
+
+
+class DriftPolicy(BaseModel):
+    """When a night counts as a drift (documented in the README's "For operators")."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_psi: float = Field(
+        0.25, gt=0, description="alert when the PSI against the test set or recent nights is above"
+    )
+    max_confidence_drop: float = Field(
+        0.10, gt=0, le=1, description="alert when mean confidence is this far below the test set's"
+    )
+    max_review_rate_rise: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="alert when the review rate is this far above the recent nights' median",
+    )
+    recent_nights: int = Field(7, ge=1, description="how many earlier nights of the same model")
+    min_recent_nights: int = Field(
+        3, ge=1, description="the review rate is compared with recent nights from this many on"
+    )
+    min_bins: int = Field(100, ge=1, description="nights with fewer scored bins are not judged")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the model did on its test set, the yardstick of every night it scores."""
+
+    model_version: str
+    evaluation_set: str
+    bins: int
+    distribution: list[int]
+    mean_confidence: float
+    review_rate: float | None
+
+
+@dataclass(frozen=True)
+class DriftCheck:
+    """One night's monitoring row, the reference it was measured against and the recent rows
+    (oldest first, this night last) for the trend chart."""
+
+    row: dict
+    reference: Reference | None
+    history: list[dict] = field(default_factory=list)
+    open_top: bool = False  # the last class of the distributions is "more than K"
+
+    @property
+    def drift(self) -> bool:
+        return bool(self.row["drift"])
+
+    @property
+    def reasons(self) -> list[str]:
+        return list(self.row["reasons"])
+
+    def event_payload(self) -> dict:
+        """What an alert carries: the figures, the reasons, the thresholds."""
+        keys = (
+            "run_id",
+            "model_version",
+            "reference_set",
+            "bins",
+            "psi_reference",
+            "psi_recent",
+            "mean_confidence",
+            "reference_mean_confidence",
+            "confidence_shift",
+            "review_rate",
+            "reference_review_rate",
+            "recent_review_rate",
+            "recent_nights",
+        )
+        return {
+            **{key: self.row[key] for key in keys},
+            "reasons": self.reasons,
+            "policy": json.loads(self.row["policy"]),
+        }
+
+
+def population_stability_index(night: Sequence[int], reference: Sequence[int]) -> float:
+    """PSI between two histograms over the same classes (bin counts, not shares), each class
+    smoothed by half a bin.
+
+    >>> round(population_stability_index([50, 50], [50, 50]), 6)
+    0.0
+    >>> round(population_stability_index([90, 10], [50, 50]), 3)
+    0.872
+    """
+    if len(night) != len(reference) or not len(night):
+        raise ValueError(
+            f"Expected two histograms over the same classes, but got {len(night)} and "
+            f"{len(reference)} classes"
+        )
+    p = np.asarray(night, dtype=np.float64) + _SMOOTHING
+    q = np.asarray(reference, dtype=np.float64) + _SMOOTHING
+    if (p < _SMOOTHING).any() or (q < _SMOOTHING).any():
+        raise ValueError(f"Expected non-negative bin counts, but got {night} and {reference}")
+    p, q = p / p.sum(), q / q.sum()
+    return float(np.sum((p - q) * np.log(p / q)))
+
+
+def histogram(predicted_counts: Sequence[int], classes: int) -> list[int]:
+    """Bins per predicted-count class 0..classes-1 (a count past the last lands in the last)."""
+    counts = np.clip(np.asarray(predicted_counts, dtype=np.int64), 0, classes - 1)
+    return np.bincount(counts, minlength=classes).astype(int).tolist()
+
+
+def load_reference(output: Location, model_version: str, review: ReviewPolicy) -> Reference | None:
+    """The model's test-set predictions as a reference (None when it was never evaluated)."""
+    set_id = _reference_set(output, model_version)
+    if set_id is None:
+        return None
+    table = output.read_parquet(
+        f"{model_folder(model_version)}/evaluations/{set_id}-predictions.parquet"
+    )
+    if not table.num_rows:
+        return None
+    probabilities = np.array(table.column("count_probabilities").to_pylist(), dtype=np.float64)
+    predicted = np.array(table.column("predicted_count").to_pylist(), dtype=np.int64)
+    labels = table.column("label").to_pylist()
+    classes = probabilities.shape[1]
+    max_count, open_top = _count_range(output, model_version, classes)
+    confidence = probabilities[np.arange(len(predicted)), np.clip(predicted, 0, classes - 1)]
+    p_recorded = record_probability(probabilities, labels, max_count=max_count, open_top=open_top)
+    decision = rank_queue(p_recorded, [str(i) for i in range(len(labels))], review)
+    return Reference(
+        model_version=model_version,
+        evaluation_set=set_id,
+        bins=len(predicted),
+        distribution=histogram(predicted, classes),
+        mean_confidence=float(confidence.mean()),
+        review_rate=decision.flagged / decision.judged if decision.judged else None,
+    )
+
+
+def _reference_set(output: Location, model_version: str) -> str | None:
+    current = champion(output)
+    if current is not None and current["version"] == model_version:
+        return current["evaluation_set"]["id"]
+    # Another model (scored by name): its newest evaluation on a test split.
+    folder = f"{model_folder(model_version)}/evaluations"
+    found = []
+    for key in output.list_files(folder):
+        if key.endswith(".json"):
+            report = json.loads(output.read_bytes(key))
+            if report["evaluation_set"]["split"] in ("test", "benchmark"):
+                found.append((key, report["evaluation_set"]["id"]))
+    predictions = [
+        set_id
+        for key, set_id in sorted(found)
+        if output.exists(f"{folder}/{set_id}-predictions.parquet")
+    ]
+    return predictions[-1] if predictions else None
+
+
+def _count_range(output: Location, model_version: str, classes: int) -> tuple[int, bool]:
+    record = read_model_record(output, model_version)
+    max_count = int(record["config"]["max_count"]) if record else classes - 1
+    return max_count, classes == max_count + 2
+
+
+def monitor_night(
+    output: Location,
+    *,
+    run_id: str,
+    model_version: str,
+    review: ReviewPolicy,
+    policy: DriftPolicy,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> DriftCheck:
+    """Compare the bins run ``run_id`` scored with the model's test set and its recent nights;
+    write the night's monitoring row (a rerun of the same run rewrites it)."""
+    night = read_table(
+        output,
+        SCORES,
+        columns=[
+            "predicted_count",
+            "confidence",
+            "count_probabilities",
+            "p_recorded",
+            "needs_review",
+        ],
+        filter=(ds.field("run_id") == run_id) & (ds.field("model_version") == model_version),
+    )
+    reference = load_reference(output, model_version, review)
+    classes = _classes(night, reference)
+    distribution = (
+        histogram(night.column("predicted_count").to_pylist(), classes) if classes else []
+    )
+    judged = night.filter(ds.field("p_recorded").is_valid())
+    flagged = sum(bool(flag) for flag in judged.column("needs_review").to_pylist())
+    confidence = night.column("confidence").to_numpy(zero_copy_only=False)
+    recent = recent_nights(output, model_version, policy, before_run=run_id)
+    row = {
+        "run_id": run_id,
+        "monitored_at": clock(),
+        "model_version": model_version,
+        "reference_set": reference.evaluation_set if reference else None,
+        "bins": night.num_rows,
+        "judged": judged.num_rows,
+        "flagged": flagged,
+        "review_rate": flagged / judged.num_rows if judged.num_rows else None,
+        "mean_confidence": float(confidence.mean()) if len(confidence) else None,
+        "predicted_distribution": distribution,
+        "reference_bins": reference.bins if reference else None,
+        "reference_mean_confidence": reference.mean_confidence if reference else None,
+        "reference_review_rate": reference.review_rate if reference else None,
+        "recent_nights": len(recent),
+        "recent_review_rate": _median([r["review_rate"] for r in recent]),
+        "policy": policy.model_dump_json(),
+    }
+    row.update(_judge(row, reference, recent, policy))
+    write_part(output, MONITORING, run_id, [row])
+    history = [
+        *reversed(
+            recent_nights(output, model_version, policy, before_run=run_id, judged_only=False)
+        ),
+        row,
+    ]
+    return DriftCheck(row=row, reference=reference, history=history)
+
+
+def _classes(night: pa.Table, reference: Reference | None) -> int:
+    if reference is not None:
+        return len(reference.distribution)
+    widths = {len(p) for p in night.column("count_probabilities").to_pylist()}
+    return max(widths, default=0)
+
+
+def recent_nights(
+    output: Location,
+    model_version: str,
+    policy: DriftPolicy,
+    *,
+    before_run: str | None = None,
+    judged_only: bool = True,
+) -> list[dict]:
+    """The newest monitoring rows of ``model_version`` (newest first), up to ``recent_nights``;
+    with ``judged_only`` only nights of at least ``min_bins`` bins."""
+    rows = read_table(
+        output, MONITORING, filter=ds.field("model_version") == model_version
+    ).to_pylist()
+    rows = [r for r in rows if r["run_id"] != before_run]
+    if judged_only:
+        rows = [r for r in rows if r["bins"] >= policy.min_bins]
+    rows.sort(key=lambda r: r["monitored_at"], reverse=True)
+    return rows[: policy.recent_nights]
+
+
+def _judge(row: dict, reference: Reference | None, recent: list[dict], policy: DriftPolicy) -> dict:
+    """The night's statistics against both references, and the thresholds it passed."""
+    distribution = row["predicted_distribution"]
+    psi_reference = psi_recent = confidence_shift = None
+    if reference is not None and row["bins"]:
+        psi_reference = population_stability_index(distribution, reference.distribution)
+        confidence_shift = row["mean_confidence"] - reference.mean_confidence
+    pooled = [
+        r["predicted_distribution"]
+        for r in recent
+        if len(r["predicted_distribution"]) == len(distribution)
+    ]
+    if pooled and row["bins"]:
+        psi_recent = population_stability_index(distribution, np.sum(pooled, axis=0).tolist())
+    reasons = []
+    if row["bins"] >= policy.min_bins:
+        if psi_reference is not None and psi_reference > policy.max_psi:
+            reasons.append(f"PSI against the test set {psi_reference:.3f} > {policy.max_psi:g}")
+        if psi_recent is not None and psi_recent > policy.max_psi:
+            reasons.append(f"PSI against recent nights {psi_recent:.3f} > {policy.max_psi:g}")
+        if confidence_shift is not None and -confidence_shift > policy.max_confidence_drop:
+            reasons.append(
+                f"mean confidence {row['mean_confidence']:.3f}, {-confidence_shift:.3f} below the "
+                f"test set's {reference.mean_confidence:.3f} (> {policy.max_confidence_drop:g})"
+            )
+        recent_rate = row["recent_review_rate"]
+        if (
+            row["review_rate"] is not None
+            and recent_rate is not None
+            and len(recent) >= policy.min_recent_nights
+            and row["review_rate"] - recent_rate > policy.max_review_rate_rise
+        ):
+            reasons.append(
+                f"review rate {100 * row['review_rate']:.1f}%, "
+                f"{100 * (row['review_rate'] - recent_rate):.1f} points above recent nights' "
+                f"{100 * recent_rate:.1f}% (> {100 * policy.max_review_rate_rise:g})"
+            )
+    return {
+        "psi_reference": psi_reference,
+        "psi_recent": psi_recent,
+        "confidence_shift": confidence_shift,
+        "drift": bool(reasons),
+        "reasons": reasons,
+    }
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(known) if known else None
+
+
+# -- the artifact --------------------------------------------------------------------------------
+def drift_markdown(check: DriftCheck, policy: DriftPolicy) -> str:
+    """Tonight against the test set and recent nights: a verdict, the figures, two charts."""
+    from bincount import plots
+
+    row, reference = check.row, check.reference
+    lines = [f"# Drift monitoring: model {row['model_version']}", ""]
+    if row["drift"]:
+        lines += ["**Drift detected**: " + "; ".join(row["reasons"]) + ".", ""]
+    elif row["bins"] < policy.min_bins:
+        lines += [f"Not judged: {row['bins']} bins scored, fewer than {policy.min_bins}.", ""]
+    else:
+        lines += ["No drift: every figure within its threshold.", ""]
+    lines += [
+        "| measure | tonight | test set | recent nights |",
+        "|---|---:|---:|---:|",
+        f"| bins | {row['bins']:,} | {_count(row['reference_bins'])} | {row['recent_nights']} "
+        "nights |",
+        f"| PSI of the predicted counts (alert above {policy.max_psi:g}) | | "
+        f"{_num(row['psi_reference'])} | {_num(row['psi_recent'])} |",
+        f"| mean confidence (alert {policy.max_confidence_drop:g} below the test set) | "
+        f"{_pct(row['mean_confidence'])} | {_pct(row['reference_mean_confidence'])} | |",
+        f"| review rate (alert {100 * policy.max_review_rate_rise:g} points above recent nights) | "
+        f"{_pct(row['review_rate'])} | {_pct(row['reference_review_rate'])} | "
+        f"{_pct(row['recent_review_rate'])} |",
+        "",
+    ]
+    if reference is None:
+        lines += [
+            "The model has no evaluation with saved predictions: evaluate it "
+            "(`bincount evaluate`) to give its nights a reference.",
+            "",
+        ]
+    lines += prediction_chart(check)
+    lines += [
+        plots.markdown_image(
+            "drift figures of the recent nights",
+            plots.drift_trend(check.history, max_psi=policy.max_psi),
+        ),
+        "",
+        f"Reference: evaluation set `{row['reference_set']}` of model {row['model_version']}; "
+        f"recent nights: the last {policy.recent_nights} runs of the same model with at least "
+        f"{policy.min_bins} bins. A new champion starts a new reference. Rows: "
+        "`monitoring/` (one per run).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def prediction_chart(check: DriftCheck) -> list[str]:
+    """Markdown lines: the night's predicted counts beside the test set's, as shares."""
+    from bincount import plots
+
+    distribution = check.row["predicted_distribution"]
+    if not check.row["bins"] or not distribution:
+        return []
+    series = {"tonight": _shares(distribution)}
+    if check.reference is not None:
+        series["test set"] = _shares(check.reference.distribution)
+    chart = plots.count_bars(
+        series,
+        names=plots.class_names(len(distribution), open_top=check.open_top),
+        title="predicted counts",
+        ylabel="share of bins (%)",
+    )
+    return [plots.markdown_image("predicted counts tonight and on the test set", chart), ""]
+
+
+def _shares(counts: Sequence[int]) -> list[float]:
+    total = sum(counts) or 1
+    return [100 * c / total for c in counts]
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"

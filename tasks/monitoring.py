@@ -1,0 +1,63 @@
+"""Task: compare a scoring run with the model's test set and recent nights; alert on drift."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from bincount.monitoring import DRIFT_EVENT, DriftCheck, DriftPolicy, drift_markdown, monitor_night
+from bincount.registry import model_folder
+from bincount.review import ReviewPolicy
+from tasks.runtime import current_run_id, resolve_output
+
+
+@task(name="monitor-drift", retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
+def monitor_drift(
+    output: str | None, model_version: str, review: ReviewPolicy, policy: DriftPolicy
+) -> DriftCheck:
+    """Write the night's monitoring row, chart the trend, and emit an event past a threshold."""
+    output_location = resolve_output(output)
+    check = monitor_night(
+        output_location,
+        run_id=current_run_id(),
+        model_version=model_version,
+        review=review,
+        policy=policy,
+    )
+    logger = get_run_logger()
+    create_markdown_artifact(
+        key="drift-monitoring",
+        markdown=drift_markdown(check, policy),
+        description="Tonight's predictions against the model's test set and recent nights",
+    )
+    if check.drift:
+        scored_by = output_location.uri(model_folder(model_version))  # the output and the model
+        logger.warning("drift detected: %s", "; ".join(check.reasons))
+        emit_event(
+            event=DRIFT_EVENT,
+            resource={
+                "prefect.resource.id": f"bincount.output.{scored_by}",
+                "prefect.resource.name": output_location.uri(),
+                "bincount.model_version": model_version,
+            },
+            related=[
+                {
+                    "prefect.resource.id": f"bincount.model.{model_version}",
+                    "prefect.resource.role": "model",
+                }
+            ],
+            payload=check.event_payload(),
+        )
+    else:
+        logger.info(
+            "no drift: PSI %s against the test set, %s against recent nights",
+            _figure(check.row["psi_reference"]),
+            _figure(check.row["psi_recent"]),
+        )
+    return check
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
