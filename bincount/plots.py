@@ -24,7 +24,7 @@ _OURS, _OTHER, _THIRD = "#1f77b4", "#ff7f0e", "#7f7f7f"
 
 def markdown_image(alt: str, uri: str) -> str:
     """A Markdown image; ``alt`` keeps what the chart shows readable where images are not."""
-    return f"![{alt.replace(']', ')')}]({uri})"
+    return f"![{alt.replace('[', '(').replace(']', ')')}]({uri})"
 
 
 def class_names(classes: int, *, open_top: bool) -> list[str]:
