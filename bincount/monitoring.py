@@ -207,8 +207,11 @@ def _reference_set(output: Location, model_version: str) -> str | None:
 
 
 def _count_range(output: Location, model_version: str, classes: int) -> tuple[int, bool]:
+    """The model's largest exact count K, and whether its last class is "more than K"."""
     record = read_model_record(output, model_version)
-    max_count = int(record["config"]["max_count"]) if record else classes - 1
+    if record is None or record["config"].get("max_count") is None:
+        return classes - 1, False
+    max_count = int(record["config"]["max_count"])
     return max_count, classes == max_count + 2
 
 
@@ -264,13 +267,13 @@ def monitor_night(
     }
     row.update(_judge(row, reference, recent, policy))
     write_part(output, MONITORING, run_id, [row])
-    history = [
-        *reversed(
-            recent_nights(output, model_version, policy, before_run=run_id, judged_only=False)
-        ),
-        row,
-    ]
-    return DriftCheck(row=row, reference=reference, history=history)
+    earlier = recent_nights(output, model_version, policy, before_run=run_id, judged_only=False)
+    return DriftCheck(
+        row=row,
+        reference=reference,
+        history=[*reversed(earlier), row],
+        open_top=classes > 0 and _count_range(output, model_version, classes)[1],
+    )
 
 
 def _classes(night: pa.Table, reference: Reference | None) -> int:

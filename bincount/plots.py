@@ -184,12 +184,7 @@ def count_bars(
     return _png_uri(figure)
 
 
-def drift_trend(
-    nights: Sequence[Mapping],
-    *,
-    max_psi: float,
-    reference_review_rate: float | None = None,
-) -> str:
+def drift_trend(nights: Sequence[Mapping], *, max_psi: float) -> str:
     """Per scoring run: PSI against the reference and against recent nights (with the alert
     threshold), mean confidence and review rate; runs that raised an alert are marked."""
     if not nights:
@@ -208,16 +203,13 @@ def drift_trend(
     psi.legend(frameon=False, fontsize=8)
     rates.plot(x, [_pct(n["mean_confidence"]) for n in nights], "o-", ms=4, label="confidence")
     rates.plot(x, [_pct(n["review_rate"]) for n in nights], "s-", ms=4, label="review rate")
-    reference = nights[-1]
+    latest = nights[-1]  # the reference of the model that scored the latest night
     for key, colour in (("reference_mean_confidence", _OURS), ("reference_review_rate", _OTHER)):
-        level = _value(reference.get(key))
-        if key == "reference_review_rate" and reference_review_rate is not None:
-            level = reference_review_rate
-        if level == level:
-            rates.axhline(100 * level, color=colour, lw=0.8, ls=":")
+        if latest.get(key) is not None:
+            rates.axhline(100 * latest[key], color=colour, lw=0.8, ls=":")
     rates.set_ylim(0, 100)
     rates.set_ylabel("%")
-    rates.set_title("mean confidence, review rate (dotted: reference)")
+    rates.set_title("confidence, review rate (dotted: test set)")
     rates.legend(frameon=False, fontsize=8)
     step = max(1, len(x) // 8)
     for axes in (psi, rates):

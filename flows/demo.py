@@ -7,6 +7,7 @@ import os
 from prefect import flow
 
 from bincount.config import DEMO_RECIPE, TrainConfig
+from bincount.monitoring import DRIFT_EVENT
 from bincount.review import probability_text
 from bincount.synth import MAX_COUNT_LIMIT, default_truth
 from flows.data import data_pipeline
@@ -158,23 +159,22 @@ def _drift_lines(result: dict) -> list[str]:
     nights = (
         ("backfill", result["backfill"]),
         ("arrivals", result["nightly"]),
-        (f"darker ({result['dark_exposure']:g}x light)", result["dark_night"]),
+        (f"darker photos ({result['dark_exposure']:g}x light)", result["dark_night"]),
     )
     lines = []
     for name, night in nights:
         drift = night["drift"]
-        psi = drift["psi_reference"]
-        figures = (
-            f"{night['scored']} bins, PSI {'n/a' if psi is None else f'{psi:.3f}'} against the "
-            "test set, mean confidence "
-            + ("n/a" if drift["mean_confidence"] is None else f"{drift['mean_confidence']:.2f}")
+        psi, confidence = drift["psi_reference"], drift["mean_confidence"]
+        lines.append(
+            f"  {'' if lines else 'monitoring':10} {name}: {night['scored']} bins, PSI "
+            f"{'n/a' if psi is None else f'{psi:.3f}'} vs the test set, confidence "
+            f"{'n/a' if confidence is None else f'{confidence:.2f}'}: "
+            + ("DRIFT" if drift["drift"] else "no drift")
         )
-        verdict = (
-            "DRIFT: event bincount.drift.detected emitted (" + "; ".join(drift["reasons"]) + ")"
-            if drift["drift"]
-            else "no drift"
-        )
-        lines.append(f"  {'monitoring' if not lines else '':10} {name}: {figures}; {verdict}")
+        if drift["drift"]:
+            lines.append(
+                f"             event {DRIFT_EVENT} emitted: " + "; ".join(drift["reasons"])
+            )
     return lines
 
 

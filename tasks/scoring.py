@@ -184,15 +184,16 @@ def publish_scoring_summary(
     )
     create_markdown_artifact(
         key="scoring-summary",
-        markdown=summary.to_markdown() + _drift_section(drift),
+        markdown=with_drift_section(summary.to_markdown(), drift),
         description="Images scored and the top of the night's review queue, with photos",
     )
     return summary
 
 
-def _drift_section(drift: DriftCheck | None) -> str:
+def with_drift_section(markdown: str, drift: DriftCheck | None) -> str:
+    """The summary with the night's predicted counts and drift verdict before its queue."""
     if drift is None or not drift.row["bins"]:
-        return ""
+        return markdown
     verdict = (
         "**drift detected** (" + "; ".join(drift.reasons) + ")"
         if drift.drift
@@ -207,7 +208,9 @@ def _drift_section(drift: DriftCheck | None) -> str:
         "",
         *prediction_chart(drift),
     ]
-    return "\n".join(lines)
+    section = "\n".join(lines)
+    at = markdown.find("\n## Review queue")
+    return markdown + section if at < 0 else markdown[:at] + section + markdown[at:]
 
 
 @task(name="queue-against-truth", cache_policy=NO_CACHE)
