@@ -46,6 +46,7 @@ from bincount.tables import SCORES, read_table, write_part
 
 MONITORING = "monitoring"
 DRIFT_EVENT = "bincount.drift.detected"
+TREND_NIGHTS = 30  # nights in the trend chart
 _SHARE_FLOOR = 1e-4  # an empty class counts as this share: finite, and tiny beside a real one
 
 
@@ -246,7 +247,8 @@ def monitor_night(
     judged = night.filter(ds.field("p_recorded").is_valid())
     flagged = sum(bool(flag) for flag in judged.column("needs_review").to_pylist())
     confidence = night.column("confidence").to_numpy(zero_copy_only=False)
-    recent = recent_nights(output, model_version, policy, before_run=run_id)
+    earlier = earlier_nights(output, model_version, before_run=run_id)
+    recent = [r for r in earlier if r["bins"] >= policy.min_bins][: policy.recent_nights]
     row = {
         "run_id": run_id,
         "monitored_at": clock(),
@@ -267,11 +269,10 @@ def monitor_night(
     }
     row.update(_judge(row, reference, recent, policy))
     write_part(output, MONITORING, run_id, [row])
-    earlier = recent_nights(output, model_version, policy, before_run=run_id, judged_only=False)
     return DriftCheck(
         row=row,
         reference=reference,
-        history=[*reversed(earlier), row],
+        history=[*reversed(earlier[: TREND_NIGHTS - 1]), row],
         open_top=classes > 0 and _count_range(output, model_version, classes)[1],
     )
 
@@ -283,24 +284,13 @@ def _classes(night: pa.Table, reference: Reference | None) -> int:
     return max(widths, default=0)
 
 
-def recent_nights(
-    output: Location,
-    model_version: str,
-    policy: DriftPolicy,
-    *,
-    before_run: str | None = None,
-    judged_only: bool = True,
-) -> list[dict]:
-    """The newest monitoring rows of ``model_version`` (newest first), up to ``recent_nights``;
-    with ``judged_only`` only nights of at least ``min_bins`` bins."""
+def earlier_nights(output: Location, model_version: str, *, before_run: str) -> list[dict]:
+    """The monitoring rows of ``model_version`` but run ``before_run``'s own, newest first."""
     rows = read_table(
         output, MONITORING, filter=ds.field("model_version") == model_version
     ).to_pylist()
     rows = [r for r in rows if r["run_id"] != before_run]
-    if judged_only:
-        rows = [r for r in rows if r["bins"] >= policy.min_bins]
-    rows.sort(key=lambda r: r["monitored_at"], reverse=True)
-    return rows[: policy.recent_nights]
+    return sorted(rows, key=lambda r: r["monitored_at"], reverse=True)
 
 
 def _judge(row: dict, reference: Reference | None, recent: list[dict], policy: DriftPolicy) -> dict:

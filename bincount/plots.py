@@ -45,7 +45,6 @@ def training_curves(history: Sequence[Mapping], *, best_epoch: int | None = None
     losses.plot(epochs, [row["val_loss"] for row in history], "o-", ms=3, label="val loss")
     losses.set_xlabel("epoch")
     losses.set_title("loss")
-    losses.legend(frameon=False)
     accuracy = [100 * row["val_accuracy"] for row in history]
     quality.plot(epochs, accuracy, "o-", ms=3, color="#2ca02c", label="val accuracy (%)")
     quality.set_xlabel("epoch")
@@ -57,11 +56,8 @@ def training_curves(history: Sequence[Mapping], *, best_epoch: int | None = None
     for axes in (losses, quality):
         axes.xaxis.get_major_locator().set_params(integer=True)
         if best_epoch is not None:
-            axes.axvline(best_epoch, color=_THIRD, lw=0.8, ls=":")
-    if best_epoch is not None:
-        quality.annotate(
-            f"best {best_epoch}", (best_epoch, min(accuracy)), fontsize=8, color=_THIRD
-        )
+            axes.axvline(best_epoch, color=_THIRD, lw=0.8, ls=":", label=f"best epoch {best_epoch}")
+    losses.legend(frameon=False, fontsize=8)
     return _png_uri(figure)
 
 
