@@ -51,7 +51,7 @@ _SHARE_FLOOR = 1e-4  # an empty class counts as this share: finite, and tiny bes
 
 
 class DriftPolicy(BaseModel):
-    """When a night counts as a drift (documented in the README's "For operators")."""
+    """When a night counts as a drift; the README's "Drift monitoring" explains each figure."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
