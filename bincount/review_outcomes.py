@@ -95,7 +95,7 @@ def queue_entries(output: Location, source: Location) -> list[QueueEntry]:
     entries = []
     for row in rows:
         try:
-            located = locate(locations, row["image_uri"]).url
+            located = locate(locations, row["image_uri"])[0].url
         except ValueError:  # a photo under no known source: name it by its folder
             located = posixpath.dirname(posixpath.dirname(row["image_uri"]))
         entries.append(
@@ -514,6 +514,32 @@ def precision_markdown(rows: Sequence[QueuePrecision]) -> str:
             f"{row.record_wrong} | {shown} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def outcomes_markdown(decided: Sequence[Decided], recorded: RecordedVerdicts, where: str) -> str:
+    """What a set of verdicts recorded, bin by bin."""
+    lines = [
+        "# Review outcomes",
+        "",
+        "| bin | recorded | counted | verdict | reviewer |",
+        "|---|---:|---:|---|---|",
+    ]
+    for d in decided:
+        verdict = (
+            "judged before: not written"
+            if d.entry.label in recorded.already_recorded
+            else d.verdict
+        )
+        lines.append(
+            f"| {d.entry.label} | {d.entry.expected_quantity} | {d.counted} | {verdict} | "
+            f"{d.reviewer} |"
+        )
+    lines += [
+        "",
+        f"{recorded.written} written to `{where}`; the next manifest takes them as labels.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def review_sheet_markdown(
