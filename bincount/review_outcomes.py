@@ -554,22 +554,27 @@ def review_sheet_markdown(
     if problems:
         lines += ["**The last answer was not recorded:**", ""]
         lines += [f"- {problem}" for problem in problems] + [""]
+    queues = sorted({str(row["queued_date"]) for row in shown})
+    models = sorted({row["model_version"] for row in shown})
     lines += [
         f"## {len(shown)} bins to check",
         "",
         "For each bin you checked, add a verdict: the bin and the number of items its photo "
         "shows. Leave the count empty when the record is right. Give your name as reviewer.",
         "",
-        "| bin | photo | recorded | model | p_recorded | rank | queued | scored by |",
-        "|---|---|---:|---:|---:|---:|---|---|",
+        f"From the queue of {', '.join(queues)}, flagged by model "
+        f"{', '.join(f'`{m}`' for m in models)}; rank 1 is the least likely record.",
+        "",
+        "| rank | bin | recorded | model | p_recorded | photo |",
+        "|---:|---|---:|---:|---:|---|",
     ]
     for row in shown:
         photo = f"![{row['image_id']}]({row['thumbnail']})" if row.get("thumbnail") else "-"
         predicted = f"{row['predicted_count']}{'+' if row['predicted_overflow'] else ''}"
         lines.append(
-            f"| [{row['label']}]({row['link']}) | {photo} | {row['expected_quantity']} | "
-            f"{predicted} | {probability_text(row['p_recorded'])} | {row['review_rank']} | "
-            f"{row['queued_date']} | `{row['model_version']}` |"
+            f"| {row['review_rank']} | [{row['label']}]({row['link']}) | "
+            f"{row['expected_quantity']} | {predicted} | {probability_text(row['p_recorded'])} | "
+            f"{photo} |"
         )
     lines += ["", "## The queue's precision so far", "", precision_markdown(precision)]
     return "\n".join(lines)
