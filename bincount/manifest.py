@@ -11,6 +11,10 @@
   no benchmark bin is ever trained on.
 * The version is a hash of the manifest's content and policy: the same inputs give the same
   version, and a manifest is never rewritten.
+* A reviewer's verdict outranks the record (``bincount.review_outcomes``): the latest verdict of
+  a bin gives its count, which the policy then admits and labels like a record. Each row says
+  where its label came from (``label_source``: ``record`` or ``review``, with the verdict and
+  its ``review_outcome_id``); "the record is right" keeps the record's label, marked confirmed.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bincount.contracts import table_contract
+from bincount.review_outcomes import RECORD_CORRECT, latest_verdicts
 from bincount.sources import filled_sources, open_sources
 from bincount.storage import Location
 from bincount.tables import MANIFESTS, QUARANTINE, bins_fingerprint, current_bins, part_key
@@ -39,6 +45,7 @@ SPLITS = ("train", "val", "test")
 DEFAULT_POLICY = "open:10"
 LATEST_MANIFEST = f"{MANIFESTS}/_latest.json"
 _HASH_BUCKETS = 10_000
+_BASE_COLUMNS = ["image_id", "image_uri", "label", "split"]  # what a version hashes without reviews
 
 
 class StaleValidation(RuntimeError):
@@ -92,6 +99,8 @@ class ManifestSummary:
     distribution: dict[str, dict[int, int]]
     excluded: dict[str, int]
     benchmark: dict | None
+    # Where the labels came from: records, reviewers' counts, records confirmed by a reviewer.
+    labels: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -105,6 +114,7 @@ class ManifestSummary:
             },
             "excluded": self.excluded,
             "benchmark": self.benchmark,
+            "labels": self.labels,
         }
 
 
@@ -169,13 +179,31 @@ def build_manifest(
         )
     quarantined = _validate_quarantine(output, bins_fp)
     valid = bins.filter(pc.invert(pc.is_in(_versions(bins), quarantined)))
-    admitted = valid.filter(policy.admits(valid.column("expected_quantity")))
+    verdicts = _verdicts_of(valid, latest_verdicts(output), source.url)
+    counts = pa.array(
+        [
+            record if verdict is None else verdict["counted_quantity"]
+            for record, verdict in zip(
+                valid.column("expected_quantity").to_pylist(), verdicts, strict=True
+            )
+        ],
+        pa.int64(),
+    )
+    admit = policy.admits(counts)
+    admitted = valid.filter(admit)
+    verdicts = [v for v, keep in zip(verdicts, admit.to_pylist(), strict=True) if keep]
+    counts = counts.filter(admit).to_pylist()
     row_sources = filled_sources(admitted, source.url).to_pylist()
     sources = sorted(set(filled_sources(bins, source.url).to_pylist())) or [source.url]
     locations = open_sources(source, sources)
 
     ids = admitted.column("image_id").to_pylist()
-    labels = [policy.label(q) for q in admitted.column("expected_quantity").to_pylist()]
+    labels = [policy.label(count) for count in counts]
+    records = admitted.column("expected_quantity").to_pylist()
+    label_sources = [
+        "review" if count != record else "record"
+        for count, record in zip(counts, records, strict=True)
+    ]
     splits = [
         "test"
         if benchmark is not None and image_id in benchmark
@@ -200,10 +228,16 @@ def build_manifest(
             ),
             "label": pa.array(labels, pa.int32()),
             "split": pa.array(splits, pa.string()),
+            "label_source": pa.array(label_sources, pa.string()),
+            "review_verdict": pa.array([v and v["verdict"] for v in verdicts], pa.string()),
+            "review_outcome_id": pa.array([v and v["outcome_id"] for v in verdicts], pa.string()),
         }
     ).sort_by("image_id")
+    manifest = table_contract("manifest").conform(manifest)
 
-    version = _version(manifest, policy)
+    reviewed = any(v is not None for v in verdicts)
+    # A manifest without reviews keeps the version it had before labels had a lineage.
+    version = _version(manifest if reviewed else manifest.select(_BASE_COLUMNS), policy)
     distribution = {s: Counter() for s in SPLITS}
     for label, split in zip(labels, splits, strict=True):
         distribution[split][label] += 1
@@ -224,6 +258,14 @@ def build_manifest(
             "outside_policy": valid.num_rows - admitted.num_rows,
         },
         "benchmark": _benchmark_details(benchmark, benchmark_name, admitted) if benchmark else None,
+        "labels": {
+            "from_records": label_sources.count("record"),
+            "from_reviews": label_sources.count("review"),
+            "records_confirmed_by_review": sum(
+                v is not None and v["verdict"] == RECORD_CORRECT for v in verdicts
+            ),
+            "reviewed": sum(v is not None for v in verdicts),
+        },
     }
     folder = f"{MANIFESTS}/{version}"
     created = not output.exists(f"{folder}/_manifest.json")
@@ -242,7 +284,20 @@ def build_manifest(
         distribution={s: dict(sorted(distribution[s].items())) for s in SPLITS},
         excluded=details["excluded"],
         benchmark=details["benchmark"],
+        labels=details["labels"],
     )
+
+
+def _verdicts_of(bins: pa.Table, verdicts: dict, fallback_source: str) -> list[dict | None]:
+    """The latest review verdict of each bin (by source and id), None where none was given."""
+    if not verdicts:
+        return [None] * bins.num_rows
+    keys = zip(
+        filled_sources(bins, fallback_source).to_pylist(),
+        bins.column("image_id").to_pylist(),
+        strict=True,
+    )
+    return [verdicts.get(key) for key in keys]
 
 
 def _validate_quarantine(output: Location, bins_fp: str) -> pa.Array:

@@ -38,6 +38,8 @@ FLOWS = {
     "retrain": "flows.retrain:retrain",
     "tune": "flows.tune:tune",
     "score": "flows.score:score",
+    "review": "flows.review:review",
+    "record-verdicts": "flows.verdicts:record_verdicts",
 }
 
 # How the fields of a pydantic parameter are spelled: --review-budget-percent, but --arch.
@@ -75,6 +77,12 @@ HELP = {
     "batch_size": "images per model call",
     "ingest_first": "ingest new metadata first, so new bins' records are known",
     "device": "cuda, cuda:1 or cpu (default: cuda when present)",
+    "queued_date": "the queue date to review, YYYY-MM-DD (default: the newest with bins unjudged)",
+    "top": "how many bins to show, from the top of the queue",
+    "reviewer": "the reviewer's name kept with each verdict (review: prefilled in the form)",
+    "wait_minutes": "how long the paused run waits for verdicts before it fails",
+    "verdicts": "CSV or JSON file: bin (id or photo URI), counted (empty when the record is "
+    "right), optionally reviewer, source, queue_id, note",
 }
 
 _EMPTY = inspect.Parameter.empty

@@ -52,11 +52,14 @@ def test_types_parse_and_unknown_types_are_refused():
 
 def test_conform_names_missing_columns_and_nulls():
     contract = table_contract("manifest")
+    lineage = {"label_source": ["record"], "review_verdict": [None], "review_outcome_id": [None]}
     with pytest.raises(ValueError, match=r"Expected table 'manifest' to have columns \['split'\]"):
-        contract.conform(pa.table({"image_id": ["1"], "image_uri": ["u"], "label": [1]}))
+        contract.conform(pa.table({"image_id": ["1"], "image_uri": ["u"], "label": [1], **lineage}))
     with pytest.raises(ValueError, match=r"Expected no nulls in manifest\.split"):
         contract.conform(
-            pa.table({"image_id": ["1"], "image_uri": ["u"], "label": [1], "split": [None]})
+            pa.table(
+                {"image_id": ["1"], "image_uri": ["u"], "label": [1], "split": [None], **lineage}
+            )
         )
 
 
