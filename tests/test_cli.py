@@ -7,6 +7,7 @@ import inspect
 import os
 
 import pytest
+from pydantic import BaseModel
 
 from bincount.config import TrainConfig
 from bincount.review import ReviewPolicy
@@ -27,7 +28,7 @@ def _options(command: str, flow) -> list[tuple[str, object]]:
     """Each option a flow's parameters should have, with the default its help should show."""
     expected = []
     for parameter, annotation in flow_parameters(flow):
-        if isinstance(annotation, type) and issubclass(annotation, ReviewPolicy | TrainConfig):
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             prefix = FIELD_PREFIX.get(parameter.name, parameter.name + "-")
             for name, field in annotation.model_fields.items():
                 default = getattr(parameter.default, name, field.get_default())
