@@ -4,6 +4,7 @@ Prefect API (a clean night through the score flow raises none, a drifted night e
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from bincount.contracts import table_contract
 from bincount.monitoring import (
@@ -336,3 +338,23 @@ def test_the_readme_automation_is_created_by_the_api_and_covers_the_drift_event(
     )
     assert trigger.covers(event)
     assert not trigger.covers(event.model_copy(update={"event": "bincount.other"}))
+
+
+def test_darker_synthetic_photos_are_the_same_bins_in_less_light():
+    from PIL import ImageStat
+
+    from bincount.synth import make_bin, synthesize
+
+    normal, image, metadata = make_bin(seed=3, ordinal=5, bin_id="00005", max_count=10)
+    dark, dark_image, dark_metadata = make_bin(
+        seed=3, ordinal=5, bin_id="00005", max_count=10, exposure=0.35
+    )
+    assert (dark, dark_metadata) == (normal, metadata)  # same bin, same record
+    assert make_bin(seed=3, ordinal=5, bin_id="00005", max_count=10, exposure=1.0)[1] == image
+    brightness = [
+        ImageStat.Stat(Image.open(io.BytesIO(data)).convert("L")).mean[0]
+        for data in (image, dark_image)
+    ]
+    assert brightness[1] == pytest.approx(0.35 * brightness[0], rel=0.1)
+    with pytest.raises(ValueError, match=r"Expected exposure in \(0, 4\], but got 0"):
+        synthesize(Location("/nowhere"), bins=1, seed=0, exposure=0)
