@@ -247,9 +247,19 @@ def to_model_input(
     floats = batch.permute(0, 3, 1, 2).float().div_(255)
     if augment is not None:
         floats = augment_batch(floats, augment)
-    shift = torch.tensor(mean, dtype=floats.dtype).view(1, 3, 1, 1).to(floats.device)
-    scale = torch.tensor(std, dtype=floats.dtype).view(1, 3, 1, 1).to(floats.device)
+    shift, scale = _normalization_tensors(tuple(mean), tuple(std), floats.device)
     return floats.sub_(shift).div_(scale).contiguous(memory_format=torch.channels_last)
+
+
+@functools.lru_cache(maxsize=16)
+def _normalization_tensors(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, 3, 1, 1) tensors on the device, made once: no small host copy before each batch."""
+    return (
+        torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+        torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+    )
 
 
 def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -546,12 +556,12 @@ def _train_epoch(
     runtime: Runtime,
 ) -> tuple[float, int]:
     wrapped.train()
-    total_loss, seen = 0.0, 0
+    # Summed on the device: reading the loss every step would make the host wait for the GPU
+    # and stop it queueing the next batch's copy and kernels ahead.
+    total_loss, seen = torch.zeros((), device=runtime.device), 0
     started = time.perf_counter()
     progress = Progress(logger, f"epoch {state.epoch + 1} training batches", len(loader))
-    for images, counts in loader:
-        images = images.to(runtime.device, non_blocking=True)
-        counts = counts.to(runtime.device, non_blocking=True)
+    for images, counts in loader:  # on the device already, converted and augmented
         for group in optimizer.param_groups:
             group["lr"] = schedule.lr(state)
         with runtime.autocast():
@@ -560,14 +570,14 @@ def _train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += loss.item() * len(counts)
+        total_loss += loss.detach() * len(counts)
         seen += len(counts)
         state.step += 1
         progress.advance()
         if schedule.out_of_time(state.train_seconds + time.perf_counter() - started):
             break
     state.train_seconds += time.perf_counter() - started
-    return total_loss / max(seen, 1), seen
+    return total_loss.item() / max(seen, 1), seen
 
 
 @torch.no_grad()
