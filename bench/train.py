@@ -1,37 +1,170 @@
-"""Training throughput through the real data path against the same model fed from memory.
+"""Training's data path: memory that does not grow with the cache, and a model it keeps fed.
 
-The real path is the one ``bincount train`` uses: a synthetic bucket → manifest → the sharded
-image cache (memory-mapped .npy shards) → ``BatchLoader`` (index, augment, normalise, prefetch
-thread). The reference feeds pre-normalised tensors already in memory. Both run the same
-optimiser steps on the same model, alternating A/B/A/B so that machine noise hits both alike.
-The loader must not be the bottleneck: goal ratio >= 0.9. Inference images/s is measured too.
+Three measurements, printed side by side in one table:
+
+1. **Peak memory of a training epoch** over generated caches of ``--memory-sizes`` images (4k
+   and 40k) at ``--memory-image-size`` px (64) with a small model. Each case runs in a fresh
+   process: load the cache (``load_cached_splits``), train one epoch through the real loop
+   (``BatchLoader`` → ``_train_epoch``), predict the validation split (``predict_split``), then
+   report ``ru_maxrss``, the process's resident-memory high-water mark. The caches are written
+   straight from generated uint8 shards (``bincount.testing.caches``) in the layout
+   ``build_image_cache`` writes: decoding 40k synthetic JPEGs would take minutes on 2 cores and
+   measures the writing side, not the reading side. Goal: 40k / 4k <= 1.5. For contrast, a
+   second fresh process per case loads the train and val splits the way the loader did before
+   (shards memory-mapped, each split stacked into one array) and reports its peak.
+2. **images/s through the real data path** against the same model fed from tensors already on
+   the device (pre-converted and pre-augmented), alternating A/B/A/B so machine noise hits both
+   alike, on a cache built the real way (synthetic bins → manifest → ``build_image_cache``).
+   Goal: ratio >= 0.9. The share of the real side's time spent waiting for data is printed too.
+3. With ``--device cuda``: ResNet-34 and ResNet-50 at 224 px in bf16 with channels_last, both
+   sides, and from the measured rate the time per epoch of ABID's full counting training split
+   (324,735 images).
 
     python bench/train.py [--arch resnet18] [--image-size 128] [--batch-size 64] [--steps 20]
+    python bench/train.py --device cuda        # adds the GPU rows
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
+import os
+import resource
 import statistics
+import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
 from bincount.config import TrainConfig
-from bincount.imagecache import build_image_cache, load_cached_splits
+from bincount.imagecache import build_image_cache, cache_folder, load_cached_splits
 from bincount.ingest import ingest_metadata
 from bincount.manifest import CountPolicy, build_manifest, load_manifest
 from bincount.models import CountingModel
 from bincount.storage import Location
 from bincount.synth import synthesize
-from bincount.training import BatchLoader, predict_split, resolve_runtime
+from bincount.testing.caches import write_generated_cache
+from bincount.training import (
+    BatchLoader,
+    Runtime,
+    Schedule,
+    TrainState,
+    _train_epoch,
+    input_normalization,
+    predict_split,
+    resolve_runtime,
+)
 from bincount.validate import validate_bins
 
 GOAL_RATIO = 0.9
+GOAL_MEMORY = 1.5
+ABID_TRAIN_IMAGES = 324_735  # the challenge's counting training split
+NVIDIA_RESNET50_A100 = 2470  # images/s, AMP + DALI, NVIDIA's published training figure
 
 
+# -- 1. peak memory of an epoch, one fresh process per cache size ----------------------------
+def epoch_in_fresh_process(workdir: str, images: int, size: int, arch: str, batch: int) -> dict:
+    """One training epoch and one validation pass over a generated cache, in this process."""
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    output = Location(workdir)
+    version = f"gen{images}"
+    runtime = Runtime(device=torch.device("cpu"))
+    torch.manual_seed(0)
+    model = CountingModel(arch, head="ce", max_count=5).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    splits = load_cached_splits(output, version, size, ("train", "val"))
+    setup_rss = _rss_now_mb()
+    mean, std = input_normalization(model)
+    loader = BatchLoader(
+        splits["train"],
+        batch_size=batch,
+        shuffle=True,
+        augment=True,
+        seed=0,
+        drop_last=True,
+        mean=mean,
+        std=std,
+    )
+    config = TrainConfig(arch=arch, epochs=1, batch_size=batch, image_size=size)
+    started = time.perf_counter()
+    _, seen = _train_epoch(
+        model,
+        model,
+        loader,
+        optimizer,
+        Schedule(config, steps_per_epoch=len(loader)),
+        TrainState(),
+        runtime,
+    )
+    seconds = time.perf_counter() - started
+    predict_split(model, splits["val"], runtime=runtime, batch_size=2 * batch)
+    return {
+        "images": images,
+        "train_images": seen,
+        "cache_mb": images * size * size * 3 / 2**20,
+        "setup_rss_mb": setup_rss,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "images_per_second": seen / seconds,
+        "data_wait_share": loader.wait_seconds / seconds,
+    }
+
+
+def stacked_in_fresh_process(workdir: str, images: int, size: int) -> float:
+    """Peak RSS (MB) of loading the train and val splits the way the loader did before the
+    streaming reader: every shard memory-mapped, each split stacked into one array."""
+    import numpy as np
+
+    output, folder = Location(workdir), cache_folder(f"gen{images}", size)
+    index = output.read_parquet(f"{folder}/index.parquet").to_pylist()
+    shards = {
+        n: np.load(output.path(f"{folder}/shard-{n:05d}.npy"), mmap_mode="r")
+        for n in sorted({row["shard"] for row in index})
+    }
+    held = [
+        np.stack([shards[r["shard"]][r["offset"]] for r in index if r["split"] == split])
+        for split in ("train", "val")
+    ]
+    assert sum(len(h) for h in held) > 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_now_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory_cases(workdir: str, sizes: list[int], size: int, arch: str, batch: int) -> list[dict]:
+    results = []
+    for images in sizes:
+        folder = os.path.join(workdir, f"gen{images}")
+        print(f"[bench] writing a generated cache of {images} images at {size} px ...")
+        write_generated_cache(Location(folder), f"gen{images}", size=size, images=images)
+        print("[bench] one epoch over it in a fresh process ...")
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            results.append(
+                pool.submit(epoch_in_fresh_process, folder, images, size, arch, batch).result()
+            )
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            stacked = pool.submit(stacked_in_fresh_process, folder, images, size).result()
+        results[-1]["stacked_rss_mb"] = stacked
+        print(f"[bench]   {json.dumps({k: round(v, 3) for k, v in results[-1].items()})}")
+        _remove_cache(Location(folder), f"gen{images}", size)
+    return results
+
+
+def _remove_cache(output: Location, version: str, size: int) -> None:
+    import shutil
+
+    shutil.rmtree(output.path(cache_folder(version, size)), ignore_errors=True)
+
+
+# -- 2. real data path against tensors on the device -------------------------------------------
 def prepare(workdir: str, bins: int, size: int):
+    """A cache built the way ``bincount train`` builds it, from synthetic bins."""
     source, output = Location(f"{workdir}/bucket"), Location(f"{workdir}/out")
     synthesize(source, bins=bins, seed=11, max_count=5)
     ingest_metadata(source, output)
@@ -42,26 +175,117 @@ def prepare(workdir: str, bins: int, size: int):
     return load_cached_splits(output, version, size, ("train", "val"))
 
 
-def timed_steps(model, optimizer, batches, steps: int) -> float:
+class Cycled:
+    """A loader's batches, epoch after epoch, and how long they were waited for in all."""
+
+    def __init__(self, loader: BatchLoader) -> None:
+        self.loader, self.waited_before = loader, 0.0
+
+    def __iter__(self):
+        while True:
+            yield from self.loader
+            self.waited_before += self.loader.wait_seconds
+            self.loader.epoch += 1
+
+    @property
+    def waited(self) -> float:
+        return self.waited_before + self.loader.wait_seconds
+
+
+def timed_steps(model, optimizer, batches, steps: int, runtime: Runtime) -> float:
     """Seconds for ``steps`` optimiser steps over an iterator of (images, counts)."""
     model.train()
-    iterator = iter(batches)
+    synchronize(runtime)
     started = time.perf_counter()
     for _ in range(steps):
-        images, counts = next(iterator)
-        loss = model.loss(model(images), counts)
+        images, counts = next(batches)
+        with runtime.autocast():
+            logits = model(images)
+        loss = model.loss(logits.float(), counts)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    synchronize(runtime)
     return time.perf_counter() - started
 
 
-def cycle_loader(loader: BatchLoader):
-    while True:
-        yield from loader
-        loader.epoch += 1
+def synchronize(runtime: Runtime) -> None:
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize(runtime.device)
 
 
+def throughput(
+    train, *, arch: str, batch: int, steps: int, rounds: int, runtime: Runtime, reference: int
+) -> dict:
+    """Both sides' images/s (median of alternating rounds) and the real side's data-wait share."""
+    torch.manual_seed(0)
+    model = CountingModel(arch, head="ce", max_count=5).to(
+        runtime.device, memory_format=torch.channels_last
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    mean, std = input_normalization(model)
+    loader = BatchLoader(
+        train,
+        batch_size=batch,
+        shuffle=True,
+        augment=True,
+        seed=0,
+        drop_last=True,
+        device=runtime.device,
+        mean=mean,
+        std=std,
+    )
+    # The reference: batches already converted and augmented, on the device, used in a cycle.
+    in_memory = [b for _, b in zip(range(min(reference, len(loader))), loader, strict=False)]
+
+    def memory_batches():
+        while True:
+            yield from in_memory
+
+    cycled = Cycled(loader)
+    real_batches, memory = iter(cycled), memory_batches()
+    timed_steps(model, optimizer, memory, 3, runtime)  # warm up kernels and allocator
+    timed_steps(model, optimizer, real_batches, 2, runtime)
+    waited_before = cycled.waited
+    real, reference_seconds = [], []
+    for _ in range(rounds):
+        real.append(timed_steps(model, optimizer, real_batches, steps, runtime))
+        reference_seconds.append(timed_steps(model, optimizer, memory, steps, runtime))
+    images = steps * batch
+    return {
+        "arch": arch,
+        "real": images / statistics.median(real),
+        "memory": images / statistics.median(reference_seconds),
+        "wait_share": (cycled.waited - waited_before) / sum(real),
+        "model": model,
+    }
+
+
+def gpu_rows(workdir: str, args, runtime: Runtime) -> list[dict]:
+    """ResNet-34 and ResNet-50 at 224 px, bf16, channels_last, on a generated cache."""
+    size, images = 224, args.gpu_images
+    folder = os.path.join(workdir, "gpu")
+    print(f"[bench] writing a generated cache of {images} images at {size} px ...")
+    write_generated_cache(Location(folder), "gpu", size=size, images=images)
+    train = load_cached_splits(Location(folder), "gpu", size, ("train",))["train"]
+    rows = []
+    for arch in ("resnet34", "resnet50"):
+        print(f"[bench] {arch} at {size} px on {runtime.device} ...")
+        row = throughput(
+            train,
+            arch=arch,
+            batch=args.gpu_batch_size,
+            steps=args.steps,
+            rounds=args.rounds,
+            runtime=runtime,
+            reference=8,
+        )
+        row.pop("model")
+        rows.append(row)
+    return rows
+
+
+# -- the table -----------------------------------------------------------------------------------
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arch", default=TrainConfig().arch)
@@ -70,59 +294,98 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20, help="optimiser steps per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="A/B alternations")
     parser.add_argument("--bins", type=int, default=600)
-    parser.add_argument("--check", action="store_true", help="exit 1 below the goal")
+    parser.add_argument("--memory-sizes", default="4000,40000", help="cached images per case")
+    parser.add_argument("--memory-image-size", type=int, default=64)
+    parser.add_argument("--memory-arch", default="mobilenet_v3_small")
+    parser.add_argument("--memory-batch-size", type=int, default=128)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--gpu-images", type=int, default=8192)
+    parser.add_argument("--gpu-batch-size", type=int, default=256)
+    parser.add_argument("--check", action="store_true", help="exit 1 below a goal")
     args = parser.parse_args()
+    sizes = [int(n) for n in args.memory_sizes.split(",")]
 
     with tempfile.TemporaryDirectory() as workdir:
+        memory = memory_cases(
+            workdir, sizes, args.memory_image_size, args.memory_arch, args.memory_batch_size
+        )
         print(f"[bench] preparing {args.bins} synthetic bins at {args.image_size} px ...")
         splits = prepare(workdir, args.bins, args.image_size)
-        train = splits["train"]
-        torch.manual_seed(0)
-        model = CountingModel(args.arch, head="ce", max_count=5).to(
-            memory_format=torch.channels_last
+        cpu = Runtime(device=torch.device("cpu"))
+        row = throughput(
+            splits["train"],
+            arch=args.arch,
+            batch=args.batch_size,
+            steps=args.steps,
+            rounds=args.rounds,
+            runtime=cpu,
+            reference=10_000,
         )
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        loader = BatchLoader(
-            train, batch_size=args.batch_size, shuffle=True, augment=True, seed=0, drop_last=True
-        )
-        # The reference: the same batches, decoded, augmented and normalised ahead of time.
-        in_memory = [batch for _, batch in zip(range(len(loader)), loader, strict=False)]
-
-        def memory_batches():
-            while True:
-                yield from in_memory
-
-        timed_steps(model, optimizer, memory_batches(), 3)  # warm up kernels and allocator
-        real, memory = [], []
-        for _ in range(args.rounds):
-            real.append(timed_steps(model, optimizer, cycle_loader(loader), args.steps))
-            memory.append(timed_steps(model, optimizer, memory_batches(), args.steps))
-        images = args.steps * args.batch_size
-        real_rate = images / statistics.median(real)
-        memory_rate = images / statistics.median(memory)
-
-        runtime = resolve_runtime("cpu" if not torch.cuda.is_available() else None)
         started = time.perf_counter()
-        predict_split(model.to(runtime.device), splits["val"], runtime=runtime, batch_size=128)
+        predict_split(row.pop("model"), splits["val"], runtime=cpu, batch_size=128)
         inference_rate = len(splits["val"]) / (time.perf_counter() - started)
+        gpu = gpu_rows(workdir, args, resolve_runtime("cuda")) if args.device == "cuda" else []
 
-    ratio = real_rate / memory_rate
+    memory_ratio = memory[-1]["peak_rss_mb"] / memory[0]["peak_rss_mb"]
+    ratio = row["real"] / row["memory"]
     print()
     print(
-        f"Training {args.arch} at {args.image_size} px, batch {args.batch_size}, "
-        f"{args.steps} steps x {args.rounds} alternating rounds (median), "
-        f"{torch.get_num_threads()} threads"
+        f"Peak memory of one training epoch + one validation pass ({args.memory_arch}, "
+        f"{args.memory_image_size} px, batch {args.memory_batch_size}, CPU, fresh process each)"
     )
-    print(f"{'side':<34}{'images/s':>10}")
-    print("-" * 44)
-    print(f"{'in-memory tensors (reference)':<34}{memory_rate:>10.1f}")
-    print(f"{'real data path (cache + loader)':<34}{real_rate:>10.1f}")
-    print(f"{'ratio real / in-memory':<34}{ratio:>10.3f}   goal >= {GOAL_RATIO}")
-    print(f"{'inference (val split, batch 128)':<34}{inference_rate:>10.1f}")
-    met = ratio >= GOAL_RATIO
-    print(f"goal: {'met' if met else 'NOT met'}")
+    print(
+        f"{'cached images':>14}{'cache MB':>10}{'RSS after load MB':>19}{'peak RSS MB':>13}"
+        f"{'images/s':>10}{'data wait':>11}{'stacked, load only MB':>23}"
+    )
+    for case in memory:
+        print(
+            f"{case['images']:>14,}{case['cache_mb']:>10.0f}{case['setup_rss_mb']:>19.0f}"
+            f"{case['peak_rss_mb']:>13.0f}{case['images_per_second']:>10.1f}"
+            f"{100 * case['data_wait_share']:>10.1f}%{case['stacked_rss_mb']:>23.0f}"
+        )
+    stacked_ratio = memory[-1]["stacked_rss_mb"] / memory[0]["stacked_rss_mb"]
+    print(
+        f"peak RSS {sizes[-1]:,} / {sizes[0]:,}: {memory_ratio:.3f}   goal <= {GOAL_MEMORY}"
+        f"   ({sizes[-1] / sizes[0]:.0f}x the images; the stacked load before: "
+        f"{stacked_ratio:.3f})"
+    )
+    print()
+    print(
+        f"Training images/s: real data path against tensors already on the device "
+        f"({args.steps} steps x {args.rounds} alternating rounds, median, "
+        f"{torch.get_num_threads()} threads)"
+    )
+    print(
+        f"{'device':<8}{'arch':<20}{'px':>5}{'batch':>7}{'on device':>11}{'real path':>11}"
+        f"{'ratio':>8}{'data wait':>11}{'ABID epoch':>12}"
+    )
+    lines = [("cpu", row, args.image_size, args.batch_size)]
+    lines += [("cuda", g, 224, args.gpu_batch_size) for g in gpu]
+    for device, line, px, batch in lines:
+        epoch_minutes = ABID_TRAIN_IMAGES / line["real"] / 60
+        print(
+            f"{device:<8}{line['arch']:<20}{px:>5}{batch:>7}{line['memory']:>11.1f}"
+            f"{line['real']:>11.1f}{line['real'] / line['memory']:>8.3f}"
+            f"{100 * line['wait_share']:>10.1f}%{_duration(epoch_minutes):>12}"
+        )
+    print(f"goal: ratio >= {GOAL_RATIO} (cpu {args.arch}: {ratio:.3f})")
+    for line in gpu:
+        if line["arch"] == "resnet50":
+            print(
+                f"resnet50: {line['real']:.0f} images/s through the real path, "
+                f"{line['real'] / NVIDIA_RESNET50_A100:.2f}x NVIDIA's published "
+                f"{NVIDIA_RESNET50_A100} images/s (A100, AMP + DALI)"
+            )
+    print(f"inference (val split, batch 128, cpu): {inference_rate:.1f} images/s")
+    print(f"ABID epoch: {ABID_TRAIN_IMAGES:,} training images at the real path's rate")
+    met = ratio >= GOAL_RATIO and memory_ratio <= GOAL_MEMORY
+    print(f"goals: {'met' if met else 'NOT met'}")
     return 0 if met or not args.check else 1
 
 
+def _duration(minutes: float) -> str:
+    return f"{minutes / 60:.1f} h" if minutes >= 120 else f"{minutes:.1f} min"
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

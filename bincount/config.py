@@ -50,6 +50,9 @@ class TrainConfig(BaseModel):
     )
     seed: int = 0
     weights: str | None = Field(None, description="a user-supplied weights file to start from")
+    compile: bool = Field(
+        False, description="torch.compile the model (slow to start; pays off on long GPU runs)"
+    )
 
     @field_validator("arch")
     @classmethod
@@ -78,6 +81,8 @@ class TrainConfig(BaseModel):
     def fingerprint(self, manifest_version: str) -> str:
         """The model version: a hash of the config and the data it learns from."""
         payload = json.dumps(
-            {"config": self.model_dump(), "manifest": manifest_version}, sort_keys=True
+            # How the model is run, not what it learns: compiling leaves the version as it was.
+            {"config": self.model_dump(exclude={"compile"}), "manifest": manifest_version},
+            sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:12]

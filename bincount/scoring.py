@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 import torch
 
 from bincount.config import TrainConfig
+from bincount.devicedecode import decode_on_device
 from bincount.imagecache import (
     UndecodableImage,
     decode_image,
@@ -73,7 +74,13 @@ from bincount.tables import (
     read_table,
 )
 from bincount.tables import write_part as write_table_part
-from bincount.training import Runtime, predict_batch, resolve_runtime, to_model_input
+from bincount.training import (
+    Runtime,
+    input_normalization,
+    predict_batch,
+    resolve_runtime,
+    to_model_input,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +109,12 @@ class Scorer:
     def open_top(self) -> bool:
         return self.model.open_top
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """uint8 images (N, S, S, 3) → calibrated per-count probabilities (N, num_classes)."""
-        _, probabilities = predict_batch(
-            self.model, to_model_input(images), runtime=self.runtime, flips=self.flips
-        )
+    def probabilities(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """uint8 images (N, S, S, 3), on the host or the device → calibrated per-count
+        probabilities (N, num_classes)."""
+        mean, std = input_normalization(self.model)
+        batch = to_model_input(images, mean=mean, std=std, device=self.runtime.device)
+        _, probabilities = predict_batch(self.model, batch, runtime=self.runtime, flips=self.flips)
         return probabilities.numpy()
 
     def counts(self, probabilities: np.ndarray) -> np.ndarray:
@@ -136,7 +144,7 @@ class DecodedBatch:
     """Images of one batch that decoded, and the keys of those that did not, with why."""
 
     keys: list[str]
-    images: np.ndarray
+    images: np.ndarray | torch.Tensor  # uint8 (N, S, S, 3); a tensor when decoded on a device
     failures: list[tuple[str, UndecodableImage]]
 
 
@@ -150,12 +158,15 @@ def decoded_batches(
     workers: int | None = None,
     depth: int = 4,
     limits: ImageLimits | None = None,
+    device: torch.device | str | None = None,
 ) -> Iterator[DecodedBatch]:
     """Batches of decoded images, fetched and decoded ahead of the consumer in two threads.
 
     Pillow releases the GIL while it decodes, so a thread pool decodes in parallel without the
-    cost of shipping images between processes. No image is read past ``limits.max_bytes``.
+    cost of shipping images between processes. On a CUDA ``device`` JPEGs are decoded there
+    instead (:mod:`bincount.devicedecode`). No image is read past ``limits.max_bytes``.
     """
+    on_device = device is not None and torch.device(device).type == "cuda"
     limits = limits or ImageLimits()
     windows = [list(keys[i : i + batch_size]) for i in range(0, len(keys), batch_size)]
 
@@ -169,24 +180,31 @@ def decoded_batches(
     def decoded() -> Iterator[DecodedBatch]:
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             for window, payloads in Prefetched(fetched(), depth=depth, name="image-fetch"):
-                results = list(
-                    pool.map(
-                        decode_or_reason, payloads, [size] * len(payloads), [limits] * len(payloads)
+                if on_device:
+                    results = decode_on_device(payloads, size, device, limits)
+                else:
+                    results = list(
+                        pool.map(
+                            decode_or_reason,
+                            payloads,
+                            [size] * len(payloads),
+                            [limits] * len(payloads),
+                        )
                     )
-                )
                 yield _batch_of(window, results, size)
 
     return iter(Prefetched(decoded(), depth=depth, name="image-decode"))
 
 
 def _batch_of(
-    keys: list[str], results: list[np.ndarray | UndecodableImage], size: int
+    keys: list[str], results: list[np.ndarray | torch.Tensor | UndecodableImage], size: int
 ) -> DecodedBatch:
     pairs = list(zip(keys, results, strict=True))
-    good = [(key, image) for key, image in pairs if isinstance(image, np.ndarray)]
+    good = [(key, image) for key, image in pairs if not isinstance(image, UndecodableImage)]
+    images = [image for _, image in good]
     return DecodedBatch(
         keys=[key for key, _ in good],
-        images=np.stack([image for _, image in good])
+        images=(torch.stack(images) if isinstance(images[0], torch.Tensor) else np.stack(images))
         if good
         else np.zeros((0, size, size, 3), np.uint8),
         failures=[(key, fault) for key, fault in pairs if isinstance(fault, UndecodableImage)],
@@ -349,6 +367,7 @@ def score_chunk(
         batch_size=batch_size,
         concurrency=concurrency,
         limits=limits,
+        device=scorer.runtime.device,
     ):
         failures.extend(batch.failures)
         if batch.keys:

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,9 +43,10 @@ from bincount.storage import Location
 logger = logging.getLogger(__name__)
 
 # Per-channel statistics of ABID bin photos are close to ImageNet's; a fixed normalisation keeps
-# the model independent of the data it happened to be trained on.
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+# the model independent of the data it happened to be trained on. A model whose backbone expects
+# other statistics says so (``input_mean``, ``input_std``).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,16 @@ def resolve_runtime(device: str | None = None) -> Runtime:
 
 # -- data --------------------------------------------------------------------------------------
 class BatchLoader:
-    """Batches of normalised float images from a cached split, prepared in a background thread.
+    """Batches of model input from a cached split, on the device: read ahead as uint8 in a
+    background thread (into pinned memory when the device is CUDA), then copied without
+    blocking and converted, augmented and normalised on the device, the whole batch at once.
 
     Augmentations cannot change the count: flips, and brightness and contrast jitter. No crop,
-    since a crop can cut an item out of the frame.
+    since a crop can cut an item out of the frame. Every draw comes from a generator seeded by
+    the loader's seed and epoch, so an epoch is the same again when resumed.
+
+    On the CPU the conversion runs in the background thread too, beside the model; on a GPU it
+    runs as kernels queued behind the copy, and the thread only reads.
     """
 
     def __init__(
@@ -108,12 +115,15 @@ class BatchLoader:
         *,
         batch_size: int,
         shuffle: bool,
-        augment: bool,
         seed: int,
+        augment: bool = False,
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
         prefetch: int = 3,
+        device: torch.device | str = "cpu",
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         self.split, self.batch_size, self.shuffle, self.augment = (
             split,
@@ -122,6 +132,8 @@ class BatchLoader:
             augment,
         )
         self.seed, self.rank, self.world_size, self.prefetch = seed, rank, world_size, prefetch
+        self.device = torch.device(device)
+        self.mean, self.std = tuple(mean), tuple(std)
         # Training drops a short last batch (batch norm cannot train on one image); the order
         # changes every epoch, so no image is left out for good.
         self.drop_last = drop_last and self._per_rank() >= batch_size
@@ -137,7 +149,11 @@ class BatchLoader:
         return math.ceil(self._per_rank() / self.batch_size)
 
     def indices(self) -> np.ndarray:
-        """This rank's share of the epoch's order: the same for a seed and epoch, so resumable."""
+        """This rank's share of the epoch's order: the same for a seed and epoch, so resumable.
+
+        A permutation of the whole split, not of shards: reads go straight to each image's
+        place in its shard, so mixing the epoch fully costs no memory.
+        """
         order = np.arange(len(self.split))
         if self.shuffle:
             order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.split))
@@ -145,19 +161,48 @@ class BatchLoader:
         padded = np.resize(order, per_rank * self.world_size)  # every rank gets as many steps
         return padded[self.rank :: self.world_size]
 
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        rng = np.random.default_rng((self.seed, self.epoch, 1))
+    def raw_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's batches of the epoch as uint8 images (N, S, S, 3) and counts, on the host
+        (pinned when the device is CUDA)."""
         order = self.indices()
+        pin = self.device.type == "cuda"
+        size = self.split.size
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            chosen = np.sort(order[start : start + self.batch_size])
-            images = to_model_input(
-                self.split.images[chosen], augment=rng if self.augment else None
+            chosen = order[start : start + self.batch_size]
+            images = torch.empty((len(chosen), size, size, 3), dtype=torch.uint8, pin_memory=pin)
+            self.split.read(chosen, out=images.numpy())
+            counts = torch.from_numpy(self.split.labels[chosen])
+            yield images, counts.pin_memory() if pin else counts
+
+    def generator(self) -> torch.Generator | None:
+        """The epoch's augmentation draws, on the device (None without augmentation)."""
+        if not self.augment:
+            return None
+        seed = np.random.SeedSequence((self.seed, self.epoch, 1)).generate_state(1, np.uint64)
+        return torch.Generator(device=self.device).manual_seed(int(seed[0]))
+
+    def _on_device(
+        self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], augment: torch.Generator | None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, counts in batches:
+            yield (
+                to_model_input(
+                    images, mean=self.mean, std=self.std, device=self.device, augment=augment
+                ),
+                counts.to(self.device, non_blocking=True),
             )
-            yield images, torch.from_numpy(self.split.labels[chosen])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self._prefetched = Prefetched(self._batches(), depth=self.prefetch, name="batch-prefetch")
-        return iter(self._prefetched)
+        augment = self.generator()
+        if self.device.type == "cpu":  # convert in the thread, overlapping the model
+            self._prefetched = Prefetched(
+                self._on_device(self.raw_batches(), augment),
+                depth=self.prefetch,
+                name="batch-prefetch",
+            )
+            return iter(self._prefetched)
+        self._prefetched = Prefetched(self.raw_batches(), depth=self.prefetch, name="batch-read")
+        return self._on_device(iter(self._prefetched), augment)
 
     @property
     def wait_seconds(self) -> float:
@@ -165,25 +210,67 @@ class BatchLoader:
         return self._prefetched.wait_seconds if self._prefetched else 0.0
 
 
+def input_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel mean and std the model's backbone expects (ImageNet's unless it says)."""
+    return (
+        tuple(getattr(model, "input_mean", IMAGENET_MEAN)),
+        tuple(getattr(model, "input_std", IMAGENET_STD)),
+    )
+
+
+def _normalization_of(model: nn.Module) -> dict[str, tuple[float, ...]]:
+    mean, std = input_normalization(model)
+    return {"mean": mean, "std": std}
+
+
 def to_model_input(
-    images: np.ndarray, *, augment: np.random.Generator | None = None
+    images: np.ndarray | torch.Tensor,
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    device: torch.device | str | None = None,
+    augment: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """uint8 images (N, S, S, 3) → the normalised float batch (N, 3, S, S) models take."""
-    batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+    """uint8 images (N, S, S, 3) → the normalised float batch (N, 3, S, S) models take, on
+    ``device`` (where the images are when None); the copy does not block from pinned memory.
+
+    ``augment``: a generator on the same device to draw count-preserving augmentations from.
+    """
+    batch = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.asarray(images))
+    if batch.dtype != torch.uint8 or batch.dim() != 4 or batch.shape[3] != 3:
+        raise ValueError(
+            f"Expected uint8 images (N, S, S, 3), but got {batch.dtype} {tuple(batch.shape)}"
+        )
+    if device is not None:
+        batch = batch.to(device, non_blocking=True)
+    # NHWC memory seen as NCHW: the float copy keeps that layout, which is channels_last.
+    floats = batch.permute(0, 3, 1, 2).float().div_(255)
     if augment is not None:
-        batch = augment_batch(batch, augment)
-    return batch.sub_(MEAN).div_(STD).contiguous(memory_format=torch.channels_last)
+        floats = augment_batch(floats, augment)
+    shift, scale = _normalization_tensors(tuple(mean), tuple(std), floats.device)
+    return floats.sub_(shift).div_(scale).contiguous(memory_format=torch.channels_last)
 
 
-def augment_batch(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Random flips and per-image brightness/contrast: transformations that keep the count."""
+@functools.lru_cache(maxsize=16)
+def _normalization_tensors(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, 3, 1, 1) tensors on the device, made once: no small host copy before each batch."""
+    return (
+        torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+        torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+    )
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random flips and per-image brightness/contrast of float images (N, 3, S, S) in [0, 1]:
+    transformations that keep the count, drawn from ``generator`` on the images' device."""
     n = images.shape[0]
-    flip_h = torch.from_numpy(rng.random(n) < 0.5)
-    flip_v = torch.from_numpy(rng.random(n) < 0.25)
-    images[flip_h] = images[flip_h].flip(3)
-    images[flip_v] = images[flip_v].flip(2)
-    brightness = torch.from_numpy(rng.uniform(0.6, 1.4, n)).float().view(n, 1, 1, 1)
-    contrast = torch.from_numpy(rng.uniform(0.7, 1.3, n)).float().view(n, 1, 1, 1)
+    draws = torch.rand((4, n, 1, 1, 1), generator=generator, device=images.device)
+    images = torch.where(draws[0] < 0.5, images.flip(3), images)
+    images = torch.where(draws[1] < 0.25, images.flip(2), images)
+    brightness = 0.6 + 0.8 * draws[2]
+    contrast = 0.7 + 0.6 * draws[3]
     mean = images.mean(dim=(1, 2, 3), keepdim=True)
     return ((images - mean) * contrast + mean * brightness).clamp_(0, 1)
 
@@ -265,6 +352,8 @@ def train_model(
         wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
         )
+    if config.compile:
+        wrapped = torch.compile(wrapped)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -277,6 +366,8 @@ def train_model(
         drop_last=True,
         rank=runtime.rank,
         world_size=runtime.world_size,
+        device=runtime.device,
+        **_normalization_of(model),
     )
     state = _resume(output, folder, model, optimizer)
     schedule = Schedule(config, steps_per_epoch=len(train_loader))
@@ -465,12 +556,12 @@ def _train_epoch(
     runtime: Runtime,
 ) -> tuple[float, int]:
     wrapped.train()
-    total_loss, seen = 0.0, 0
+    # Summed on the device: reading the loss every step would make the host wait for the GPU
+    # and stop it queueing the next batch's copy and kernels ahead.
+    total_loss, seen = torch.zeros((), device=runtime.device), 0
     started = time.perf_counter()
     progress = Progress(logger, f"epoch {state.epoch + 1} training batches", len(loader))
-    for images, counts in loader:
-        images = images.to(runtime.device, non_blocking=True)
-        counts = counts.to(runtime.device, non_blocking=True)
+    for images, counts in loader:  # on the device already, converted and augmented
         for group in optimizer.param_groups:
             group["lr"] = schedule.lr(state)
         with runtime.autocast():
@@ -479,14 +570,14 @@ def _train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += loss.item() * len(counts)
+        total_loss += loss.detach() * len(counts)
         seen += len(counts)
         state.step += 1
         progress.advance()
         if schedule.out_of_time(state.train_seconds + time.perf_counter() - started):
             break
     state.train_seconds += time.perf_counter() - started
-    return total_loss / max(seen, 1), seen
+    return total_loss.item() / max(seen, 1), seen
 
 
 @torch.no_grad()
@@ -505,7 +596,14 @@ def predict_split(
     steadier (+2 points of accuracy on the synthetic test split).
     """
     model.eval()
-    loader = BatchLoader(split, batch_size=batch_size, shuffle=False, augment=False, seed=0)
+    loader = BatchLoader(
+        split,
+        batch_size=batch_size,
+        shuffle=False,
+        seed=0,
+        device=runtime.device,
+        **_normalization_of(model),
+    )
     logits, probabilities = [], []
     for images, _ in loader:
         batch_logits, batch_probabilities = predict_batch(
