@@ -104,9 +104,8 @@ class Scorer:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """uint8 images (N, S, S, 3) → calibrated per-count probabilities (N, num_classes)."""
-        _, probabilities = predict_batch(
-            self.model, to_model_input(images), runtime=self.runtime, flips=self.flips
-        )
+        batch = to_model_input(images, mean=self.model.input_mean, std=self.model.input_std)
+        _, probabilities = predict_batch(self.model, batch, runtime=self.runtime, flips=self.flips)
         return probabilities.numpy()
 
     def counts(self, probabilities: np.ndarray) -> np.ndarray:

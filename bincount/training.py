@@ -34,7 +34,13 @@ from bincount.config import TrainConfig
 from bincount.imagecache import CachedSplit, load_cached_splits
 from bincount.manifest import load_manifest
 from bincount.metrics import counting_metrics
-from bincount.models import CountingModel, load_weights_file
+from bincount.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CountingModel,
+    load_pretrained_weights,
+    load_weights_file,
+)
 from bincount.prefetch import Prefetched
 from bincount.progress import Progress
 from bincount.registry import ModelFiles, model_folder, read_model_record, save_model
@@ -43,9 +49,10 @@ from bincount.storage import Location
 logger = logging.getLogger(__name__)
 
 # Per-channel statistics of ABID bin photos are close to ImageNet's; a fixed normalisation keeps
-# the model independent of the data it happened to be trained on.
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+# the model independent of the data it happened to be trained on. A model may carry its own
+# (``CountingModel.input_mean``/``input_std``: a timm backbone's pretrained statistics).
+MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -108,19 +115,22 @@ class BatchLoader:
         *,
         batch_size: int,
         shuffle: bool,
-        augment: bool,
+        augment: bool | str,
         seed: int,
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
         prefetch: int = 3,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
     ) -> None:
         self.split, self.batch_size, self.shuffle, self.augment = (
             split,
             batch_size,
             shuffle,
-            augment,
+            _augment_choice(augment),
         )
+        self.mean, self.std = mean, std
         self.seed, self.rank, self.world_size, self.prefetch = seed, rank, world_size, prefetch
         # Training drops a short last batch (batch norm cannot train on one image); the order
         # changes every epoch, so no image is left out for good.
@@ -151,7 +161,11 @@ class BatchLoader:
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             chosen = np.sort(order[start : start + self.batch_size])
             images = to_model_input(
-                self.split.images[chosen], augment=rng if self.augment else None
+                self.split.images[chosen],
+                augment=rng if self.augment != "none" else None,
+                flips_only=self.augment == "hflip",
+                mean=self.mean,
+                std=self.std,
             )
             yield images, torch.from_numpy(self.split.labels[chosen])
 
@@ -165,22 +179,41 @@ class BatchLoader:
         return self._prefetched.wait_seconds if self._prefetched else 0.0
 
 
+def _augment_choice(augment: bool | str) -> str:
+    if isinstance(augment, bool):  # the old switch: count-preserving augmentation or none
+        return "count_preserving" if augment else "none"
+    return augment
+
+
 def to_model_input(
-    images: np.ndarray, *, augment: np.random.Generator | None = None
+    images: np.ndarray,
+    *,
+    augment: np.random.Generator | None = None,
+    flips_only: bool = False,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
 ) -> torch.Tensor:
-    """uint8 images (N, S, S, 3) → the normalised float batch (N, 3, S, S) models take."""
+    """uint8 images (N, S, S, 3) → the normalised float batch (N, 3, S, S) models take, with
+    the model's own ``mean`` and ``std`` (``CountingModel.input_mean``/``input_std``)."""
     batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
     if augment is not None:
-        batch = augment_batch(batch, augment)
-    return batch.sub_(MEAN).div_(STD).contiguous(memory_format=torch.channels_last)
+        batch = augment_batch(batch, augment, flips_only=flips_only)
+    mean_ = MEAN if mean == IMAGENET_MEAN else torch.tensor(mean).view(1, 3, 1, 1)
+    std_ = STD if std == IMAGENET_STD else torch.tensor(std).view(1, 3, 1, 1)
+    return batch.sub_(mean_).div_(std_).contiguous(memory_format=torch.channels_last)
 
 
-def augment_batch(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Random flips and per-image brightness/contrast: transformations that keep the count."""
+def augment_batch(
+    images: torch.Tensor, rng: np.random.Generator, *, flips_only: bool = False
+) -> torch.Tensor:
+    """Random flips and per-image brightness/contrast: transformations that keep the count.
+    With ``flips_only``, horizontal flips alone (the ABID baseline's augmentation)."""
     n = images.shape[0]
     flip_h = torch.from_numpy(rng.random(n) < 0.5)
-    flip_v = torch.from_numpy(rng.random(n) < 0.25)
     images[flip_h] = images[flip_h].flip(3)
+    if flips_only:
+        return images
+    flip_v = torch.from_numpy(rng.random(n) < 0.25)
     images[flip_v] = images[flip_v].flip(2)
     brightness = torch.from_numpy(rng.uniform(0.6, 1.4, n)).float().view(n, 1, 1, 1)
     contrast = torch.from_numpy(rng.uniform(0.7, 1.3, n)).float().view(n, 1, 1, 1)
@@ -257,6 +290,8 @@ def train_model(
         raise ValueError(f"Expected validation images in manifest {manifest_version}, got none")
     model = build_model(config)
     _check_labels(splits, model.num_classes)
+    if config.pretrained:
+        load_pretrained_weights(model)
     if config.weights:
         load_weights_file(model, config.weights)
     model = model.to(runtime.device, memory_format=torch.channels_last)
@@ -265,9 +300,7 @@ def train_model(
         wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
         )
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    optimizer = build_optimizer(model, config)
     train_loader = BatchLoader(
         splits["train"],
         batch_size=config.batch_size,
@@ -277,6 +310,8 @@ def train_model(
         drop_last=True,
         rank=runtime.rank,
         world_size=runtime.world_size,
+        mean=model.input_mean,
+        std=model.input_std,
     )
     state = _resume(output, folder, model, optimizer)
     schedule = Schedule(config, steps_per_epoch=len(train_loader))
@@ -357,13 +392,26 @@ def train_model(
 
 
 def build_model(config: TrainConfig) -> CountingModel:
-    """The untrained network a (manifest-resolved) config describes."""
+    """The network a (manifest-resolved) config describes, as initialised (``pretrained``
+    weights are loaded by training, not here: a registered model brings its own)."""
     return CountingModel(
         config.arch,
         head=config.loss,
         max_count=config.max_count,
         open_top=bool(config.open_top),
     )
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, or SGD with momentum (the ABID baseline's); the schedule sets the lr per step."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
 def calibrate(
@@ -396,7 +444,8 @@ def calibrate(
 
 
 class Schedule:
-    """Linear warmup then cosine decay, over steps or, with a time budget, over time."""
+    """Linear warmup, then cosine decay or steps (lr x ``step_gamma`` every ``step_epochs``),
+    over steps or, with a time budget, over time (the steps fall at the same fractions of it)."""
 
     def __init__(self, config: TrainConfig, *, steps_per_epoch: int) -> None:
         self.config = config
@@ -413,6 +462,10 @@ class Schedule:
         base = self.config.lr
         if state.step < self.warmup_steps:
             return base * (state.step + 1) / self.warmup_steps
+        if self.config.schedule == "step":
+            epochs_done = self.progress(state) * self.config.epochs
+            steps_taken = math.floor(epochs_done / self.config.step_epochs + 1e-9)
+            return base * self.config.step_gamma**steps_taken
         return base * 0.5 * (1 + math.cos(math.pi * self.progress(state)))
 
     def out_of_time(self, train_seconds: float) -> bool:
@@ -505,7 +558,15 @@ def predict_split(
     steadier (+2 points of accuracy on the synthetic test split).
     """
     model.eval()
-    loader = BatchLoader(split, batch_size=batch_size, shuffle=False, augment=False, seed=0)
+    loader = BatchLoader(
+        split,
+        batch_size=batch_size,
+        shuffle=False,
+        augment="none",
+        seed=0,
+        mean=getattr(model, "input_mean", IMAGENET_MEAN),
+        std=getattr(model, "input_std", IMAGENET_STD),
+    )
     logits, probabilities = [], []
     for images, _ in loader:
         batch_logits, batch_probabilities = predict_batch(
