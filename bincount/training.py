@@ -34,7 +34,13 @@ from bincount.config import TrainConfig
 from bincount.imagecache import CachedSplit, load_cached_splits
 from bincount.manifest import load_manifest
 from bincount.metrics import counting_metrics
-from bincount.models import CountingModel, load_weights_file
+from bincount.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CountingModel,
+    load_pretrained_weights,
+    load_weights_file,
+)
 from bincount.prefetch import Prefetched
 from bincount.progress import Progress
 from bincount.registry import ModelFiles, model_folder, read_model_record, save_model
@@ -44,9 +50,8 @@ logger = logging.getLogger(__name__)
 
 # Per-channel statistics of ABID bin photos are close to ImageNet's; a fixed normalisation keeps
 # the model independent of the data it happened to be trained on. A model whose backbone expects
-# other statistics says so (``input_mean``, ``input_std``).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# other statistics says so (``CountingModel.input_mean``/``input_std``: a timm backbone's
+# pretrained statistics); the constants live in bincount/models.py.
 
 
 @dataclass(frozen=True)
@@ -116,7 +121,7 @@ class BatchLoader:
         batch_size: int,
         shuffle: bool,
         seed: int,
-        augment: bool = False,
+        augment: bool | str = False,
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
@@ -129,7 +134,7 @@ class BatchLoader:
             split,
             batch_size,
             shuffle,
-            augment,
+            _augment_choice(augment),
         )
         self.seed, self.rank, self.world_size, self.prefetch = seed, rank, world_size, prefetch
         self.device = torch.device(device)
@@ -176,7 +181,7 @@ class BatchLoader:
 
     def generator(self) -> torch.Generator | None:
         """The epoch's augmentation draws, on the device (None without augmentation)."""
-        if not self.augment:
+        if self.augment == "none":
             return None
         seed = np.random.SeedSequence((self.seed, self.epoch, 1)).generate_state(1, np.uint64)
         return torch.Generator(device=self.device).manual_seed(int(seed[0]))
@@ -187,7 +192,12 @@ class BatchLoader:
         for images, counts in batches:
             yield (
                 to_model_input(
-                    images, mean=self.mean, std=self.std, device=self.device, augment=augment
+                    images,
+                    mean=self.mean,
+                    std=self.std,
+                    device=self.device,
+                    augment=augment,
+                    flips_only=self.augment == "hflip",
                 ),
                 counts.to(self.device, non_blocking=True),
             )
@@ -230,11 +240,13 @@ def to_model_input(
     std: Sequence[float] = IMAGENET_STD,
     device: torch.device | str | None = None,
     augment: torch.Generator | None = None,
+    flips_only: bool = False,
 ) -> torch.Tensor:
     """uint8 images (N, S, S, 3) → the normalised float batch (N, 3, S, S) models take, on
     ``device`` (where the images are when None); the copy does not block from pinned memory.
 
-    ``augment``: a generator on the same device to draw count-preserving augmentations from.
+    ``augment``: a generator on the same device to draw count-preserving augmentations from;
+    with ``flips_only``, horizontal flips alone (the ABID baseline's augmentation).
     """
     batch = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.asarray(images))
     if batch.dtype != torch.uint8 or batch.dim() != 4 or batch.shape[3] != 3:
@@ -246,7 +258,7 @@ def to_model_input(
     # NHWC memory seen as NCHW: the float copy keeps that layout, which is channels_last.
     floats = batch.permute(0, 3, 1, 2).float().div_(255)
     if augment is not None:
-        floats = augment_batch(floats, augment)
+        floats = augment_batch(floats, augment, flips_only=flips_only)
     shift, scale = _normalization_tensors(tuple(mean), tuple(std), floats.device)
     return floats.sub_(shift).div_(scale).contiguous(memory_format=torch.channels_last)
 
@@ -262,12 +274,23 @@ def _normalization_tensors(
     )
 
 
-def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _augment_choice(augment: bool | str) -> str:
+    if isinstance(augment, bool):  # the old switch: count-preserving augmentation or none
+        return "count_preserving" if augment else "none"
+    return augment
+
+
+def augment_batch(
+    images: torch.Tensor, generator: torch.Generator, *, flips_only: bool = False
+) -> torch.Tensor:
     """Random flips and per-image brightness/contrast of float images (N, 3, S, S) in [0, 1]:
-    transformations that keep the count, drawn from ``generator`` on the images' device."""
+    transformations that keep the count, drawn from ``generator`` on the images' device. With
+    ``flips_only``, horizontal flips alone."""
     n = images.shape[0]
     draws = torch.rand((4, n, 1, 1, 1), generator=generator, device=images.device)
     images = torch.where(draws[0] < 0.5, images.flip(3), images)
+    if flips_only:
+        return images
     images = torch.where(draws[1] < 0.25, images.flip(2), images)
     brightness = 0.6 + 0.8 * draws[2]
     contrast = 0.7 + 0.6 * draws[3]
@@ -344,6 +367,8 @@ def train_model(
         raise ValueError(f"Expected validation images in manifest {manifest_version}, got none")
     model = build_model(config)
     _check_labels(splits, model.num_classes)
+    if config.pretrained:
+        load_pretrained_weights(model)
     if config.weights:
         load_weights_file(model, config.weights)
     model = model.to(runtime.device, memory_format=torch.channels_last)
@@ -354,9 +379,7 @@ def train_model(
         )
     if config.compile:
         wrapped = torch.compile(wrapped)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    optimizer = build_optimizer(model, config)
     train_loader = BatchLoader(
         splits["train"],
         batch_size=config.batch_size,
@@ -448,13 +471,26 @@ def train_model(
 
 
 def build_model(config: TrainConfig) -> CountingModel:
-    """The untrained network a (manifest-resolved) config describes."""
+    """The network a (manifest-resolved) config describes, as initialised (``pretrained``
+    weights are loaded by training, not here: a registered model brings its own)."""
     return CountingModel(
         config.arch,
         head=config.loss,
         max_count=config.max_count,
         open_top=bool(config.open_top),
     )
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, or SGD with momentum (the ABID baseline's); the schedule sets the lr per step."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
 def calibrate(
@@ -487,7 +523,8 @@ def calibrate(
 
 
 class Schedule:
-    """Linear warmup then cosine decay, over steps or, with a time budget, over time."""
+    """Linear warmup, then cosine decay or steps (lr x ``step_gamma`` every ``step_epochs``),
+    over steps or, with a time budget, over time (the steps fall at the same fractions of it)."""
 
     def __init__(self, config: TrainConfig, *, steps_per_epoch: int) -> None:
         self.config = config
@@ -504,6 +541,10 @@ class Schedule:
         base = self.config.lr
         if state.step < self.warmup_steps:
             return base * (state.step + 1) / self.warmup_steps
+        if self.config.schedule == "step":
+            epochs_done = self.progress(state) * self.config.epochs
+            steps_taken = math.floor(epochs_done / self.config.step_epochs + 1e-9)
+            return base * self.config.step_gamma**steps_taken
         return base * 0.5 * (1 + math.cos(math.pi * self.progress(state)))
 
     def out_of_time(self, train_seconds: float) -> bool:

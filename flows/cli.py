@@ -314,7 +314,8 @@ def flow_arguments(args: argparse.Namespace, flow) -> dict[str, Any]:
                 for name in annotation.model_fields
                 if f"{parameter.name}.{name}" in given
             }
-            base_fields = base.model_dump() if base is not None else {}
+            # Only the fields the default sets: the others stay unset, so a recipe fills them.
+            base_fields = base.model_dump(exclude_unset=True) if base is not None else {}
             arguments[parameter.name] = annotation.model_validate({**base_fields, **fields})
         else:
             arguments[parameter.name] = given[parameter.name]
@@ -370,6 +371,7 @@ def _train_distributed(output, manifest, config, device) -> dict:
     target = Location.output(settings, output)
     rows, details = load_manifest(target, manifest)
     runtime = resolve_runtime(device)
+    config = config.for_device(device)  # as the train flow does
     if runtime.is_main:
         build_image_cache(
             Location.source(settings, details["source"]),

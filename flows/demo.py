@@ -51,7 +51,7 @@ def demo(
     model = retrain(
         source=bucket,
         output=output,
-        config=TrainConfig(**DEMO_RECIPE, max_minutes=train_minutes),
+        config=TrainConfig(**DEMO_RECIPE, max_minutes=train_minutes),  # its own time budget
     )
     backfill = score(source=bucket, output=output)
     arrived = synthesize_bucket(

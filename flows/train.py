@@ -18,6 +18,7 @@ def train(
     device: str | None = None,
 ) -> dict:
     """Cache the manifest's images at the training size, then train and register a model."""
+    config = config.for_device(device)  # no recipe given: the device's; saved with the model
     cache_manifest_images(output, manifest, config.image_size)
     result = train_counting_model(output, manifest, config, device)
     return result.__dict__

