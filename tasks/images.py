@@ -8,10 +8,10 @@ from prefect.cache_policies import NO_CACHE
 from bincount.imagecache import CacheSummary, build_image_cache
 from bincount.manifest import load_manifest
 from bincount.storage import Location
-from tasks.runtime import current_run_id, locations
+from tasks.runtime import LONG_TIMEOUT_S, current_run_id, locations
 
 
-@task(name="cache-images", retries=2, retry_delay_seconds=30, cache_policy=NO_CACHE)
+@task(name="cache-images", timeout_seconds=LONG_TIMEOUT_S, cache_policy=NO_CACHE)
 def cache_manifest_images(
     output: str | None, manifest: str | None, image_size: int
 ) -> CacheSummary:

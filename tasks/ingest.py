@@ -19,10 +19,10 @@ from bincount.ingest import (
     read_key_list,
     summarize_ingest,
 )
-from tasks.runtime import current_run_id, locations
+from tasks.runtime import CHUNK_TIMEOUT_S, STEP_TIMEOUT_S, current_run_id, locations
 
 
-@task(name="plan-ingest", retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
+@task(name="plan-ingest", timeout_seconds=STEP_TIMEOUT_S, cache_policy=NO_CACHE)
 def plan_metadata_ingest(
     source: str | None, output: str | None, limit: int | None, keys_from: str | None
 ) -> IngestPlan:
@@ -53,8 +53,7 @@ def plan_metadata_ingest(
 @task(
     name="ingest-chunk",
     task_run_name="ingest chunk of {objects.num_rows}",
-    retries=2,
-    retry_delay_seconds=[10, 60],
+    timeout_seconds=CHUNK_TIMEOUT_S,
     cache_policy=NO_CACHE,
 )
 def ingest_metadata_chunk(
@@ -82,7 +81,7 @@ def ingest_metadata_chunk(
     return outcome
 
 
-@task(name="ingest-summary", cache_policy=NO_CACHE)
+@task(name="ingest-summary", timeout_seconds=STEP_TIMEOUT_S, cache_policy=NO_CACHE)
 def publish_ingest_summary(
     source: str | None, output: str | None, plan: IngestPlan, outcomes: list[ChunkOutcome]
 ) -> IngestSummary:

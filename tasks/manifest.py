@@ -10,18 +10,15 @@ from bincount.manifest import (
     SPLITS,
     CountPolicy,
     ManifestSummary,
-    StaleValidation,
     build_manifest,
     read_benchmark_split,
 )
-from tasks.runtime import locations, retry_unless
+from tasks.runtime import STEP_TIMEOUT_S, locations
 
 
 @task(
     name="build-manifest",
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_unless(StaleValidation, ValueError),
+    timeout_seconds=STEP_TIMEOUT_S,
     cache_policy=NO_CACHE,
 )
 def build_versioned_manifest(

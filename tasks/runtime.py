@@ -18,6 +18,16 @@ if logging.getLogger("bincount").level == logging.NOTSET:
     logging.getLogger("bincount").setLevel(logging.INFO)
 
 
+# Every task times out: a hung run of a flow allowed one run at a time (the nightly score)
+# would block every later one. Transient storage faults are retried below the tasks, by the
+# storage layer (bincount/storage.py), so tasks do not retry: a retry here would repeat every
+# attempt there, and a programming error would run three times before it failed.
+STEP_TIMEOUT_S = 3600  # listing, planning, validating, a manifest, a summary, the queue
+CHUNK_TIMEOUT_S = 3600  # one chunk (Settings.chunk_size objects or images)
+LONG_TIMEOUT_S = 12 * 3600  # a whole manifest decoded, a bucket synthesized, an evaluation
+TRAINING_TIMEOUT_S = 48 * 3600  # one training (resumes from its checkpoint when run again)
+
+
 def current_run_id() -> str:
     """The Prefect flow run id, so every row written can be traced to its run in the UI."""
     return str(flow_run.id or uuid.uuid4())
@@ -32,21 +42,6 @@ def locations(source: str | None, output: str | None) -> tuple[Settings, Locatio
 def resolve_output(output: str | None) -> Location:
     """The output location alone, for steps that do not read the source bucket."""
     return Location.output(get_settings(), output)
-
-
-def retry_unless(*permanent: type[BaseException]):
-    """A retry condition that does not retry errors a retry cannot fix."""
-
-    def condition(task, task_run, state) -> bool:
-        try:
-            state.result()
-        except permanent:
-            return False
-        except Exception:
-            return True
-        return False
-
-    return condition
 
 
 def chunk_runner(dask: str | None) -> TaskRunner:

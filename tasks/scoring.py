@@ -28,10 +28,16 @@ from bincount.scoring import (
 from bincount.settings import get_settings
 from bincount.sources import sources_to_list
 from bincount.storage import Location
-from tasks.runtime import current_run_id, locations, resolve_output
+from tasks.runtime import (
+    CHUNK_TIMEOUT_S,
+    STEP_TIMEOUT_S,
+    current_run_id,
+    locations,
+    resolve_output,
+)
 
 
-@task(name="scoring-sources", cache_policy=NO_CACHE)
+@task(name="scoring-sources", timeout_seconds=STEP_TIMEOUT_S, cache_policy=NO_CACHE)
 def resolve_scoring_sources(source: str | None, output: str | None) -> list[str]:
     """The sources to list new images in: the one given, else every source of the output."""
     settings = get_settings()
@@ -46,7 +52,7 @@ def resolve_scoring_sources(source: str | None, output: str | None) -> list[str]
     return found
 
 
-@task(name="plan-scoring", retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
+@task(name="plan-scoring", timeout_seconds=STEP_TIMEOUT_S, cache_policy=NO_CACHE)
 def plan_image_scoring(
     sources: list[str], output: str | None, prefix: str, model: str, limit: int | None
 ) -> list[ScoringPlan]:
@@ -88,8 +94,7 @@ def _scorer(output: str | None, version: str, device: str | None) -> Scorer:
 @task(
     name="score-chunk",
     task_run_name="score chunk of {keys[0]}..",
-    retries=2,
-    retry_delay_seconds=[10, 60],
+    timeout_seconds=CHUNK_TIMEOUT_S,
     cache_policy=NO_CACHE,
 )
 def score_image_chunk(
@@ -125,9 +130,7 @@ def score_image_chunk(
 
 @task(
     name="rank-review-queue",
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    timeout_seconds=1800,
+    timeout_seconds=STEP_TIMEOUT_S,
     cache_policy=NO_CACHE,
 )
 def rank_review_queue(
@@ -152,7 +155,7 @@ def rank_review_queue(
     return queue
 
 
-@task(name="scoring-summary", cache_policy=NO_CACHE)
+@task(name="scoring-summary", timeout_seconds=STEP_TIMEOUT_S, cache_policy=NO_CACHE)
 def publish_scoring_summary(
     output: str | None,
     plans: list[ScoringPlan],
@@ -188,7 +191,7 @@ def publish_scoring_summary(
     return summary
 
 
-@task(name="queue-against-truth", cache_policy=NO_CACHE)
+@task(name="queue-against-truth", timeout_seconds=STEP_TIMEOUT_S, cache_policy=NO_CACHE)
 def measure_queue_against_truth(output: str | None, truth: str, image_ids: list[str]) -> dict:
     """Precision and recall of the queue over ``image_ids`` against a synthetic truth table."""
     measured = measure_against_truth(

@@ -8,9 +8,10 @@ from prefect.cache_policies import NO_CACHE
 from bincount.settings import get_settings
 from bincount.storage import Location
 from bincount.synth import SynthSummary, synthesize
+from tasks.runtime import LONG_TIMEOUT_S
 
 
-@task(name="synthesize-bucket", cache_policy=NO_CACHE)
+@task(name="synthesize-bucket", timeout_seconds=LONG_TIMEOUT_S, cache_policy=NO_CACHE)
 def synthesize_bucket(
     dest: str,
     bins: int,

@@ -9,10 +9,10 @@ from prefect.cache_policies import NO_CACHE
 from bincount.config import TrainConfig
 from bincount.manifest import load_manifest
 from bincount.training import EpochMetrics, TrainResult, train_model
-from tasks.runtime import current_run_id, resolve_output
+from tasks.runtime import TRAINING_TIMEOUT_S, current_run_id, resolve_output
 
 
-@task(name="train-model", retries=1, retry_delay_seconds=30, cache_policy=NO_CACHE)
+@task(name="train-model", timeout_seconds=TRAINING_TIMEOUT_S, cache_policy=NO_CACHE)
 def train_counting_model(
     output: str | None, manifest: str | None, config: TrainConfig, device: str | None = None
 ) -> TrainResult:

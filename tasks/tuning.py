@@ -10,10 +10,15 @@ from bincount.config import TrainConfig
 from bincount.manifest import load_manifest
 from bincount.training import train_model
 from bincount.tuning import best_trial, trial_row, write_trials
-from tasks.runtime import current_run_id, resolve_output
+from tasks.runtime import STEP_TIMEOUT_S, TRAINING_TIMEOUT_S, current_run_id, resolve_output
 
 
-@task(name="tuning-trial", task_run_name="trial {trial}", cache_policy=NO_CACHE)
+@task(
+    name="tuning-trial",
+    task_run_name="trial {trial}",
+    timeout_seconds=TRAINING_TIMEOUT_S,
+    cache_policy=NO_CACHE,
+)
 def run_trial(
     output: str | None, manifest: str, study: str, trial: int, config: TrainConfig
 ) -> dict:
@@ -33,7 +38,7 @@ def run_trial(
     return trial_row(study, trial, config, result.__dict__, None)
 
 
-@task(name="record-study", cache_policy=NO_CACHE)
+@task(name="record-study", timeout_seconds=STEP_TIMEOUT_S, cache_policy=NO_CACHE)
 def record_study(output: str | None, study: str, rows: list[dict]) -> dict:
     """Write every trial to the tuning table, publish them, and return the best."""
     key = write_trials(resolve_output(output), study, rows)

@@ -6,15 +6,13 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bincount.validate import ContractViolation, ValidationReport, validate_bins
-from tasks.runtime import current_run_id, locations, retry_unless
+from bincount.validate import ValidationReport, validate_bins
+from tasks.runtime import STEP_TIMEOUT_S, current_run_id, locations
 
 
 @task(
     name="validate-labels",
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_unless(ContractViolation),
+    timeout_seconds=STEP_TIMEOUT_S,
     cache_policy=NO_CACHE,
 )
 def validate_labels(source: str | None, output: str | None) -> ValidationReport:
