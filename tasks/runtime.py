@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
+from typing import Any
 
+from prefect import Task
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -18,14 +21,40 @@ if logging.getLogger("bincount").level == logging.NOTSET:
     logging.getLogger("bincount").setLevel(logging.INFO)
 
 
-# Every task times out: a hung run of a flow allowed one run at a time (the nightly score)
-# would block every later one. Transient storage faults are retried below the tasks, by the
-# storage layer (bincount/storage.py), so tasks do not retry: a retry here would repeat every
-# attempt there, and a programming error would run three times before it failed.
-STEP_TIMEOUT_S = 3600  # listing, planning, validating, a manifest, a summary, the queue
-CHUNK_TIMEOUT_S = 3600  # one chunk (Settings.chunk_size objects or images)
-LONG_TIMEOUT_S = 12 * 3600  # a whole manifest decoded, a bucket synthesized, an evaluation
-TRAINING_TIMEOUT_S = 48 * 3600  # one training (resumes from its checkpoint when run again)
+class SettingsTimeoutTask(Task):
+    """A task whose timeout is a setting read each time a run of it starts (never at import),
+    so an operator tunes it with ``BINCOUNT_<NAME>`` or the command's ``--<name>`` option."""
+
+    def __init__(self, fn: Callable, *, timeout_setting: str, **options: Any) -> None:
+        if timeout_setting not in Settings.model_fields:
+            raise ValueError(f"Expected a timeout setting, but got {timeout_setting!r}")
+        self.timeout_setting = timeout_setting
+        super().__init__(fn, **options)
+
+    @property
+    def timeout_seconds(self) -> float:
+        return float(getattr(get_settings(), self.timeout_setting))
+
+    @timeout_seconds.setter
+    def timeout_seconds(self, value: float | None) -> None:
+        if value is not None:  # Task.__init__ sets None when no timeout is given
+            raise TypeError("Expected the timeout from the settings, but got timeout_seconds")
+
+
+def timed_task(timeout: str, **options: Any) -> Callable[[Callable], SettingsTimeoutTask]:
+    """``@task(**options)`` that times out after the setting ``timeout`` (``step_timeout_s``,
+    ``chunk_timeout_s``, ``long_timeout_s`` or ``training_timeout_s``).
+
+    Every task times out: a hung run of a flow allowed one run at a time (the nightly score)
+    would block every later one. Tasks do not retry: the storage layer below them retries
+    transient faults (``bincount/storage.py``), so a retry here would repeat every attempt
+    there, and a programming error would run three times before it failed.
+    """
+
+    def decorate(fn: Callable) -> SettingsTimeoutTask:
+        return SettingsTimeoutTask(fn, timeout_setting=timeout, **options)
+
+    return decorate
 
 
 def current_run_id() -> str:

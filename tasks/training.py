@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from bincount.config import TrainConfig
 from bincount.manifest import load_manifest
 from bincount.training import EpochMetrics, TrainResult, train_model
-from tasks.runtime import TRAINING_TIMEOUT_S, current_run_id, resolve_output
+from tasks.runtime import current_run_id, resolve_output, timed_task
 
 
-@task(name="train-model", timeout_seconds=TRAINING_TIMEOUT_S, cache_policy=NO_CACHE)
+@timed_task("training_timeout_s", name="train-model", cache_policy=NO_CACHE)
 def train_counting_model(
     output: str | None, manifest: str | None, config: TrainConfig, device: str | None = None
 ) -> TrainResult:

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from bincount.validate import ValidationReport, validate_bins
-from tasks.runtime import STEP_TIMEOUT_S, current_run_id, locations
+from tasks.runtime import current_run_id, locations, timed_task
 
 
-@task(
-    name="validate-labels",
-    timeout_seconds=STEP_TIMEOUT_S,
-    cache_policy=NO_CACHE,
-)
+@timed_task("step_timeout_s", name="validate-labels", cache_policy=NO_CACHE)
 def validate_labels(source: str | None, output: str | None) -> ValidationReport:
     """Validate the current bins, quarantine failing rows, fail past the contract's thresholds."""
     settings, source_location, output_location = locations(source, output)

@@ -125,3 +125,53 @@ def test_requests_on_the_wire_a_missing_key_once_a_throttled_one_until_it_gives_
         with pytest.raises(HTTPStatusError, match="HTTP 503"):
             location.fetch_many(["metadata/1.json"], concurrency=1)
         assert proxy.stats().requests == 3  # three tries in all, not 3 x 8 x 5
+
+
+def test_every_task_times_out_after_its_setting_and_none_retries(monkeypatch):
+    import importlib
+    import pkgutil
+
+    import prefect
+
+    import tasks
+    from bincount.settings import get_settings
+
+    monkeypatch.setenv("BINCOUNT_CHUNK_TIMEOUT_S", "12.5")
+    get_settings.cache_clear()
+    found = {}
+    for info in pkgutil.iter_modules(tasks.__path__):
+        module = importlib.import_module(f"tasks.{info.name}")
+        for value in vars(module).values():
+            if isinstance(value, prefect.Task) and value.fn.__module__ == module.__name__:
+                found[value.name] = (value.timeout_seconds, value.retries)
+    get_settings.cache_clear()
+    assert len(found) >= 18 and all(timeout and not retries for timeout, retries in found.values())
+    assert found["score-chunk"] == found["ingest-chunk"] == (12.5, 0)  # read when it runs
+
+
+def test_a_hung_task_fails_at_its_timeout_and_is_not_retried(prefect_api, monkeypatch):
+    import time
+
+    from prefect import flow
+
+    from bincount.settings import get_settings
+    from tasks.runtime import timed_task
+
+    calls = []
+
+    @timed_task("step_timeout_s", name="hangs")
+    def hangs() -> None:
+        calls.append(1)
+        time.sleep(60)
+
+    @flow(name="a-night")
+    def night() -> None:
+        hangs()
+
+    monkeypatch.setenv("BINCOUNT_STEP_TIMEOUT_S", "1")
+    get_settings.cache_clear()
+    started = time.monotonic()
+    state = night(return_state=True)
+    get_settings.cache_clear()
+    assert state.is_failed() and "timed out" in state.message.lower() + str(state.data).lower()
+    assert time.monotonic() - started < 30 and calls == [1]
