@@ -659,12 +659,9 @@ def combined_plan(plans: Sequence[ScoringPlan]) -> ScoringPlan:
         source=", ".join(plan.source for plan in plans),
         prefix=first.prefix,
         model_version=first.model_version,
-        listed=sum(plan.listed for plan in plans),
-        not_images=sum(plan.not_images for plan in plans),
-        already_scored=sum(plan.already_scored for plan in plans),
+        **totals(plans, "listed", "not_images", "already_scored", "discarded_orphan_parts"),
         chunks=[chunk for plan in plans for chunk in plan.chunks],
         started_at=min(plan.started_at for plan in plans),
-        discarded_orphan_parts=sum(plan.discarded_orphan_parts for plan in plans),
     )
 
 
