@@ -163,7 +163,7 @@ def _cache_bucket(tmp_path, count: int) -> tuple[Location, pa.Table]:
     return Location(str(tmp_path / "bucket")), pa.Table.from_pylist(rows)
 
 
-def test_a_killed_cache_build_resumes_at_the_shard_it_stopped_in(tmp_path, caplog):
+def test_a_resumed_cache_build_never_fetches_a_committed_shard_again(tmp_path, caplog):
     source, manifest = _cache_bucket(tmp_path, 10)
     output = Location(str(tmp_path / "out"))
     build = dict(manifest_version="m1", size=16, shard_size=3, workers=1)
@@ -194,3 +194,78 @@ def test_a_killed_cache_build_resumes_at_the_shard_it_stopped_in(tmp_path, caplo
     np.testing.assert_array_equal(again.images, expected.images)
     quarantine = read_table(output, QUARANTINE).to_pylist()
     assert [(r["stage"], r["image_id"]) for r in quarantine] == [("images", "00005")]
+
+
+KILLABLE_CACHE = """
+import sys
+import pyarrow.parquet as pq
+from bincount.imagecache import build_image_cache
+from bincount.storage import Location
+source = Location(sys.argv[1], endpoint_url=sys.argv[2], anonymous=True)
+build_image_cache(source, Location(sys.argv[3]), pq.read_table(sys.argv[4]), manifest_version="m1",
+                  size=16, shard_size=4, concurrency=1, workers=1)
+"""
+
+
+def test_a_cache_build_killed_midway_resumes_and_equals_an_uninterrupted_one(
+    s3_server, bucket, tmp_path, caplog
+):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pyarrow.parquet as pq
+
+    from bincount.testing.faultproxy import fault_proxy
+    from bincount.testing.s3server import upload_public
+
+    files = {f"bin-images/{n:05d}.jpg": jpeg_bytes(shade=5 * n) for n in range(40)}
+    upload_public(s3_server.endpoint_url, bucket, files)
+    manifest = pa.Table.from_pylist(
+        [
+            {
+                "image_id": key[11:16],
+                "image_uri": f"s3://{bucket}/{key}",
+                "label": 1,
+                "split": "train",
+            }
+            for key in files
+        ]
+    )
+    pq.write_table(manifest, tmp_path / "manifest.parquet")
+    out = tmp_path / "out"
+    shards = out / "cache" / "m1" / "16" / "_shards"
+    # 40 ms per image, one at a time: ten shards over a couple of seconds, so the kill lands midway.
+    with fault_proxy(s3_server.endpoint_url, latency_ms=40) as proxy:
+        command = [sys.executable, "-c", KILLABLE_CACHE, f"s3://{bucket}", proxy.endpoint_url]
+        process = subprocess.Popen([*command, str(out), str(tmp_path / "manifest.parquet")])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(list(shards.glob("part-*"))) < 2:
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    committed = len(list(shards.glob("part-*")))
+    assert 2 <= committed < 10, "the kill should land midway"
+    assert not (out / "cache" / "m1" / "16" / "_complete.json").exists()
+
+    source = Location(f"s3://{bucket}", endpoint_url=s3_server.endpoint_url, anonymous=True)
+    with caplog.at_level(logging.INFO, logger="bincount"):
+        resumed = build_image_cache(
+            source, Location(str(out)), manifest, manifest_version="m1", size=16, shard_size=4
+        )
+    assert f"at shard {committed}: {committed} of 10 shards already built" in caplog.text
+    whole = build_image_cache(
+        source,
+        Location(str(tmp_path / "whole")),
+        manifest,
+        manifest_version="m1",
+        size=16,
+        shard_size=4,
+    )
+    assert (resumed.images, resumed.shards) == (whole.images, whole.shards) == (40, 10)
+    got = load_cached_splits(Location(str(out)), "m1", 16, ("train",))["train"]
+    expected = load_cached_splits(Location(str(tmp_path / "whole")), "m1", 16, ("train",))["train"]
+    assert got.image_ids == expected.image_ids
+    np.testing.assert_array_equal(got.images, expected.images)
