@@ -39,6 +39,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from bincount import telemetry
+
 REPO = Path(__file__).resolve().parents[1]
 # The newest artifact of each kind: (name, exact key or None, key prefix).
 KINDS = (
@@ -126,9 +128,8 @@ class _server:
             "PREFECT_SERVER_API_PORT": str(self.port),
             # The UI calls the API where it is told to, else at port 4200.
             "PREFECT_UI_API_URL": f"http://127.0.0.1:{self.port}/api",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "DO_NOT_TRACK": "1",
         }
+        telemetry.quiet(env, force=True)
         env.pop("PREFECT_API_URL", None)
         self.log = tempfile.NamedTemporaryFile("w+", prefix="ui-check-server-", suffix=".log")
         prefect = Path(sys.executable).with_name("prefect")

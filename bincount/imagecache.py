@@ -30,15 +30,14 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, JpegImagePlugin
 
+from bincount.chunks import ChunkProtocol, Parts, Stage, cut, part_name, quarantine_row
 from bincount.limits import ImageLimits
 from bincount.progress import Progress
 from bincount.sources import fetch_uris, open_sources
 from bincount.storage import Location, ObjectTooLarge
-from bincount.tables import QUARANTINE, quarantine_row, write_part
 
 logger = logging.getLogger(__name__)
 
-IMAGES_STAGE = {"stage": "images"}
 INDEX_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()),
@@ -214,8 +213,10 @@ def build_image_cache(
 ) -> CacheSummary:
     """Decode every manifest image once into shards (or return the complete cache).
 
-    Each image is read from the location its URI is under: ``source`` or one of ``sources``
-    (a manifest's ``sources``), opened the way ``source`` is.
+    Each shard is a chunk of the exactly-once protocol (:mod:`bincount.chunks`): its ``.npy``
+    and quarantine part first, its index part last, so a killed build resumes at the shard it
+    stopped in. Each image is read from the location its URI is under: ``source`` or one of
+    ``sources`` (a manifest's ``sources``), opened the way ``source`` is.
     """
     limits = limits or ImageLimits()
     if size < 16:
@@ -225,63 +226,60 @@ def build_image_cache(
         done = json.loads(output.read_bytes(f"{folder}/_complete.json"))
         return CacheSummary(**{**done, "created": False})
 
-    rows = manifest.sort_by("image_id").to_pylist()
-    locations = open_sources(source, list(sources))
-    index: list[dict] = []
-    rejects: list[dict] = []
-    workers = workers or os.cpu_count() or 1
-    shard = 0
-    progress = Progress(logger, f"cached images of manifest {manifest_version}", len(rows))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, len(rows), shard_size):
-            batch = rows[start : start + shard_size]
-            payloads = fetch_uris(
-                locations,
-                [row["image_uri"] for row in batch],
-                concurrency=concurrency,
-                max_bytes=limits.max_bytes,
-            )
-            step = max(1, len(batch) // (workers * 4))
-            parts = [payloads[i : i + step] for i in range(0, len(batch), step)]
-            decoded = [
-                item
-                for part in pool.map(
-                    _decode_batch, parts, [size] * len(parts), [limits] * len(parts)
-                )
-                for item in part
-            ]
-            arrays = []
-            for row, result in zip(batch, decoded, strict=True):
-                if isinstance(result, UndecodableImage):
-                    rejects.append(_reject(row, result, run_id=run_id, now=clock()))
-                    continue
-                index.append(
-                    {
-                        "image_id": row["image_id"],
-                        "label": row["label"],
-                        "split": row["split"],
-                        "shard": shard,
-                        "offset": len(arrays),
-                    }
-                )
-                arrays.append(result)
-            if arrays:
-                _write_npy(output, f"{folder}/shard-{shard:05d}.npy", np.stack(arrays))
-                shard += 1
-            progress.advance(len(batch))
-
-    if rejects:
-        write_part(
-            output, QUARANTINE, f"{manifest_version}-{size}", rejects, partition=IMAGES_STAGE
+    chunks = cut(manifest.sort_by("image_id").to_pylist(), shard_size)
+    names = [shard_part_name(manifest_version, size, n, chunk) for n, chunk in enumerate(chunks)]
+    protocol = cache_protocol(manifest_version, size)
+    protocol.discard_uncommitted(output)
+    committed = protocol.committed(output)
+    todo = [n for n, name in enumerate(names) if name not in committed]
+    total = sum(len(chunk) for chunk in chunks)
+    progress = Progress(logger, f"cached images of manifest {manifest_version}", total)
+    if len(todo) < len(chunks):
+        logger.info(
+            "resuming the image cache %s at shard %d: %d of %d shards already built",
+            output.uri(folder),
+            todo[0] if todo else len(chunks),
+            len(chunks) - len(todo),
+            len(chunks),
         )
-    output.write_parquet(f"{folder}/index.parquet", pa.Table.from_pylist(index, INDEX_SCHEMA))
+        progress.done = total - sum(len(chunks[n]) for n in todo)
+    locations = open_sources(source, list(sources))
+    workers = workers or os.cpu_count() or 1
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for n in todo:
+            _cache_shard(
+                output,
+                protocol,
+                pool,
+                locations,
+                chunks[n],
+                folder=folder,
+                shard=n,
+                name=names[n],
+                size=size,
+                workers=workers,
+                concurrency=concurrency,
+                limits=limits,
+                run_id=run_id,
+                now=clock(),
+            )
+            progress.advance(len(chunks[n]))
+
+    index = pa.concat_tables(
+        [INDEX_SCHEMA.empty_table()]
+        + [output.read_parquet(protocol.marker.key(name)).cast(INDEX_SCHEMA) for name in names]
+    )
+    # Quarantine parts of an earlier build cut into other shards are no longer this cache's.
+    stale = set(protocol.quarantine.keys(output)) - set(names)
+    output.delete([protocol.quarantine.key(name) for name in sorted(stale)])
+    output.write_parquet(f"{folder}/index.parquet", index)
     summary = CacheSummary(
         uri=output.uri(folder),
         manifest_version=manifest_version,
         size=size,
-        images=len(index),
-        quarantined=len(rejects),
-        shards=shard,
+        images=index.num_rows,
+        quarantined=total - index.num_rows,
+        shards=len(chunks),
         created=True,
     )
     done = {k: v for k, v in summary.__dict__.items() if k != "created"}
@@ -289,33 +287,81 @@ def build_image_cache(
     return summary
 
 
-def _reject(row: dict, fault: UndecodableImage, *, run_id: str, now: datetime) -> dict:
-    return undecodable_image_row(
-        IMAGES_STAGE["stage"], row["image_uri"], row["image_id"], fault, run_id=run_id, now=now
+def cache_protocol(manifest_version: str, size: int) -> ChunkProtocol:
+    """A cache's shards as chunks: the ``.npy`` and the quarantine part (stage ``images``, named
+    after the cache) first, the shard's index part in ``_shards/`` last."""
+    prefix = f"{manifest_version}-{size}-"
+    return ChunkProtocol(
+        Stage.IMAGES,
+        marker=Parts(f"{cache_folder(manifest_version, size)}/_shards", contract=False),
+        owns=lambda name: name.startswith(prefix),
     )
 
 
-def undecodable_image_row(
-    stage: str,
-    image_uri: str,
-    image_id: str,
-    fault: UndecodableImage,
+def shard_part_name(manifest_version: str, size: int, shard: int, rows: Sequence[dict]) -> str:
+    """``<manifest>-<size>-<shard>-<content>``: the cache it belongs to, the shard it fills,
+    and the images in it (a build cut into other shards never takes it for its own)."""
+    content = part_name(row["image_uri"] for row in rows)[:12]
+    return f"{manifest_version}-{size}-{shard:05d}-{content}"
+
+
+def _cache_shard(
+    output: Location,
+    protocol: ChunkProtocol,
+    pool: ProcessPoolExecutor,
+    locations: dict[str, Location],
+    rows: list[dict],
     *,
+    folder: str,
+    shard: int,
+    name: str,
+    size: int,
+    workers: int,
+    concurrency: int,
+    limits: ImageLimits,
     run_id: str,
     now: datetime,
-) -> dict:
-    """The quarantine row of an image that was not read or decoded at ``stage``."""
-    return quarantine_row(
-        stage,
-        image_uri,
-        image_id=image_id,
-        etag=None,
-        reason_code=fault.code,
-        reason=fault.reason,
-        exception_type=fault.exception_type,
-        run_id=run_id,
-        now=now,
+) -> None:
+    """Fetch, decode and commit one shard: ``shard-<n>.npy`` (empty when nothing decoded) and
+    its quarantine rows, then its index part."""
+    payloads = fetch_uris(
+        locations,
+        [row["image_uri"] for row in rows],
+        concurrency=concurrency,
+        max_bytes=limits.max_bytes,
     )
+    step = max(1, len(rows) // (workers * 4))
+    batches = [payloads[i : i + step] for i in range(0, len(rows), step)]
+    n = len(batches)
+    results = pool.map(_decode_batch, batches, [size] * n, [limits] * n)
+    decoded = [item for batch in results for item in batch]
+    index, arrays, rejects = [], [], []
+    for row, result in zip(rows, decoded, strict=True):
+        if isinstance(result, UndecodableImage):
+            rejects.append(
+                quarantine_row(
+                    Stage.IMAGES,
+                    row["image_uri"],
+                    result,
+                    image_id=row["image_id"],
+                    run_id=run_id,
+                    now=now,
+                )
+            )
+            continue
+        index.append(
+            {
+                "image_id": row["image_id"],
+                "label": row["label"],
+                "split": row["split"],
+                "shard": shard,
+                "offset": len(arrays),
+            }
+        )
+        arrays.append(result)
+    images = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
+    _write_npy(output, f"{folder}/shard-{shard:05d}.npy", images)
+    protocol.commit(output, name, pa.Table.from_pylist(index, INDEX_SCHEMA), rejects=rejects)
 
 
 def _write_npy(output: Location, key: str, array: np.ndarray) -> None:

@@ -14,37 +14,40 @@ Exactly-once by construction:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import posixpath
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bincount.chunks import (
+    ChunkProtocol,
+    Parts,
+    Reason,
+    Rejection,
+    Stage,
+    check_plan_arguments,
+    cut,
+    part_name,
+    quarantine_row,
+    totals,
+)
 from bincount.contracts import table_contract
 from bincount.limits import MetadataLimits
 from bincount.metadata import METADATA_PREFIX, MalformedMetadata, image_id_from_key, parse_metadata
 from bincount.storage import Location, ObjectTooLarge
-from bincount.tables import (
-    BINS,
-    ITEMS,
-    QUARANTINE,
-    part_key,
-    part_names,
-    quarantine_row,
-    read_table,
-    write_part,
-)
+from bincount.tables import BINS, ITEMS
 
 logger = logging.getLogger(__name__)
 
-INGEST_STAGE = {"stage": "ingest"}
+# A chunk writes its items and quarantine parts, then its bins part: the commit marker.
+INGEST = ChunkProtocol(Stage.INGEST, marker=Parts(BINS), companions=(Parts(ITEMS),))
 
 
 @dataclass(frozen=True)
@@ -117,12 +120,9 @@ def plan_ingest(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> IngestPlan:
     """List the metadata objects, leave out the versions already ingested, cut the rest."""
-    if limit is not None and limit < 0:
-        raise ValueError(f"Expected limit >= 0, but got {limit}")
-    if chunk_size < 1:
-        raise ValueError(f"Expected chunk_size >= 1, but got {chunk_size}")
+    check_plan_arguments(limit=limit, chunk_size=chunk_size)
     started_at = clock()
-    orphans = discard_uncommitted_parts(output)
+    orphans = INGEST.discard_uncommitted(output)
     listing = source.list(METADATA_PREFIX, partitions=partitions)
     listed = listing.num_rows
     requested_missing = 0
@@ -134,20 +134,19 @@ def plan_ingest(
         ingested_versions(output), keys=["key", "etag"], join_type="left anti"
     ).sort_by("key")
     already = listing.num_rows - new.num_rows
-    if limit is not None:
-        new = new.slice(0, limit)
+    # Slices of the Arrow listing: a chunk becomes Python objects only when it is ingested.
+    chunks = cut(new, chunk_size, limit=limit)
     logger.info(
         "listed %d metadata objects under %s: %d already ingested, %d to ingest",
         listed,
         source.uri(METADATA_PREFIX),
         already,
-        new.num_rows,
+        sum(chunk.num_rows for chunk in chunks),
     )
-    # Slices of the Arrow listing: a chunk becomes Python objects only when it is ingested.
     return IngestPlan(
         listed=listed,
         already_ingested=already,
-        chunks=[new.slice(i, chunk_size) for i in range(0, new.num_rows, chunk_size)],
+        chunks=chunks,
         started_at=started_at,
         requested_missing=requested_missing,
         discarded_orphan_parts=orphans,
@@ -190,8 +189,7 @@ def summarize_ingest(
         listed=plan.listed,
         already_ingested=plan.already_ingested,
         new=plan.new,
-        ingested=sum(o.ingested for o in outcomes),
-        quarantined=sum(o.quarantined for o in outcomes),
+        **totals(outcomes, "ingested", "quarantined"),
         seconds=seconds,
         parts=[o.part for o in outcomes],
         requested_missing=plan.requested_missing,
@@ -231,8 +229,8 @@ def ingest_metadata(
                 clock=clock,
             )
         )
-        done = sum(o.ingested + o.quarantined for o in outcomes)
-        logger.info("ingested %d of %d objects", done, plan.new)
+        done = totals(outcomes, "ingested", "quarantined")
+        logger.info("ingested %d of %d objects", sum(done.values()), plan.new)
     return summarize_ingest(plan, outcomes, run_id=run_id, seconds=time.perf_counter() - started)
 
 
@@ -240,39 +238,13 @@ def ingested_versions(output: Location) -> pa.Table:
     """The (key, etag) of every object version already ingested or quarantined at ingest, from
     any source: an object with the same key and ETag is the same bin version wherever it is
     listed (a copied or moved bucket), and keeps the source it was first ingested from."""
-    bins = read_table(output, BINS, columns=["metadata_key", "etag"])
-    rejected = read_table(output, QUARANTINE, columns=["stage", "object_key", "etag"])
-    rejected = rejected.filter(pc.equal(rejected.column("stage"), INGEST_STAGE["stage"]))
-    versions = pa.schema([("key", pa.string()), ("etag", pa.string())])
-    return pa.concat_tables(
-        [
-            bins.rename_columns(["key", "etag"]).cast(versions),
-            rejected.select(["object_key", "etag"]).rename_columns(["key", "etag"]).cast(versions),
-        ]
-    )
+    done = INGEST.done(output, ["metadata_key", "etag"], ["object_key", "etag"])
+    return done.rename_columns(["key", "etag"])
 
 
 def discard_uncommitted_parts(output: Location) -> int:
     """Delete the ``items``/``quarantine`` parts of chunks whose ``bins`` part never landed."""
-    committed = part_names(output, BINS)
-    orphans = [
-        key
-        for table, partition in ((ITEMS, None), (QUARANTINE, INGEST_STAGE))
-        for key in _part_keys(output, table, partition)
-        if _part_id(key) not in committed
-    ]
-    if orphans:
-        logger.warning("discarding %d parts of a run that stopped midway", len(orphans))
-        output.delete(orphans)
-    return len(orphans)
-
-
-def _part_keys(output: Location, table: str, partition: dict | None) -> list[str]:
-    return [part_key(table, name, partition) for name in part_names(output, table, partition)]
-
-
-def _part_id(key: str) -> str:
-    return posixpath.basename(key).removeprefix("part-").removesuffix(".parquet")
+    return INGEST.discard_uncommitted(output)
 
 
 def rows_from_objects(
@@ -297,15 +269,14 @@ def rows_from_objects(
         try:
             parsed = _parse_object(key, payload, limits)
         except MalformedMetadata as error:
-            rejects.append(
-                _reject(obj, error.code, error.reason, error.exception_type, run_id, now)
-            )
+            rejects.append(_reject(obj, error, run_id, now))
             continue
         except MemoryError:
             raise
         except Exception as error:  # a case the parser does not foresee still stops one object
             reason = f"Expected {key} to parse, but {type(error).__name__}: {error}"
-            rejects.append(_reject(obj, "parse_error", reason, type(error).__name__, run_id, now))
+            why = Rejection("parse_error", reason, type(error).__name__)
+            rejects.append(_reject(obj, why, run_id, now))
             continue
         bin_row = {
             "image_id": parsed.image_id,
@@ -333,7 +304,8 @@ def rows_from_objects(
             kept.append((obj, bin_row, item_rows))
             continue
         reason = f"Expected values the bins and items tables can hold, but {error}"
-        rejects.append(_reject(obj, "unrepresentable", reason, type(error).__name__, run_id, now))
+        why = Rejection("unrepresentable", reason, type(error).__name__)
+        rejects.append(_reject(obj, why, run_id, now))
     bins, items = _rows(kept)
     return bins, items, rejects
 
@@ -364,17 +336,13 @@ def _table_error(table: str, rows: list[dict]) -> Exception | None:
     return None
 
 
-def _reject(
-    obj: dict, code: str, reason: str, exception_type: str, run_id: str, now: datetime
-) -> dict:
+def _reject(obj: dict, why: Reason, run_id: str, now: datetime) -> dict:
     return quarantine_row(
-        INGEST_STAGE["stage"],
+        Stage.INGEST,
         obj["key"],
+        why,
         image_id=_image_id_or_none(obj["key"]),
         etag=obj["etag"],
-        reason_code=code,
-        reason=reason,
-        exception_type=exception_type,
         run_id=run_id,
         now=now,
     )
@@ -398,22 +366,14 @@ def commit_chunk(
 ) -> str:
     """Write one chunk's parts, the ``bins`` part (the commit marker) last."""
     part = chunk_id(objects, source)
-    write_part(output, ITEMS, part, items)
-    if rejects:
-        write_part(output, QUARANTINE, part, rejects, partition=INGEST_STAGE)
-    write_part(output, BINS, part, bins)
+    INGEST.commit(output, part, bins, rejects=rejects, companions={ITEMS: items})
     return part
 
 
-def chunk_id(objects: Iterable[dict], source: str | None = None) -> str:
+def chunk_id(objects: Sequence[dict], source: str | None = None) -> str:
     """A name derived from the chunk's content, so a retried chunk rewrites the same files; the
     source is part of it, so equal objects in two sources never share a part."""
-    digest = hashlib.sha256()
-    if source is not None:
-        digest.update(f"{source}\x1d".encode())
-    for obj in objects:
-        digest.update(f"{obj['key']}\x1f{obj['etag']}\x1e".encode())
-    return digest.hexdigest()[:20]
+    return part_name(((obj["key"], obj["etag"]) for obj in objects), namespace=source)
 
 
 def read_key_list(text: str) -> list[str]:

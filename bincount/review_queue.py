@@ -17,7 +17,6 @@ bin is thus in exactly one queue ranking.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from bincount.chunks import part_name
 from bincount.review import (
     QueueAgainstTruth,
     QueueDecision,
@@ -213,10 +213,8 @@ def _rank_part(output: Location, part_key: str, ranked: pa.Table) -> None:
 
 
 def _queue_id(image_uris: list[str]) -> str:
-    digest = hashlib.sha256()
-    for uri in sorted(image_uris):
-        digest.update(uri.encode() + b"\x1e")
-    return digest.hexdigest()[:20]
+    """The queue named by its bins, as chunk parts are (a rerun of a decision rewrites it)."""
+    return part_name(sorted(image_uris))
 
 
 def measure_against_truth(

@@ -23,7 +23,6 @@ Within a chunk, fetching and decoding run ahead of the model in background threa
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import posixpath
@@ -39,13 +38,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from bincount.chunks import (
+    ChunkProtocol,
+    Parts,
+    Stage,
+    check_plan_arguments,
+    cut,
+    part_name,
+    quarantine_row,
+    totals,
+)
 from bincount.config import TrainConfig
 from bincount.devicedecode import decode_on_device
 from bincount.imagecache import (
     UndecodableImage,
     decode_image,
     decode_or_reason,
-    undecodable_image_row,
 )
 from bincount.limits import ImageLimits
 from bincount.metadata import IMAGE_PREFIX
@@ -66,14 +74,10 @@ from bincount.sources import fetch_uris, locate, of_source
 from bincount.storage import Location
 from bincount.tables import (
     BINS,
-    QUARANTINE,
     SCORES,
     newest_versions,
-    part_key,
-    part_names,
     read_table,
 )
-from bincount.tables import write_part as write_table_part
 from bincount.training import (
     Runtime,
     input_normalization,
@@ -84,7 +88,8 @@ from bincount.training import (
 
 logger = logging.getLogger(__name__)
 
-SCORE_STAGE = {"stage": "score"}
+# A chunk writes its quarantine part, then its scores part (in its date's partition): the marker.
+SCORING = ChunkProtocol(Stage.SCORE, marker=Parts(SCORES))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 REVIEW_LIST_SIZE = 25  # the top of the queue shown in the run's summary
 
@@ -247,12 +252,9 @@ def plan_scoring(
     ``prefix`` is a folder (``bin-images/``) or a folder and the start of names
     (``bin-images/1000`` scores ids starting with 1000).
     """
-    if limit is not None and limit < 0:
-        raise ValueError(f"Expected limit >= 0, but got {limit}")
-    if chunk_size < 1:
-        raise ValueError(f"Expected chunk_size >= 1, but got {chunk_size}")
+    check_plan_arguments(limit=limit, chunk_size=chunk_size)
     started_at = clock()
-    orphans = discard_uncommitted_score_parts(output)
+    orphans = SCORING.discard_uncommitted(output)
     folder, starting_with = _split_prefix(prefix)
     listing = source.list(folder, partitions=partitions, starting_with=starting_with)
     lowered = pc.utf8_lower(listing.column("key"))
@@ -262,14 +264,13 @@ def plan_scoring(
     fresh = pc.invert(pc.is_in(uris, value_set=scored_uris(output)))
     new = images.filter(fresh).column("key").to_pylist()
     already = images.num_rows - len(new)
-    if limit is not None:
-        new = new[:limit]
+    chunks = cut(new, chunk_size, limit=limit)
     logger.info(
         "listed %d images under %s: %d already scored, %d to score",
         images.num_rows,
         source.uri(prefix),
         already,
-        len(new),
+        sum(len(chunk) for chunk in chunks),
     )
     return ScoringPlan(
         source=source.uri(),
@@ -278,7 +279,7 @@ def plan_scoring(
         listed=listing.num_rows,
         not_images=listing.num_rows - images.num_rows,
         already_scored=already,
-        chunks=[new[i : i + chunk_size] for i in range(0, len(new), chunk_size)],
+        chunks=chunks,
         started_at=started_at,
         discarded_orphan_parts=orphans,
     )
@@ -296,29 +297,13 @@ def _split_prefix(prefix: str) -> tuple[str, str]:
 
 def scored_uris(output: Location) -> pa.Array:
     """The watermark: every image URI scored, or quarantined by scoring."""
-    scored = read_table(output, SCORES, columns=["image_uri"]).column("image_uri")
-    rejected = read_table(output, QUARANTINE, columns=["stage", "object_key"])
-    rejected = rejected.filter(pc.equal(rejected.column("stage"), SCORE_STAGE["stage"]))
-    return pa.concat_arrays(
-        [
-            scored.combine_chunks().cast(pa.string()),
-            rejected.column("object_key").combine_chunks().cast(pa.string()),
-        ]
-    )
+    done = SCORING.done(output, ["image_uri"], ["object_key"]).column("image_uri")
+    return done.combine_chunks() if done.num_chunks else pa.array([], pa.string())
 
 
 def discard_uncommitted_score_parts(output: Location) -> int:
     """Delete score-quarantine parts of chunks whose scores part never landed."""
-    committed = part_names(output, SCORES)
-    orphans = [
-        part_key(QUARANTINE, name, SCORE_STAGE)
-        for name in part_names(output, QUARANTINE, SCORE_STAGE)
-        if name not in committed
-    ]
-    if orphans:
-        logger.warning("discarding %d score parts of a run that stopped midway", len(orphans))
-        output.delete(orphans)
-    return len(orphans)
+    return SCORING.discard_uncommitted(output)
 
 
 # -- one chunk ---------------------------------------------------------------------------------
@@ -393,21 +378,19 @@ def score_chunk(
         scored_at=now,
     )
     part = chunk_part_name([source.uri(key) for key in keys])
-    if failures:
-        rejects = [
-            undecodable_image_row(
-                SCORE_STAGE["stage"],
-                source.uri(key),
-                image_id_from_image_key(key),
-                fault,
-                run_id=run_id,
-                now=now,
-            )
-            for key, fault in failures
-        ]
-        write_table_part(output, QUARANTINE, part, rejects, partition=SCORE_STAGE)
-    part_key = write_table_part(
-        output, SCORES, part, table, partition={"scored_date": f"{now:%Y-%m-%d}"}
+    rejects = [
+        quarantine_row(
+            Stage.SCORE,
+            source.uri(key),
+            fault,
+            image_id=image_id_from_image_key(key),
+            run_id=run_id,
+            now=now,
+        )
+        for key, fault in failures
+    ]
+    part_key = SCORING.commit(
+        output, part, table, rejects=rejects, marker_partition={"scored_date": f"{now:%Y-%m-%d}"}
     )
     discrepancy = table.column("discrepancy")
     return ChunkResult(
@@ -558,10 +541,7 @@ def image_id_from_image_key(key: str) -> str:
 def chunk_part_name(image_uris: Sequence[str]) -> str:
     """A name derived from the chunk's image URIs, so a retried chunk rewrites the same files
     and two sources holding the same keys (``bin-images/00001.jpg``) never share a part."""
-    digest = hashlib.sha256()
-    for uri in image_uris:
-        digest.update(uri.encode() + b"\x1e")
-    return digest.hexdigest()[:20]
+    return part_name(image_uris)
 
 
 # -- ad hoc -----------------------------------------------------------------------------------
@@ -707,12 +687,9 @@ def combined_plan(plans: Sequence[ScoringPlan]) -> ScoringPlan:
         source=", ".join(plan.source for plan in plans),
         prefix=first.prefix,
         model_version=first.model_version,
-        listed=sum(plan.listed for plan in plans),
-        not_images=sum(plan.not_images for plan in plans),
-        already_scored=sum(plan.already_scored for plan in plans),
+        **totals(plans, "listed", "not_images", "already_scored", "discarded_orphan_parts"),
         chunks=[chunk for plan in plans for chunk in plan.chunks],
         started_at=min(plan.started_at for plan in plans),
-        discarded_orphan_parts=sum(plan.discarded_orphan_parts for plan in plans),
     )
 
 
@@ -736,14 +713,17 @@ def summarize(
         not_images=plan.not_images,
         already_scored=plan.already_scored,
         new=plan.new,
-        scored=sum(r.scored for r in results),
-        quarantined=sum(r.quarantined for r in results),
-        discrepancies=sum(r.discrepancies for r in results),
-        judged=sum(r.judged for r in results),
+        **totals(
+            results,
+            "scored",
+            "quarantined",
+            "discrepancies",
+            "judged",
+            "unknown_expected",
+            "model_seconds",
+        ),
         needs_review=queue.flagged,
-        unknown_expected=sum(r.unknown_expected for r in results),
         seconds=seconds,
-        model_seconds=sum(r.model_seconds for r in results),
         parts=[r.part for r in results],
         workers=sorted({r.worker for r in results}),
         queue={k: v for k, v in queue.as_dict().items() if k != "top"},

@@ -36,7 +36,27 @@ class Settings(BaseSettings):
     chunk_size: int = Field(
         5000, ge=1, description="Objects fetched and written per part file (bounds memory)."
     )
-    max_attempts: int = Field(8, ge=1, le=50, description="Tries per S3 request.")
+    max_attempts: int = Field(
+        8, ge=1, le=50, description="Tries per S3 request when a fault is transient."
+    )
+    # Every step times out: a hung run of a flow allowed one run at a time (the nightly score)
+    # would block every later one. Each task reads its limit when it starts.
+    step_timeout_s: float = Field(
+        3600,
+        gt=0,
+        description="Longest a listing, plan, validation, manifest, queue or summary step runs.",
+    )
+    chunk_timeout_s: float = Field(
+        3600, gt=0, description="Longest one chunk (chunk_size objects or images) takes."
+    )
+    long_timeout_s: float = Field(
+        12 * 3600,
+        gt=0,
+        description="Longest a whole-manifest step (image cache, evaluation) or a synth runs.",
+    )
+    training_timeout_s: float = Field(
+        48 * 3600, gt=0, description="Longest one training (or tuning trial) runs."
+    )
     max_expected_quantity: int = Field(
         250, ge=0, description="Largest EXPECTED_QUANTITY the contract accepts (ABID's is 209)."
     )

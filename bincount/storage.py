@@ -3,19 +3,32 @@
 A :class:`Location` is a root plus the filesystem that serves it. Keys are always relative to the
 root and use ``/`` (``metadata/00015.json``), so the same code reads the public ABID bucket, a
 moto or MinIO endpoint, and a folder on disk.
+
+Retries: one layer owns them on each path, and only for faults that are transient by what they
+are (:func:`is_transient`: dropped connections, timeouts, truncated bodies, throttling, 429 and
+5xx), never for a missing or forbidden key or a programming error.
+
+* every signed S3 request (listing, reads, writes, deletes, Parquet datasets read through
+  pyarrow) is retried by s3fs's request loop, ``max_attempts`` times, with this classifier;
+  botocore sends each request once (its own retries would multiply s3fs's);
+* an anonymous GET of a public object (a plain HTTP request, :meth:`Location.fetch_many`) is
+  retried by this module's loop, with the same classifier and :class:`RetryPolicy`;
+* a local folder is not retried: a disk error is not transient;
+* Prefect tasks do not retry (a retry there would repeat every attempt below); they time out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import functools
+import http.client
 import io
 import itertools
 import os
 import random
-import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,8 +41,28 @@ from fsspec.asyn import sync
 
 from bincount.settings import Settings
 
-# Errors that say the request itself is wrong: retrying cannot help.
-_PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, ValueError, TypeError)
+# What an object can be, not what the platform did wrong: fetch_many hands these back per key
+# (they become quarantine rows) instead of failing the others. ObjectTooLarge is a ValueError.
+_PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, ValueError)
+# HTTP statuses that say "try again": too many requests and the server's own faults.
+TRANSIENT_STATUS_CODES = frozenset({429, 500, 502, 503, 504})
+# S3 error codes that say the same (throttling and timeouts) whatever the status.
+TRANSIENT_ERROR_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "BandwidthLimitExceeded",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+        "InternalError",
+        "ServiceUnavailable",
+    }
+)
 
 
 class ObjectTooLarge(ValueError):
@@ -76,9 +109,81 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2**attempt))
 
 
+class HTTPStatusError(OSError):
+    """An HTTP answer other than success, not-found or forbidden, with its status."""
+
+    def __init__(self, status: int, uri: str, detail: str = "") -> None:
+        super().__init__(f"{uri}: HTTP {status}: {detail}")
+        self.status = status
+        self.uri = uri
+        self.detail = detail
+
+    def __reduce__(self):
+        return type(self), (self.status, self.uri, self.detail)
+
+
 def is_transient(error: BaseException) -> bool:
-    """Throttling, 5xx, timeouts and dropped connections are transient; a missing key is not."""
-    return not isinstance(error, _PERMANENT_ERRORS)
+    """Whether a retry can help, by what the error is: a dropped or refused connection, a
+    timeout, a truncated body, throttling, 429 or 5xx. A missing or forbidden key, a malformed
+    request and a programming error (TypeError, KeyError, ValueError, ...) are not."""
+    for cause in _causes(error):
+        status, code = _status_and_code(cause)
+        if status is not None or code is not None:
+            return status in TRANSIENT_STATUS_CODES or code in TRANSIENT_ERROR_CODES
+        if isinstance(cause, _transient_types()):
+            return True
+    return False
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """The error and what caused it (s3fs turns botocore's errors into OSError with a cause)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__
+
+
+def _status_and_code(error: BaseException) -> tuple[int | None, str | None]:
+    """The HTTP status and S3 error code an error carries, if it is an answer from a server."""
+    if isinstance(error, HTTPStatusError):
+        return error.status, None
+    response = getattr(error, "response", None)
+    if isinstance(response, dict) and "Error" in response:  # botocore's ClientError
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return status, response["Error"].get("Code")
+    return None, None
+
+
+@functools.cache
+def _transient_types() -> tuple[type[BaseException], ...]:
+    """Exception types that are transient faults of the network or the server."""
+    found: list[type[BaseException]] = [
+        ConnectionError,  # refused, reset, aborted, broken pipe
+        TimeoutError,  # socket.timeout and asyncio's
+        http.client.IncompleteRead,
+    ]
+    from fsspec.exceptions import FSTimeoutError
+
+    found.append(FSTimeoutError)
+    try:  # the AWS stack (s3fs's dependency)
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError, IncompleteReadError
+        from botocore.parsers import ResponseParserError
+
+        # botocore's ConnectionError covers EndpointConnectionError and the connect timeout,
+        # HTTPClientError a closed connection and the read timeout; a truncated listing fails
+        # to parse (ResponseParserError).
+        found += [BotoConnectionError, HTTPClientError, IncompleteReadError, ResponseParserError]
+    except ImportError:
+        pass
+    try:
+        import aiohttp
+
+        found += [aiohttp.ClientConnectionError, aiohttp.ClientPayloadError]
+    except ImportError:
+        pass
+    return tuple(found)
 
 
 class Location:
@@ -133,7 +238,8 @@ class Location:
                 endpoint_url=endpoint_url,
                 client_kwargs={"region_name": region},
                 config_kwargs={
-                    "retries": {"max_attempts": max_attempts, "mode": "standard"},
+                    # One try per request: s3fs's loop below owns the retries.
+                    "retries": {"total_max_attempts": 1, "mode": "standard"},
                     "max_pool_connections": max(10, max_concurrency),
                     "connect_timeout": 10,
                     "read_timeout": 30,
@@ -141,6 +247,10 @@ class Location:
                 skip_instance_cache=True,
                 use_listings_cache=False,
             )
+            # s3fs retries its own short list (connection errors, timeouts, truncated bodies,
+            # SlowDown) and asks this classifier about every other error (process-wide).
+            self.fs.retries = max_attempts
+            s3fs.core.set_custom_error_handler(is_transient)
         else:
             raise ValueError(f"Expected a local path, file:// or s3:// URL, but got {url!r}")
         self.url = f"s3://{self.root}" if self.is_s3 else self.root
@@ -200,17 +310,15 @@ class Location:
         """The object's bytes; with ``max_bytes``, read no further than one byte past it and
         raise :class:`ObjectTooLarge` when the object is larger."""
         if max_bytes is None:
-            return self._with_retries(lambda: self.fs.cat_file(self.path(key)))
-        data = self._with_retries(
-            lambda: self.fs.cat_file(self.path(key), start=0, end=max_bytes + 1)
-        )
+            return self.fs.cat_file(self.path(key))
+        data = self.fs.cat_file(self.path(key), start=0, end=max_bytes + 1)
         return _within(data, max_bytes, self.uri(key))
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write so that no reader ever sees a half-written object."""
         path = self.path(key)
         if self.is_s3:  # an S3 PUT becomes visible whole or not at all
-            self._with_retries(lambda: self.fs.pipe_file(path, data))
+            self.fs.pipe_file(path, data)
             return
         directory, name = os.path.split(path)
         os.makedirs(directory, exist_ok=True)
@@ -226,16 +334,6 @@ class Location:
         for key in keys:
             if self.fs.exists(self.path(key)):
                 self.fs.rm_file(self.path(key))
-
-    def _with_retries(self, call: Callable[[], bytes | None]):
-        for attempt in range(self.retry.max_attempts):
-            try:
-                return call()
-            except Exception as error:
-                if not is_transient(error) or attempt + 1 == self.retry.max_attempts:
-                    raise
-                time.sleep(self.retry.delay(attempt))
-        raise AssertionError("unreachable")
 
     # -- listing -------------------------------------------------------------------------------
     def list(
@@ -337,10 +435,11 @@ class Location:
     ) -> list[bytes | Exception]:
         """The bytes of every key, in order, ``concurrency`` requests in flight.
 
-        Transient faults are retried with backoff; a key that is gone or forbidden comes back
-        as its exception instead of stopping the others, and so does one larger than
-        ``max_bytes`` (:class:`ObjectTooLarge`: a ranged read, never more than the limit plus
-        one byte). Exhausted retries raise.
+        Transient faults are retried with backoff (by s3fs for signed requests, here for
+        anonymous ones); a key that is gone or forbidden comes back as its exception instead
+        of stopping the others, and so does one larger than ``max_bytes``
+        (:class:`ObjectTooLarge`: a ranged read, never more than the limit plus one byte).
+        Exhausted retries and errors that are not transient raise.
         """
         if self.is_s3:
             return sync(self.fs.loop, self._fetch_s3, list(keys), concurrency, max_bytes)
@@ -398,14 +497,16 @@ class Location:
             return data if max_bytes is None else _within(data, max_bytes, self.uri(key))
 
         async def fetch(key: str) -> bytes | Exception:
+            # Signed GETs are retried inside s3fs; anonymous ones here, and only here.
+            attempts = self.retry.max_attempts if session is not None else 1
             async with gate:
-                for attempt in range(self.retry.max_attempts):
+                for attempt in range(attempts):
                     try:
                         return await get(key)
                     except _PERMANENT_ERRORS as error:
                         return error
-                    except Exception:
-                        if attempt + 1 == self.retry.max_attempts:
+                    except Exception as error:
+                        if not is_transient(error) or attempt + 1 == attempts:
                             raise
                         await asyncio.sleep(self.retry.delay(attempt))
                 raise AssertionError("unreachable")
@@ -475,7 +576,7 @@ def _http_error(status: int, uri: str, body: bytes) -> Exception:
         return FileNotFoundError(f"{uri}: not found")
     if status == 403:
         return PermissionError(f"{uri}: access denied (is the object public?)")
-    return OSError(f"{uri}: HTTP {status}: {detail}")
+    return HTTPStatusError(status, uri, detail)
 
 
 def key_range_bounds(partitions: int) -> list[str]:

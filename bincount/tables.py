@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-from datetime import datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,35 +37,6 @@ def part_key(table: str, part: str, partition: dict[str, str] | None = None) -> 
     """``quarantine/stage=ingest/part-<part>.parquet``."""
     folders = [table, *(f"{k}={v}" for k, v in (partition or {}).items())]
     return posixpath.join(*folders, f"part-{part}.parquet")
-
-
-def quarantine_row(
-    stage: str,
-    object_key: str,
-    *,
-    image_id: str | None,
-    etag: str | None,
-    reason_code: str,
-    reason: str,
-    exception_type: str | None = None,
-    expectation: str | None = None,
-    run_id: str,
-    now: datetime,
-) -> dict:
-    """One row of the quarantine: what was kept out at ``stage``, why, and by which run."""
-    return {
-        "stage": stage,
-        "object_key": object_key,
-        "image_id": image_id,
-        "etag": etag,
-        "reason_code": reason_code,
-        # A reason may quote hostile text (a lone surrogate): it must still be valid UTF-8.
-        "reason": reason.encode("utf-8", "backslashreplace").decode("utf-8"),
-        "exception_type": exception_type,
-        "expectation": expectation,
-        "run_id": run_id,
-        "quarantined_at": now,
-    }
 
 
 def write_part(

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bincount import telemetry
+from bincount.chunks import Rejection, Stage, quarantine_row
 from bincount.contracts import expectation_suite
 from bincount.metadata import IMAGE_PREFIX
 from bincount.sources import filled_sources, open_sources
@@ -31,14 +32,13 @@ from bincount.tables import (
     current_bins,
     part_key,
     part_names,
-    quarantine_row,
     read_table,
     write_part,
 )
 
 logger = logging.getLogger(__name__)
 
-VALIDATE_STAGE = {"stage": "validate"}
+VALIDATE_STAGE = Stage.VALIDATE.partition
 LATEST_VALIDATION = "validation/_latest.json"
 ROW = "_row"
 
@@ -207,7 +207,7 @@ def _validation_frame(
 def _ingest_rejected_image_keys(output: Location) -> pa.Array:
     """Images whose metadata exists but was quarantined at ingest still have metadata."""
     rejected = read_table(output, QUARANTINE, columns=["stage", "image_id"])
-    ids = rejected.filter(pc.equal(rejected.column("stage"), "ingest")).column("image_id")
+    ids = rejected.filter(pc.equal(rejected.column("stage"), Stage.INGEST.value)).column("image_id")
     keys = pc.binary_join_element_wise(IMAGE_PREFIX + "/", ids, ".jpg", "")
     return keys.combine_chunks().cast(pa.string()).drop_null()
 
@@ -291,13 +291,11 @@ def _quarantine_rows(
             row = rows[index]
             rejects.append(
                 quarantine_row(
-                    VALIDATE_STAGE["stage"],
+                    Stage.VALIDATE,
                     row["metadata_key"],
+                    Rejection(code, _reason(spec, row), expectation=spec["type"]),
                     image_id=row["image_id"],
                     etag=row["etag"],
-                    reason_code=code,
-                    reason=_reason(spec, row),
-                    expectation=spec["type"],
                     run_id=run_id,
                     now=now,
                 )

@@ -1,1 +1,1 @@
-"""Thin Prefect task wrappers over :mod:`bincount`: retries, caching, logging and artifacts."""
+"""Thin Prefect task wrappers over :mod:`bincount`: timeouts, caching, logging and artifacts."""

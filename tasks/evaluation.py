@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -15,10 +15,10 @@ from bincount.registry import (
     read_evaluation,
     record_decision,
 )
-from tasks.runtime import resolve_output
+from tasks.runtime import resolve_output, timed_task
 
 
-@task(name="evaluate-model", retries=1, retry_delay_seconds=30, cache_policy=NO_CACHE)
+@timed_task("long_timeout_s", name="evaluate-model", cache_policy=NO_CACHE)
 def evaluate_registered_model(
     output: str | None, model: str, split: str, manifest: str | None = None
 ) -> dict:
@@ -40,7 +40,7 @@ def evaluate_registered_model(
     return report
 
 
-@task(name="promotion-gate", cache_policy=NO_CACHE)
+@timed_task("long_timeout_s", name="promotion-gate", cache_policy=NO_CACHE)
 def promotion_gate(output: str | None, challenger_report: dict) -> PromotionDecision:
     """Promote the challenger only if it beats the champion on the same evaluation set."""
     output_location = resolve_output(output)

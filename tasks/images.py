@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.cache_policies import NO_CACHE
 
 from bincount.imagecache import CacheSummary, build_image_cache
 from bincount.manifest import load_manifest
 from bincount.storage import Location
-from tasks.runtime import current_run_id, locations
+from tasks.runtime import current_run_id, locations, timed_task
 
 
-@task(name="cache-images", retries=2, retry_delay_seconds=30, cache_policy=NO_CACHE)
+@timed_task("long_timeout_s", name="cache-images", cache_policy=NO_CACHE)
 def cache_manifest_images(
     output: str | None, manifest: str | None, image_size: int
 ) -> CacheSummary:

@@ -6,7 +6,7 @@ import time
 from datetime import UTC, datetime
 
 import pyarrow as pa
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -19,10 +19,10 @@ from bincount.ingest import (
     read_key_list,
     summarize_ingest,
 )
-from tasks.runtime import current_run_id, locations
+from tasks.runtime import current_run_id, locations, timed_task
 
 
-@task(name="plan-ingest", retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
+@timed_task("step_timeout_s", name="plan-ingest", cache_policy=NO_CACHE)
 def plan_metadata_ingest(
     source: str | None, output: str | None, limit: int | None, keys_from: str | None
 ) -> IngestPlan:
@@ -50,11 +50,10 @@ def plan_metadata_ingest(
     return plan
 
 
-@task(
+@timed_task(
+    "chunk_timeout_s",
     name="ingest-chunk",
     task_run_name="ingest chunk of {objects.num_rows}",
-    retries=2,
-    retry_delay_seconds=[10, 60],
     cache_policy=NO_CACHE,
 )
 def ingest_metadata_chunk(
@@ -82,7 +81,7 @@ def ingest_metadata_chunk(
     return outcome
 
 
-@task(name="ingest-summary", cache_policy=NO_CACHE)
+@timed_task("step_timeout_s", name="ingest-summary", cache_policy=NO_CACHE)
 def publish_ingest_summary(
     source: str | None, output: str | None, plan: IngestPlan, outcomes: list[ChunkOutcome]
 ) -> IngestSummary:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -11,20 +11,13 @@ from bincount.manifest import (
     SPLITS,
     CountPolicy,
     ManifestSummary,
-    StaleValidation,
     build_manifest,
     read_benchmark_split,
 )
-from tasks.runtime import locations, retry_unless
+from tasks.runtime import locations, timed_task
 
 
-@task(
-    name="build-manifest",
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_unless(StaleValidation, ValueError),
-    cache_policy=NO_CACHE,
-)
+@timed_task("step_timeout_s", name="build-manifest", cache_policy=NO_CACHE)
 def build_versioned_manifest(
     source: str | None, output: str | None, policy: str, benchmark_split: str | None
 ) -> ManifestSummary:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
@@ -10,10 +10,10 @@ from prefect.events import emit_event
 from bincount.monitoring import DRIFT_EVENT, DriftCheck, DriftPolicy, drift_markdown, monitor_night
 from bincount.registry import model_folder
 from bincount.review import ReviewPolicy
-from tasks.runtime import current_run_id, resolve_output
+from tasks.runtime import current_run_id, resolve_output, timed_task
 
 
-@task(name="monitor-drift", retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
+@timed_task("step_timeout_s", name="monitor-drift", cache_policy=NO_CACHE)
 def monitor_drift(
     output: str | None, model_version: str, review: ReviewPolicy, policy: DriftPolicy
 ) -> DriftCheck:

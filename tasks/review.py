@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import FlowPauseTimeout
@@ -33,7 +33,7 @@ from bincount.review_outcomes import (
 )
 from bincount.scoring import with_thumbnails
 from bincount.sources import open_sources, recorded_sources
-from tasks.runtime import current_run_id, locations, retry_unless
+from tasks.runtime import current_run_id, locations, timed_task
 
 THUMBNAIL_SIZE = 192  # big enough to count items in, small enough to inline ten of
 POLL_SECONDS = 2  # how soon a paused run sees that it was resumed
@@ -50,7 +50,7 @@ class ReviewSheet:
         return review_sheet_markdown(self.rows, precision, problems=problems)
 
 
-@task(name="review-sheet", retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
+@timed_task("step_timeout_s", name="review-sheet", cache_policy=NO_CACHE)
 def prepare_review_sheet(output: str | None, queued_date: str | None, top: int) -> ReviewSheet:
     """The first ``top`` unreviewed bins of a night's queue with their photos, as the
     ``review-sheet`` artifact."""
@@ -139,13 +139,7 @@ def wait_for_verdicts(
                 raise
 
 
-@task(
-    name="record-verdicts",
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_unless(ValueError),
-    cache_policy=NO_CACHE,
-)
+@timed_task("step_timeout_s", name="record-verdicts", cache_policy=NO_CACHE)
 def record_review_verdicts(
     output: str | None, decided: list[Decided], via: str = VIA_UI
 ) -> RecordedVerdicts:
@@ -171,7 +165,7 @@ def record_review_verdicts(
     return recorded
 
 
-@task(name="read-verdicts", retry_condition_fn=retry_unless(ValueError), cache_policy=NO_CACHE)
+@timed_task("step_timeout_s", name="read-verdicts", cache_policy=NO_CACHE)
 def read_file_verdicts(output: str | None, verdicts: str, reviewer: str | None) -> list[Decided]:
     """A verdict file (CSV or JSON) matched to the queue entries it judges; every bad row is
     named and nothing is recorded."""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
+from typing import Any
 
+from prefect import Task
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -16,6 +19,42 @@ from bincount.storage import Location
 # this the library's INFO lines never reach a run's log.
 if logging.getLogger("bincount").level == logging.NOTSET:
     logging.getLogger("bincount").setLevel(logging.INFO)
+
+
+class SettingsTimeoutTask(Task):
+    """A task whose timeout is a setting read each time a run of it starts (never at import),
+    so an operator tunes it with ``BINCOUNT_<NAME>`` or the command's ``--<name>`` option."""
+
+    def __init__(self, fn: Callable, *, timeout_setting: str, **options: Any) -> None:
+        if timeout_setting not in Settings.model_fields:
+            raise ValueError(f"Expected a timeout setting, but got {timeout_setting!r}")
+        self.timeout_setting = timeout_setting
+        super().__init__(fn, **options)
+
+    @property
+    def timeout_seconds(self) -> float:
+        return float(getattr(get_settings(), self.timeout_setting))
+
+    @timeout_seconds.setter
+    def timeout_seconds(self, value: float | None) -> None:
+        if value is not None:  # Task.__init__ sets None when no timeout is given
+            raise TypeError("Expected the timeout from the settings, but got timeout_seconds")
+
+
+def timed_task(timeout: str, **options: Any) -> Callable[[Callable], SettingsTimeoutTask]:
+    """``@task(**options)`` that times out after the setting ``timeout`` (``step_timeout_s``,
+    ``chunk_timeout_s``, ``long_timeout_s`` or ``training_timeout_s``).
+
+    Every task times out: a hung run of a flow allowed one run at a time (the nightly score)
+    would block every later one. Tasks do not retry: the storage layer below them retries
+    transient faults (``bincount/storage.py``), so a retry here would repeat every attempt
+    there, and a programming error would run three times before it failed.
+    """
+
+    def decorate(fn: Callable) -> SettingsTimeoutTask:
+        return SettingsTimeoutTask(fn, timeout_setting=timeout, **options)
+
+    return decorate
 
 
 def current_run_id() -> str:
@@ -32,21 +71,6 @@ def locations(source: str | None, output: str | None) -> tuple[Settings, Locatio
 def resolve_output(output: str | None) -> Location:
     """The output location alone, for steps that do not read the source bucket."""
     return Location.output(get_settings(), output)
-
-
-def retry_unless(*permanent: type[BaseException]):
-    """A retry condition that does not retry errors a retry cannot fix."""
-
-    def condition(task, task_run, state) -> bool:
-        try:
-            state.result()
-        except permanent:
-            return False
-        except Exception:
-            return True
-        return False
-
-    return condition
 
 
 def chunk_runner(dask: str | None) -> TaskRunner:

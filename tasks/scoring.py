@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from functools import lru_cache
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -29,10 +29,15 @@ from bincount.scoring import (
 from bincount.settings import get_settings
 from bincount.sources import sources_to_list
 from bincount.storage import Location
-from tasks.runtime import current_run_id, locations, resolve_output
+from tasks.runtime import (
+    current_run_id,
+    locations,
+    resolve_output,
+    timed_task,
+)
 
 
-@task(name="scoring-sources", cache_policy=NO_CACHE)
+@timed_task("step_timeout_s", name="scoring-sources", cache_policy=NO_CACHE)
 def resolve_scoring_sources(source: str | None, output: str | None) -> list[str]:
     """The sources to list new images in: the one given, else every source of the output."""
     settings = get_settings()
@@ -47,7 +52,7 @@ def resolve_scoring_sources(source: str | None, output: str | None) -> list[str]
     return found
 
 
-@task(name="plan-scoring", retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
+@timed_task("step_timeout_s", name="plan-scoring", cache_policy=NO_CACHE)
 def plan_image_scoring(
     sources: list[str], output: str | None, prefix: str, model: str, limit: int | None
 ) -> list[ScoringPlan]:
@@ -86,11 +91,10 @@ def _scorer(output: str | None, version: str, device: str | None) -> Scorer:
     return load_scorer(resolve_output(output), version, device=device)
 
 
-@task(
+@timed_task(
+    "chunk_timeout_s",
     name="score-chunk",
     task_run_name="score chunk of {keys[0]}..",
-    retries=2,
-    retry_delay_seconds=[10, 60],
     cache_policy=NO_CACHE,
 )
 def score_image_chunk(
@@ -124,13 +128,7 @@ def score_image_chunk(
     return result
 
 
-@task(
-    name="rank-review-queue",
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    timeout_seconds=1800,
-    cache_policy=NO_CACHE,
-)
+@timed_task("step_timeout_s", name="rank-review-queue", cache_policy=NO_CACHE)
 def rank_review_queue(
     output: str | None, review: ReviewPolicy, results: list[ChunkResult]
 ) -> NightQueue:
@@ -153,7 +151,7 @@ def rank_review_queue(
     return queue
 
 
-@task(name="scoring-summary", cache_policy=NO_CACHE)
+@timed_task("step_timeout_s", name="scoring-summary", cache_policy=NO_CACHE)
 def publish_scoring_summary(
     output: str | None,
     plans: list[ScoringPlan],
@@ -213,7 +211,7 @@ def with_drift_section(markdown: str, drift: DriftCheck | None) -> str:
     return markdown + section if at < 0 else markdown[:at] + section + markdown[at:]
 
 
-@task(name="queue-against-truth", cache_policy=NO_CACHE)
+@timed_task("step_timeout_s", name="queue-against-truth", cache_policy=NO_CACHE)
 def measure_queue_against_truth(output: str | None, truth: str, image_ids: list[str]) -> dict:
     """Precision and recall of the queue over ``image_ids`` against a synthetic truth table."""
     measured = measure_against_truth(

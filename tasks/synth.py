@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from bincount.settings import get_settings
 from bincount.storage import Location
 from bincount.synth import SynthSummary, synthesize
+from tasks.runtime import timed_task
 
 
-@task(name="synthesize-bucket", cache_policy=NO_CACHE)
+@timed_task("long_timeout_s", name="synthesize-bucket", cache_policy=NO_CACHE)
 def synthesize_bucket(
     dest: str,
     bins: int,

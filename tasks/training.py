@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
@@ -14,10 +14,10 @@ from bincount import plots
 from bincount.config import TrainConfig
 from bincount.manifest import load_manifest
 from bincount.training import EpochMetrics, TrainResult, train_model
-from tasks.runtime import current_run_id, resolve_output
+from tasks.runtime import current_run_id, resolve_output, timed_task
 
 
-@task(name="train-model", retries=1, retry_delay_seconds=30, cache_policy=NO_CACHE)
+@timed_task("training_timeout_s", name="train-model", cache_policy=NO_CACHE)
 def train_counting_model(
     output: str | None, manifest: str | None, config: TrainConfig, device: str | None = None
 ) -> TrainResult:

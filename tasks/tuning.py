@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -10,10 +10,12 @@ from bincount.config import TrainConfig
 from bincount.manifest import load_manifest
 from bincount.training import train_model
 from bincount.tuning import best_trial, trial_row, write_trials
-from tasks.runtime import current_run_id, resolve_output
+from tasks.runtime import current_run_id, resolve_output, timed_task
 
 
-@task(name="tuning-trial", task_run_name="trial {trial}", cache_policy=NO_CACHE)
+@timed_task(
+    "training_timeout_s", name="tuning-trial", task_run_name="trial {trial}", cache_policy=NO_CACHE
+)
 def run_trial(
     output: str | None, manifest: str, study: str, trial: int, config: TrainConfig
 ) -> dict:
@@ -33,7 +35,7 @@ def run_trial(
     return trial_row(study, trial, config, result.__dict__, None)
 
 
-@task(name="record-study", cache_policy=NO_CACHE)
+@timed_task("step_timeout_s", name="record-study", cache_policy=NO_CACHE)
 def record_study(output: str | None, study: str, rows: list[dict]) -> dict:
     """Write every trial to the tuning table, publish them, and return the best."""
     key = write_trials(resolve_output(output), study, rows)

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bincount.validate import ContractViolation, ValidationReport, validate_bins
-from tasks.runtime import current_run_id, locations, retry_unless
+from bincount.validate import ValidationReport, validate_bins
+from tasks.runtime import current_run_id, locations, timed_task
 
 
-@task(
-    name="validate-labels",
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_unless(ContractViolation),
-    cache_policy=NO_CACHE,
-)
+@timed_task("step_timeout_s", name="validate-labels", cache_policy=NO_CACHE)
 def validate_labels(source: str | None, output: str | None) -> ValidationReport:
     """Validate the current bins, quarantine failing rows, fail past the contract's thresholds."""
     settings, source_location, output_location = locations(source, output)
