@@ -74,7 +74,9 @@ def test_the_step_schedule_divides_the_lr_every_step_epochs():
     schedule = Schedule(timed, steps_per_epoch=1000)
     assert schedule.lr(TrainState(step=1, train_seconds=16.0)) == pytest.approx(0.01)
     cosine = _lrs(TrainConfig(recipe="cpu", warmup_epochs=0))
-    assert cosine[0] == pytest.approx(3e-3) and cosine == sorted(cosine, reverse=True)
+    assert cosine[0] == pytest.approx(RECIPES["cpu"]["lr"]) and cosine == sorted(
+        cosine, reverse=True
+    )
 
 
 def test_the_optimiser_follows_the_config():
