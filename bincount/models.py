@@ -136,8 +136,8 @@ class CountingModel(nn.Module):
         """Per-count probabilities, shape (N, num_classes), each row summing to 1; with
         ``calibrated`` the logits are first divided by the fitted temperature."""
         logits = logits.float()
-        if calibrated:
-            logits = logits / self.temperature
+        if calibrated:  # logits come back to the CPU; the temperature may live on a GPU
+            logits = logits / self.temperature.to(logits.device)
         if self.head == "ce":
             return logits.softmax(dim=1)
         above = torch.sigmoid(logits)  # P(count > k), k = 0..K-1
