@@ -12,6 +12,12 @@ of the repetitions is reported for both. Scoring must keep the model busy: goal 
 
     python bench/score.py [--archs resnet18,mobilenet_v3_small] [--image-size 128]
         [--batch-size 64] [--images 768] [--rounds 3] [--no-flips] [--check]
+    python bench/score.py --device cuda --archs resnet34,resnet50 --image-size 224 \
+        --batch-size 256 --images 4096
+
+On a GPU (``--device cuda``) the end-to-end side decodes JPEGs there (nvJPEG through
+``bincount.devicedecode``) and runs the model in bf16; the bare side's batches are put on the
+device before the clock starts.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -59,6 +65,10 @@ class Bench:
     @property
     def images(self) -> int:
         return sum(len(batch) for batch in self.batches)
+
+    def on(self, device: torch.device) -> Bench:
+        """The same, with the bare side's batches already on ``device``."""
+        return replace(self, batches=[batch.to(device) for batch in self.batches])
 
 
 def prepare(workdir: str, images: int, size: int, batch_size: int, chunk_size: int) -> Bench:
@@ -215,6 +225,7 @@ def measure(arch: str, bench: Bench, runtime: Runtime, args) -> Row:
     torch.manual_seed(0)
     model = CountingModel(arch, head="ce", max_count=5).eval()
     model = model.to(runtime.device, memory_format=torch.channels_last)
+    bench = bench.on(runtime.device)
     scorer = Scorer(
         model=model, version="bench", image_size=args.image_size, flips=args.flips, runtime=runtime
     )
@@ -268,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--goal", type=float, default=GOAL_RATIO, help="end-to-end/bare ratio")
     parser.add_argument("--check", action="store_true", help="exit 1 if a ratio misses --goal")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="cuda: decode JPEGs there too"
+    )
     args = parser.parse_args(argv)
     archs = [arch.strip() for arch in args.archs.split(",") if arch.strip()]
     if not archs or min(args.images, args.rounds, args.batch_size, args.chunk_size) < 1:
@@ -277,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.chunk_size}"
         )
 
-    runtime = resolve_runtime("cpu")
+    runtime = resolve_runtime(args.device)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-score-") as workdir:
         started = time.perf_counter()
@@ -301,7 +315,8 @@ def report(rows: list[Row], args, decode_seconds: float) -> None:
         f"Scoring at {args.image_size} px, batch {args.batch_size}, flips "
         f"{'on' if args.flips else 'off'}, {rows[0].images} images per repetition, "
         f"{args.rounds} alternating rounds (median of each side), "
-        f"{torch.get_num_threads()} torch threads on {os.cpu_count()} CPUs"
+        f"{torch.get_num_threads()} torch threads on {os.cpu_count()} CPUs, model on "
+        f"{torch.cuda.get_device_name() if args.device == 'cuda' else 'the CPU'}"
     )
     header = (
         f"{'arch':<20}{'bare img/s':>11}{'e2e img/s':>11}{'model in e2e':>14}"

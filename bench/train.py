@@ -359,6 +359,8 @@ def main() -> int:
         f"{'device':<8}{'arch':<20}{'px':>5}{'batch':>7}{'on device':>11}{'real path':>11}"
         f"{'ratio':>8}{'data wait':>11}{'ABID epoch':>12}"
     )
+    if gpu:
+        print(f"cuda: {torch.cuda.get_device_name()}, bf16 autocast, channels_last")
     lines = [("cpu", row, args.image_size, args.batch_size)]
     lines += [("cuda", g, 224, args.gpu_batch_size) for g in gpu]
     for device, line, px, batch in lines:
