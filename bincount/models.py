@@ -109,6 +109,43 @@ class CountingModel(nn.Module):
         # Fitted on the validation split after training (bincount.calibration); 1 = as trained.
         self.register_buffer("temperature", torch.ones(()))
 
+    def classifier(self) -> nn.Module:
+        """The backbone's last layer, the one that emits the head's logits."""
+        if self.zoo == "timm":
+            return self.backbone.get_classifier()
+        linear = [module for module in self.backbone.modules() if isinstance(module, nn.Linear)]
+        if not linear:
+            raise ValueError(f"Expected {self.arch} to end in a linear layer, but it has none")
+        return linear[-1]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """What turns the backbone's features into counts: the last layer (and the ordinal
+        thresholds)."""
+        head = list(self.classifier().parameters())
+        return [*head, self.thresholds] if self.head == "ordinal" else head
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Everything else: the feature extractor."""
+        head = {id(parameter) for parameter in self.head_parameters()}
+        return [p for p in self.parameters() if id(p) not in head]
+
+    def freeze_backbone(self) -> None:
+        """Train the head alone on fixed features (a linear probe): the feature extractor's
+        weights take no gradient and its batch-norm statistics stay as loaded, in training too."""
+        for parameter in self.backbone_parameters():
+            parameter.requires_grad_(False)
+        self.backbone_frozen = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> CountingModel:
+        super().train(mode)
+        if getattr(self, "backbone_frozen", False):
+            classifier = set(self.classifier().modules())
+            for module in self.backbone.modules():
+                if module not in classifier:
+                    module.eval()
+        return self
+
     @property
     def num_classes(self) -> int:
         """Counts 0..K, and the class "more than K" when the top is open."""

@@ -481,16 +481,25 @@ def build_model(config: TrainConfig) -> CountingModel:
     )
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW, or SGD with momentum (the ABID baseline's); the schedule sets the lr per step."""
+def build_optimizer(model: CountingModel, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, or SGD with momentum (the ABID baseline's); the schedule sets the lr per step,
+    times each group's ``lr_scale``: the backbone's is ``config.backbone_lr_scale`` (at 0 the
+    backbone is frozen and left out)."""
+    groups = [{"params": list(model.parameters()), "lr_scale": 1.0}]  # one group, as before
+    if config.backbone_lr_scale < 1:
+        groups = [{"params": model.head_parameters(), "lr_scale": 1.0}]
+        if config.backbone_lr_scale > 0:
+            scale = config.backbone_lr_scale
+            groups.append({"params": model.backbone_parameters(), "lr_scale": scale})
+        else:
+            model.freeze_backbone()
+    for group in groups:
+        group["lr"] = config.lr * group["lr_scale"]
     if config.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(),
-            lr=config.lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
+            groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
-    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def calibrate(
@@ -603,8 +612,9 @@ def _train_epoch(
     started = time.perf_counter()
     progress = Progress(logger, f"epoch {state.epoch + 1} training batches", len(loader))
     for images, counts in loader:  # on the device already, converted and augmented
+        lr = schedule.lr(state)
         for group in optimizer.param_groups:
-            group["lr"] = schedule.lr(state)
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         with runtime.autocast():
             logits = wrapped(images)
         loss = model.loss(logits.float(), counts)

@@ -3,10 +3,16 @@ the ABID baseline exactly (SGD, step schedule, horizontal flips only)."""
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+
 import pytest
 import torch
+from torch import nn
 
 from bincount.config import RECIPES, TrainConfig
+from bincount.models import CountingModel
 from bincount.training import Schedule, TrainState, augment_batch, build_optimizer
 from flows.cli import FLOWS, build_parser, flow_arguments, load_flow
 
@@ -80,7 +86,7 @@ def test_the_step_schedule_divides_the_lr_every_step_epochs():
 
 
 def test_the_optimiser_follows_the_config():
-    model = torch.nn.Linear(3, 2)
+    model = CountingModel("mobilenet_v3_small", head="ce", max_count=5)
     sgd = build_optimizer(model, TrainConfig(recipe="abid-baseline"))
     assert isinstance(sgd, torch.optim.SGD)
     assert sgd.param_groups[0]["momentum"] == 0.9 and sgd.param_groups[0]["weight_decay"] == 1e-4
@@ -94,3 +100,71 @@ def test_hflip_augmentation_only_mirrors_left_to_right():
     unchanged = [torch.equal(o, i) for o, i in zip(out, images, strict=True)]
     assert all(m or u for m, u in zip(mirrored, unchanged, strict=True))
     assert 0 < sum(mirrored) < len(images)
+
+
+def _one_step(model: CountingModel, optimizer: torch.optim.Optimizer) -> None:
+    model.train()
+    images = torch.rand(8, 3, 32, 32)
+    loss = model.loss(model(images), torch.arange(8) % 6)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "tf_efficientnet_lite0"])
+def test_a_frozen_backbone_trains_the_head_alone(arch):
+    torch.manual_seed(0)
+    model = CountingModel(arch, head="ordinal", max_count=5)
+    before = copy.deepcopy(model.state_dict())
+    # Features from somewhere: a weights file (what it holds does not matter to the optimiser).
+    config = TrainConfig(arch=arch, loss="ordinal", backbone_lr_scale=0, weights="features.pt")
+    optimizer = build_optimizer(model, config)
+    _one_step(model, optimizer)
+    after = model.state_dict()
+    head = {name for name, p in model.named_parameters() if p.requires_grad}
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    # The last layer and the thresholds learn; no backbone weight nor batch-norm statistic moves.
+    assert head == {"thresholds", *(f"backbone.{n}" for n in _classifier_names(model))}
+    assert changed == head
+    assert all(not m.training for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def _classifier_names(model: CountingModel) -> set[str]:
+    classifier = model.classifier()
+    return {
+        f"{module_name}.{name}"
+        for module_name, module in model.backbone.named_modules()
+        if module is classifier
+        for name, _ in module.named_parameters()
+    }
+
+
+def test_a_scaled_backbone_learns_at_its_share_of_the_lr():
+    model = CountingModel("mobilenet_v3_small", head="ce", max_count=5)
+    config = TrainConfig(lr=0.01, backbone_lr_scale=0.1)
+    head, backbone = build_optimizer(model, config).param_groups
+    assert (head["lr"], backbone["lr"]) == (0.01, pytest.approx(0.001))
+    assert len(head["params"]) + len(backbone["params"]) == len(list(model.parameters()))
+    schedule = Schedule(config, steps_per_epoch=10)
+    assert schedule.lr(TrainState(step=5)) * backbone["lr_scale"] < schedule.lr(TrainState(step=5))
+    # At the default the optimiser keeps its single group, so earlier checkpoints resume.
+    assert len(build_optimizer(model, TrainConfig()).param_groups) == 1
+
+
+def test_the_backbone_lr_scale_changes_the_version_only_away_from_its_default():
+    given = TrainConfig(backbone_lr_scale=1.0)
+    before_the_field = hashlib.sha256(
+        json.dumps(
+            {"config": given.model_dump(exclude={"compile", "backbone_lr_scale"}), "manifest": "m"},
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:12]
+    assert given.fingerprint("m") == TrainConfig().fingerprint("m") == before_the_field
+    assert TrainConfig(backbone_lr_scale=0.5).fingerprint("m") != before_the_field
+
+
+def test_a_frozen_backbone_needs_features_worth_keeping():
+    with pytest.raises(ValueError, match="Expected pretrained or weights with a frozen backbone"):
+        TrainConfig(arch="resnet18", backbone_lr_scale=0)
+    probe = TrainConfig(recipe="probe")
+    assert (probe.pretrained, probe.backbone_lr_scale, probe.loss) == (True, 0.0, "ordinal")
