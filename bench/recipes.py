@@ -1,11 +1,12 @@
 """Named training recipes end to end on synthetic bins: each epoch's figures, then the test split.
 
-The library's own path, the one ``bincount pipeline --recipe NAME`` takes without Prefect around
-it: ``synthesize`` → ``ingest_metadata`` → ``validate_bins`` → ``build_manifest`` (policy
-``moderate``, counts 0-5) → ``build_image_cache`` at each recipe's image size → ``train_model``
-with ``TrainConfig(recipe=NAME)`` → ``evaluate_model`` on the test split. Prints one table row
-per epoch (images/s, the share of the epoch spent waiting for data, validation figures) and one
-line per recipe with the test accuracy and RMSE beside the majority class.
+The library's own path, the one ``bincount pipeline`` then ``bincount train --recipe NAME``
+take without Prefect around them: ``synthesize`` → ``ingest_metadata`` → ``validate_bins`` →
+``build_manifest`` (policy ``moderate``, counts 0-5) → ``build_image_cache`` at each recipe's
+image size → ``train_model`` with ``TrainConfig(recipe=NAME)`` → ``evaluate_model`` on the test
+split. Prints one table row per epoch (images/s, the share of the epoch spent waiting for data,
+validation figures) and one line per recipe with the test accuracy and RMSE beside the
+majority class.
 
     python bench/recipes.py --device cuda --bins 20000                  # abid-baseline, exactly
     python bench/recipes.py --device cuda --recipes abid-baseline,gpu --bins 20000

@@ -61,9 +61,10 @@ RECIPES: dict[str, dict] = {
         "augment": "count_preserving",
         "test_time_flips": True,
     },
-    # Unverified on a GPU: ImageNet EfficientNet-Lite2 (bundled weights) fine-tuned at its
-    # native 260 px, softmax head (calibrated probabilities for the review queue), AdamW with a
-    # one-epoch warmup and cosine decay over 30 epochs.
+    # ImageNet EfficientNet-Lite2 (bundled weights) fine-tuned at its native 260 px, softmax
+    # head (calibrated probabilities for the review queue), AdamW with a one-epoch warmup and
+    # cosine decay over 30 epochs. On an H100: 2,600 images/s, 99.8 % test accuracy on 20,000
+    # synthetic bins after 22 epochs (bench/README.md "Recipes end to end on the GPU").
     "gpu": {
         "arch": "tf_efficientnet_lite2",
         "pretrained": True,

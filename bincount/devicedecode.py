@@ -10,7 +10,9 @@ full size), and anything nvJPEG refuses; Pillow also says why an image has no pi
 The result differs slightly from Pillow's: Pillow first lets libjpeg scale the DCT down
 (``draft``), then resizes; here the image is decoded whole, then resized with antialiased
 bilinear interpolation. The same code runs on the CPU (``device="cpu"``, libjpeg-turbo), which
-is how the tests exercise it; on a GPU it is unverified in this repository so far.
+is how the tests exercise it. On an H100 the decoded images matched Pillow's to 0.3-0.9 grey
+levels per pixel on average, at about 2,600 images/s for a batch (bench/README.md, "Scoring on
+the GPU").
 """
 
 from __future__ import annotations
