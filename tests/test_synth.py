@@ -215,7 +215,7 @@ def test_ids_invert_so_appends_can_continue():
 
 def truncated_reference(max_count: int) -> np.ndarray:
     """The truncated, renormalised distribution, straight from the resource file."""
-    text = Path(synth.__file__).with_name("resources").joinpath("label_distribution.json")
+    text = Path(synth.__file__).parent.with_name("resources").joinpath("label_distribution.json")
     histogram = json.loads(text.read_text())["histogram"]
     weights = np.array([histogram.get(str(c), 0) for c in range(max_count + 1)], float)
     return weights / weights.sum()

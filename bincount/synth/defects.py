@@ -1,0 +1,91 @@
+"""Defects injected into a bin: broken or wrong metadata, a withheld image, a mismatched record."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from bincount.synth.metadata import encode_metadata, sku_document
+from bincount.synth.products import Product
+
+DEFECT_KINDS = (
+    "label_noise",  # EXPECTED_QUANTITY differs from the sum of the sku quantities
+    "record_mismatch",  # a self-consistent record, but the photo shows another count
+    "truncated_json",  # the metadata object is cut short
+    "missing_expected_quantity",
+    "string_expected_quantity",  # EXPECTED_QUANTITY is "3" instead of 3
+    "missing_image",  # metadata written, image not
+)
+
+# How far a mismatched record is from the photo: half the time by one or two units (a missed
+# scan), otherwise by 3..8 (a whole sku line miscounted or put in the wrong bin).
+_SMALL_MISMATCH = (1, 2)
+_LARGE_MISMATCH = (3, 8)
+
+
+def inject_defect(
+    rng: np.random.Generator,
+    defect: str,
+    document: dict,
+    image: bytes | None,
+    *,
+    catalogue: Sequence[Product] = (),
+) -> tuple[dict, bytes, bytes | None]:
+    """The document, metadata bytes and image after injecting ``defect``."""
+    document = dict(document)
+    if defect == "label_noise":  # a miscount of a few units either way, never negative
+        true = document["EXPECTED_QUANTITY"]
+        wrong = [true + d for d in (-3, -2, -1, 1, 2, 3) if true + d >= 0]
+        document["EXPECTED_QUANTITY"] = wrong[int(rng.integers(len(wrong)))]
+    elif defect == "record_mismatch":
+        document = mismatched_record(rng, document, catalogue=catalogue)
+    elif defect == "missing_expected_quantity":
+        del document["EXPECTED_QUANTITY"]
+    elif defect == "string_expected_quantity":
+        document["EXPECTED_QUANTITY"] = str(document["EXPECTED_QUANTITY"])
+    if defect not in DEFECT_KINDS:
+        raise ValueError(f"Expected a defect in {DEFECT_KINDS}, but got {defect!r}")
+    metadata = encode_metadata(document)
+    if defect == "truncated_json":
+        metadata = metadata[: int(len(metadata) * rng.uniform(0.2, 0.9))]
+    if defect == "missing_image":
+        image = None
+    return document, metadata, image
+
+
+def mismatch_offset(rng: np.random.Generator, count: int) -> int:
+    """How far a wrong record is from the photo's ``count``: never below zero items."""
+    low, high = _SMALL_MISMATCH if rng.random() < 0.5 else _LARGE_MISMATCH
+    size = int(rng.integers(low, high + 1))
+    if size > count:  # cannot record fewer than none: the record holds more than the photo
+        return size
+    return size if rng.random() < 0.5 else -size
+
+
+def mismatched_record(
+    rng: np.random.Generator, document: dict, *, catalogue: Sequence[Product]
+) -> dict:
+    """A record that still adds up (sku quantities sum to ``EXPECTED_QUANTITY``) but counts
+    another number of items than the photo shows: units missing from the record, or units
+    (of a sku already there, or of one that is not) recorded but not in the bin."""
+    skus = {sku: dict(entry) for sku, entry in document["BIN_FCSKU_DATA"].items()}
+    offset = mismatch_offset(rng, document["EXPECTED_QUANTITY"])
+    if offset > 0:
+        if not skus or rng.random() < 0.3:
+            product = catalogue[int(rng.integers(len(catalogue)))]
+            entry = skus.get(product.sku) or sku_document(product, 0)
+            skus[product.sku] = entry
+        else:
+            entry = skus[sorted(skus)[int(rng.integers(len(skus)))]]
+        entry["quantity"] += offset
+    for _ in range(-offset):  # take units away one at a time; a sku at zero leaves the record
+        sku = sorted(skus)[int(rng.integers(len(skus)))]
+        skus[sku]["quantity"] -= 1
+        if skus[sku]["quantity"] == 0:
+            del skus[sku]
+    return {
+        **document,
+        "BIN_FCSKU_DATA": skus,
+        "EXPECTED_QUANTITY": sum(e["quantity"] for e in skus.values()),
+    }
