@@ -12,6 +12,7 @@ import json
 import pyarrow.compute as pc
 import pytest
 
+from bincount.manifest import load_manifest
 from bincount.storage import Location
 from bincount.tables import read_table
 from tests.builders import write_clean_bucket
@@ -101,3 +102,53 @@ def test_scoring_an_output_without_bins_asks_for_a_source(
 
     with pytest.raises(ValueError, match="Expected a source to list"):
         main(["score", "--output", str(tmp_path / "empty")])
+
+
+def test_the_abid_benchmark_commands_hold_the_challenge_list_out_and_evaluate_on_it(
+    prefect_api, settings_env, tmp_path, capsys
+):
+    """README, "The ABID benchmark on a GPU": pipeline and retrain with --benchmark-split, the
+    baseline's recipe (shrunk), evaluate --split benchmark; the public bucket replaced by a
+    synthetic one and the challenge's list by one naming some of its bins."""
+    bucket, output = tmp_path / "B", str(tmp_path / "O")
+    _run(capsys, "synth", str(bucket), "--bins", "40", "--seed", "9", "--max-count", "8")
+    records = {
+        path.stem: json.loads(path.read_text())["EXPECTED_QUANTITY"]
+        for path in (bucket / "metadata").glob("*.json")
+    }
+    # The challenge names image idx as "%05d.jpg" % (idx + 1): five-digit ids only. One listed
+    # image is not in the bucket at all.
+    listed = sorted(i for i in records if len(i) == 5)[::3]
+    split_file = tmp_path / "counting_val_hard.json"
+    split_file.write_text(json.dumps([[int(i) - 1, records[i]] for i in listed] + [[99990, 1]]))
+    in_policy = {i for i in listed if records[i] <= 5}
+    benchmark = ["--policy", "moderate", "--benchmark-split", str(split_file)]
+
+    built = _run(capsys, "pipeline", "--source", str(bucket), "--output", output, *benchmark)
+    details = built["manifest"]["benchmark"]
+    assert details["listed"] == len(listed) + 1 and details["in_manifest"] == len(in_policy)
+    assert details["label_mismatches"] == 0
+    retrained = _run(
+        capsys, "retrain", "--output", output, *benchmark, "--recipe", "abid-baseline", *TINY
+    )
+    assert retrained["manifest"]["version"] == built["manifest"]["version"]  # found, not rebuilt
+    assert retrained["promotion"]["promote"] is True
+    saved = Location(output).read_bytes(f"models/{retrained['train']['version']}/config.json")
+    assert json.loads(saved)["recipe"] == "abid-baseline"
+
+    evaluated = _run(
+        capsys, "evaluate", "--output", output, "--model", "champion", "--split", "benchmark"
+    )
+    assert evaluated["evaluation_set"]["is_abid_benchmark"] is True
+    assert evaluated["metrics"]["n"] == len(in_policy)
+    assert evaluated["abid_baseline"]["accuracy"] == pytest.approx(0.5567)
+    # Nothing on the list is trained on: the test split is the list, and only the list.
+    manifest, _ = load_manifest(Location(output), built["manifest"]["version"])
+    splits = dict(
+        zip(
+            manifest.column("image_id").to_pylist(),
+            manifest.column("split").to_pylist(),
+            strict=True,
+        )
+    )
+    assert {i for i, split in splits.items() if split == "test"} == in_policy
