@@ -122,6 +122,7 @@ def test_the_abid_benchmark_commands_hold_the_challenge_list_out_and_evaluate_on
     split_file = tmp_path / "counting_val_hard.json"
     split_file.write_text(json.dumps([[int(i) - 1, records[i]] for i in listed] + [[99990, 1]]))
     in_policy = {i for i in listed if records[i] <= 5}
+    assert len(in_policy) >= 3 and len(in_policy) < len(listed)  # both kinds are listed
     benchmark = ["--policy", "moderate", "--benchmark-split", str(split_file)]
 
     built = _run(capsys, "pipeline", "--source", str(bucket), "--output", output, *benchmark)
