@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 
 export PREFECT_HOME := $(CURDIR)/.prefect
-# The telemetry switches are set in one place, bincount/telemetry.py (the CLI and tests apply it).
+# The telemetry switches are set in one place, bincount/core/telemetry.py (the CLI and tests apply it).
 
 .PHONY: install install-dev demo ui-check test lint format bench clean
 

@@ -37,14 +37,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from bincount.config import RECIPES, TrainConfig
-from bincount.evaluation import evaluate_model
-from bincount.imagecache import build_image_cache
-from bincount.ingest import ingest_metadata
-from bincount.manifest import MANIFESTS, CountPolicy, build_manifest, load_manifest
-from bincount.storage import Location
-from bincount.training import train_model
-from bincount.validate import validate_bins
+from bincount.core.storage import Location
+from bincount.data.ingest import ingest_metadata
+from bincount.data.manifest import MANIFESTS, CountPolicy, build_manifest, load_manifest
+from bincount.data.validate import validate_bins
+from bincount.images.cache import build_image_cache
+from bincount.model.config import RECIPES, TrainConfig
+from bincount.model.evaluation import evaluate_model
+from bincount.model.training import train_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ABID = REPO.parent / "shared" / "abid"

@@ -7,7 +7,7 @@ region). Each side runs in a fresh process so its peak memory is its own:
 - baseline: one unsigned boto3 client, ``get_object`` + ``read`` for each key, one after another.
   It is handed the key list for free (no listing), and for large sizes it is timed on a sample
   of ``--baseline-sample`` keys: objects/s is a rate, and the full loop would take minutes.
-- platform: ``bincount.ingest.ingest_metadata`` from an empty output folder, timed whole: its
+- platform: ``bincount.data.ingest.ingest_metadata`` from an empty output folder, timed whole: its
   own listing, fetching, parsing and Parquet writes.
 
 Also measured: what moto itself serves with no latency and many requests in flight, and what the
@@ -132,8 +132,8 @@ def run_platform(
     endpoint_url: str, bucket: str, size: int, concurrency: int, partitions: int, chunk_size: int
 ) -> SideResult:
     """The platform's ingestion of the whole bucket into an empty local output folder."""
-    from bincount.ingest import ingest_metadata
-    from bincount.storage import Location
+    from bincount.core.storage import Location
+    from bincount.data.ingest import ingest_metadata
 
     rss_after_import = _rss()
     output_dir = tempfile.mkdtemp(prefix="bench-ingest-output-")

@@ -27,15 +27,15 @@ import time
 
 import torch
 
-from bincount.config import RECIPES, TrainConfig
-from bincount.evaluation import evaluate_model
-from bincount.imagecache import build_image_cache
-from bincount.ingest import ingest_metadata
-from bincount.manifest import CountPolicy, build_manifest, load_manifest
-from bincount.storage import Location
+from bincount.core.storage import Location
+from bincount.data.ingest import ingest_metadata
+from bincount.data.manifest import CountPolicy, build_manifest, load_manifest
+from bincount.data.validate import validate_bins
+from bincount.images.cache import build_image_cache
+from bincount.model.config import RECIPES, TrainConfig
+from bincount.model.evaluation import evaluate_model
+from bincount.model.training import EpochMetrics, train_model
 from bincount.synth import synthesize
-from bincount.training import EpochMetrics, train_model
-from bincount.validate import validate_bins
 
 
 def recipe_config(name: str, epochs: int | None) -> TrainConfig:

@@ -33,25 +33,25 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from bincount.config import DEMO_RECIPE, TrainConfig
-from bincount.evaluation import evaluate_model
-from bincount.imagecache import build_image_cache
-from bincount.ingest import ingest_metadata
-from bincount.manifest import DEFAULT_POLICY, CountPolicy, build_manifest, load_manifest
-from bincount.registry import decide_promotion, record_decision, resolve_version
-from bincount.review import (
+from bincount.core.storage import Location
+from bincount.core.tables import read_table
+from bincount.data.ingest import ingest_metadata
+from bincount.data.manifest import DEFAULT_POLICY, CountPolicy, build_manifest, load_manifest
+from bincount.data.validate import validate_bins
+from bincount.images.cache import build_image_cache
+from bincount.model.config import DEMO_RECIPE, TrainConfig
+from bincount.model.evaluation import evaluate_model
+from bincount.model.registry import decide_promotion, record_decision, resolve_version
+from bincount.model.training import train_model
+from bincount.nightly.scoring import score_images
+from bincount.review.ranking import (
     ReviewPolicy,
     average_precision,
     discrepancy_score,
     flag_quality,
     rank_queue,
 )
-from bincount.scoring import score_images
-from bincount.storage import Location
 from bincount.synth import synthesize
-from bincount.tables import read_table
-from bincount.training import train_model
-from bincount.validate import validate_bins
 
 
 def train_champion(
@@ -127,8 +127,8 @@ def abid_baseline_estimate(bins: int = 200_000, seed: int = 0) -> dict:
     with calibrated probabilities P(truth | prediction) from the real 0-5 label distribution,
     a lower bound on a model whose probabilities carry more. 5% of records moved as in synth.
     """
-    from bincount.metrics import ABID_BASELINE
-    from bincount.review import detection_quality, simulate_record_errors
+    from bincount.model.metrics import ABID_BASELINE
+    from bincount.review.ranking import detection_quality, simulate_record_errors
     from bincount.synth import label_distribution
 
     histogram = label_distribution()

@@ -16,7 +16,7 @@ of the repetitions is reported for both. Scoring must keep the model busy: goal 
         --batch-size 256 --images 4096
 
 On a GPU (``--device cuda``) the end-to-end side decodes JPEGs there (nvJPEG through
-``bincount.devicedecode``) and runs the model in bf16; the bare side's batches are put on the
+``bincount.images.devicedecode``) and runs the model in bf16; the bare side's batches are put on the
 device before the clock starts.
 """
 
@@ -35,15 +35,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from bincount.imagecache import decode_image
-from bincount.ingest import ingest_metadata
-from bincount.models import CountingModel
-from bincount.review import ReviewPolicy
-from bincount.review_queue import queue_reviews
-from bincount.scoring import Scorer, plan_scoring, score_chunk, summarize
-from bincount.storage import Location
+from bincount.core.storage import Location
+from bincount.data.ingest import ingest_metadata
+from bincount.images.cache import decode_image
+from bincount.model.networks import CountingModel
+from bincount.model.training import Runtime, predict_batch, resolve_runtime, to_model_input
+from bincount.nightly.scoring import Scorer, plan_scoring, score_chunk, summarize
+from bincount.review.queue import queue_reviews
+from bincount.review.ranking import ReviewPolicy
 from bincount.synth import synthesize
-from bincount.training import Runtime, predict_batch, resolve_runtime, to_model_input
 
 GOAL_RATIO = 0.85
 PREFIX = "bin-images/"

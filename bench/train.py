@@ -39,15 +39,14 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from bincount.config import TrainConfig
-from bincount.imagecache import build_image_cache, cache_folder, load_cached_splits
-from bincount.ingest import ingest_metadata
-from bincount.manifest import CountPolicy, build_manifest, load_manifest
-from bincount.models import CountingModel
-from bincount.storage import Location
-from bincount.synth import synthesize
-from bincount.testing.caches import write_generated_cache
-from bincount.training import (
+from bincount.core.storage import Location
+from bincount.data.ingest import ingest_metadata
+from bincount.data.manifest import CountPolicy, build_manifest, load_manifest
+from bincount.data.validate import validate_bins
+from bincount.images.cache import build_image_cache, cache_folder, load_cached_splits
+from bincount.model.config import TrainConfig
+from bincount.model.networks import CountingModel
+from bincount.model.training import (
     BatchLoader,
     Runtime,
     Schedule,
@@ -57,7 +56,8 @@ from bincount.training import (
     predict_split,
     resolve_runtime,
 )
-from bincount.validate import validate_bins
+from bincount.synth import synthesize
+from bincount.testing.caches import write_generated_cache
 
 GOAL_RATIO = 0.9
 GOAL_MEMORY = 1.5

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from bincount import telemetry
+from bincount.core import telemetry
 
 REPO = Path(__file__).resolve().parents[1]
 # The newest artifact of each kind: (name, exact key or None, key prefix).

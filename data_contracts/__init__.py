@@ -1,4 +1,4 @@
 """Reviewed data files: a Parquet schema for every table bincount writes, and expectation suites.
 
-Loaded only through :mod:`bincount.contracts`.
+Loaded only through :mod:`bincount.core.contracts`.
 """

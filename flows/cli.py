@@ -2,7 +2,7 @@
 
 A flow command has one option per flow parameter, typed and defaulted as the parameter is; a
 pydantic parameter (the training config, the review policy) has one option per field. The
-platform options come once from the :class:`~bincount.settings.Settings` fields and feed the
+platform options come once from the :class:`~bincount.core.settings.Settings` fields and feed the
 one settings object through its ``BINCOUNT_*`` environment, so a flow run from the CLI, a
 deployment or a test sees the same configuration. Flows are imported only when their command
 (or the overall help) needs them: ``bincount synth`` never loads Prefect.
@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, SecretStr
 
-from bincount import telemetry
+from bincount.core import telemetry
 
 # Command → the flow it runs (module:function).
 FLOWS = {
@@ -222,7 +222,7 @@ def _add_model_options(parser, parameter: inspect.Parameter, model: type[BaseMod
 
 
 def _add_settings_options(parser, *, taken: set[str]) -> None:
-    from bincount.settings import Settings
+    from bincount.core.settings import Settings
 
     group = parser.add_argument_group("platform settings (also BINCOUNT_* environment variables)")
     for name, field in Settings.model_fields.items():
@@ -326,7 +326,7 @@ def flow_arguments(args: argparse.Namespace, flow) -> dict[str, Any]:
 def settings_environment(args: argparse.Namespace) -> Iterator[None]:
     """The platform options as ``BINCOUNT_*`` variables while the command runs (a process it
     starts, a Dask worker say, inherits them); the environment as it was afterwards."""
-    from bincount.settings import get_settings
+    from bincount.core.settings import get_settings
 
     given = {
         f"BINCOUNT_{dest.removeprefix('settings.').upper()}": (
@@ -361,11 +361,11 @@ def _train_distributed(output, manifest, config, device) -> dict:
     """Under torchrun every rank trains its share; rank 0 decodes the cache and writes."""
     import torch.distributed as dist
 
-    from bincount.imagecache import build_image_cache
-    from bincount.manifest import load_manifest
-    from bincount.settings import get_settings
-    from bincount.storage import Location
-    from bincount.training import resolve_runtime, train_model
+    from bincount.core.settings import get_settings
+    from bincount.core.storage import Location
+    from bincount.data.manifest import load_manifest
+    from bincount.images.cache import build_image_cache
+    from bincount.model.training import resolve_runtime, train_model
 
     settings = get_settings()
     target = Location.output(settings, output)
@@ -418,8 +418,8 @@ def _synth_parser(commands) -> argparse.ArgumentParser:
 def _synth(args: argparse.Namespace) -> dict:
     from dataclasses import asdict
 
-    from bincount.settings import get_settings
-    from bincount.storage import Location
+    from bincount.core.settings import get_settings
+    from bincount.core.storage import Location
     from bincount.synth import default_truth, synthesize
 
     settings = get_settings()
@@ -449,9 +449,9 @@ def _predict_parser(commands) -> argparse.ArgumentParser:
 
 
 def _predict(args: argparse.Namespace) -> list[dict]:
-    from bincount.scoring import load_scorer, predict_images
-    from bincount.settings import get_settings
-    from bincount.storage import Location
+    from bincount.core.settings import get_settings
+    from bincount.core.storage import Location
+    from bincount.nightly.scoring import load_scorer, predict_images
 
     settings = get_settings()
     scorer = load_scorer(Location.output(settings), args.model, device=args.device)
@@ -491,9 +491,9 @@ def _models_parser(commands) -> argparse.ArgumentParser:
 
 
 def _models(args: argparse.Namespace) -> list[dict]:
-    from bincount.registry import list_models
-    from bincount.settings import get_settings
-    from bincount.storage import Location
+    from bincount.core.settings import get_settings
+    from bincount.core.storage import Location
+    from bincount.model.registry import list_models
 
     return list_models(Location.output(get_settings()))
 

@@ -6,9 +6,9 @@ import os
 
 from prefect import flow
 
-from bincount.config import DEMO_RECIPE, TrainConfig
-from bincount.monitoring import DRIFT_EVENT
-from bincount.review import probability_text
+from bincount.model.config import DEMO_RECIPE, TrainConfig
+from bincount.nightly.monitoring import DRIFT_EVENT
+from bincount.review.ranking import probability_text
 from bincount.synth import MAX_COUNT_LIMIT, default_truth
 from flows.data import data_pipeline
 from flows.retrain import retrain

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from bincount.manifest import DEFAULT_POLICY
+from bincount.data.manifest import DEFAULT_POLICY
 from flows.naming import run_name
 from tasks.manifest import build_versioned_manifest
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from bincount.evaluation import report_headline
+from bincount.model.evaluation import report_headline
 from flows.naming import run_name
 from tasks.evaluation import evaluate_registered_model, promotion_gate
 

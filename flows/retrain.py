@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from bincount.config import TrainConfig
-from bincount.manifest import DEFAULT_POLICY
+from bincount.data.manifest import DEFAULT_POLICY
+from bincount.model.config import TrainConfig
 from flows.manifest import manifest as build_manifest
 from flows.naming import run_name
 from flows.promote import promote

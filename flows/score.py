@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import flow, unmapped
 
-from bincount.monitoring import DriftPolicy
-from bincount.review import ReviewPolicy
+from bincount.nightly.monitoring import DriftPolicy
+from bincount.review.ranking import ReviewPolicy
 from flows.ingest import ingest
 from flows.naming import run_name
 from tasks.monitoring import monitor_drift

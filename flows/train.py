@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from bincount.config import TrainConfig
+from bincount.model.config import TrainConfig
 from flows.naming import run_name
 from tasks.images import cache_manifest_images
 from tasks.training import train_counting_model

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from bincount.config import TrainConfig
-from bincount.tuning import SearchSpace
+from bincount.model.config import TrainConfig
+from bincount.model.tuning import SearchSpace
 from flows.naming import run_name
 from flows.promote import promote
 from tasks.images import cache_manifest_images

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from bincount.review_outcomes import VIA_FILE
+from bincount.review.outcomes import VIA_FILE
 from flows.naming import run_name
 from tasks.review import read_file_verdicts, record_review_verdicts
 

@@ -6,15 +6,15 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bincount import plots
-from bincount.evaluation import evaluate_model, report_markdown
-from bincount.registry import (
+from bincount.model.evaluation import evaluate_model, report_markdown
+from bincount.model.registry import (
     PromotionDecision,
     champion,
     decide_promotion,
     read_evaluation,
     record_decision,
 )
+from bincount.reports import charts as plots
 from tasks.runtime import resolve_output, timed_task
 
 

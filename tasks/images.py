@@ -5,9 +5,9 @@ from __future__ import annotations
 from prefect import get_run_logger
 from prefect.cache_policies import NO_CACHE
 
-from bincount.imagecache import CacheSummary, build_image_cache
-from bincount.manifest import load_manifest
-from bincount.storage import Location
+from bincount.core.storage import Location
+from bincount.data.manifest import load_manifest
+from bincount.images.cache import CacheSummary, build_image_cache
 from tasks.runtime import current_run_id, locations, timed_task
 
 

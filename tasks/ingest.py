@@ -10,7 +10,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bincount.ingest import (
+from bincount.data.ingest import (
     ChunkOutcome,
     IngestPlan,
     IngestSummary,

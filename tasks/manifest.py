@@ -6,14 +6,14 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bincount import plots
-from bincount.manifest import (
+from bincount.data.manifest import (
     SPLITS,
     CountPolicy,
     ManifestSummary,
     build_manifest,
     read_benchmark_split,
 )
+from bincount.reports import charts as plots
 from tasks.runtime import locations, timed_task
 
 

@@ -7,9 +7,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from bincount.monitoring import DRIFT_EVENT, DriftCheck, DriftPolicy, drift_markdown, monitor_night
-from bincount.registry import model_folder
-from bincount.review import ReviewPolicy
+from bincount.model.registry import model_folder
+from bincount.nightly.monitoring import (
+    DRIFT_EVENT,
+    DriftCheck,
+    DriftPolicy,
+    drift_markdown,
+    monitor_night,
+)
+from bincount.review.ranking import ReviewPolicy
 from tasks.runtime import current_run_id, resolve_output, timed_task
 
 

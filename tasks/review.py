@@ -13,7 +13,9 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field, create_model
 
-from bincount.review_outcomes import (
+from bincount.core.sources import open_sources, recorded_sources
+from bincount.nightly.scoring import with_thumbnails
+from bincount.review.outcomes import (
     REVIEW_OUTCOMES,
     VIA_UI,
     Decided,
@@ -31,8 +33,6 @@ from bincount.review_outcomes import (
     review_sheet_markdown,
     verdict_model,
 )
-from bincount.scoring import with_thumbnails
-from bincount.sources import open_sources, recorded_sources
 from tasks.runtime import current_run_id, locations, timed_task
 
 THUMBNAIL_SIZE = 192  # big enough to count items in, small enough to inline ten of

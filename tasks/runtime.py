@@ -11,8 +11,8 @@ from prefect import Task
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from bincount.settings import Settings, get_settings
-from bincount.storage import Location
+from bincount.core.settings import Settings, get_settings
+from bincount.core.storage import Location
 
 # The library logs through "bincount" (epoch lines, progress, calibration). Prefect attaches its
 # handlers to the loggers named in PREFECT_LOGGING_EXTRA_LOGGERS but not a level, so without
@@ -47,7 +47,7 @@ def timed_task(timeout: str, **options: Any) -> Callable[[Callable], SettingsTim
 
     Every task times out: a hung run of a flow allowed one run at a time (the nightly score)
     would block every later one. Tasks do not retry: the storage layer below them retries
-    transient faults (``bincount/storage.py``), so a retry here would repeat every attempt
+    transient faults (``bincount/core/storage.py``), so a retry here would repeat every attempt
     there, and a programming error would run three times before it failed.
     """
 

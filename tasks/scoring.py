@@ -10,11 +10,12 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bincount.monitoring import DriftCheck, prediction_chart
-from bincount.registry import resolve_version
-from bincount.review import ReviewPolicy
-from bincount.review_queue import NightQueue, measure_against_truth, queue_reviews
-from bincount.scoring import (
+from bincount.core.settings import get_settings
+from bincount.core.sources import sources_to_list
+from bincount.core.storage import Location
+from bincount.model.registry import resolve_version
+from bincount.nightly.monitoring import DriftCheck, prediction_chart
+from bincount.nightly.scoring import (
     REVIEW_LIST_SIZE,
     ChunkResult,
     Scorer,
@@ -26,9 +27,8 @@ from bincount.scoring import (
     score_chunk,
     summarize,
 )
-from bincount.settings import get_settings
-from bincount.sources import sources_to_list
-from bincount.storage import Location
+from bincount.review.queue import NightQueue, measure_against_truth, queue_reviews
+from bincount.review.ranking import ReviewPolicy
 from tasks.runtime import (
     current_run_id,
     locations,

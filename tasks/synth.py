@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect.cache_policies import NO_CACHE
 
-from bincount.settings import get_settings
-from bincount.storage import Location
+from bincount.core.settings import get_settings
+from bincount.core.storage import Location
 from bincount.synth import SynthSummary, synthesize
 from tasks.runtime import timed_task
 

@@ -10,10 +10,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
 
-from bincount import plots
-from bincount.config import TrainConfig
-from bincount.manifest import load_manifest
-from bincount.training import EpochMetrics, TrainResult, train_model
+from bincount.data.manifest import load_manifest
+from bincount.model.config import TrainConfig
+from bincount.model.training import EpochMetrics, TrainResult, train_model
+from bincount.reports import charts as plots
 from tasks.runtime import current_run_id, resolve_output, timed_task
 
 

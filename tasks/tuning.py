@@ -6,10 +6,10 @@ from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bincount.config import TrainConfig
-from bincount.manifest import load_manifest
-from bincount.training import train_model
-from bincount.tuning import best_trial, trial_row, write_trials
+from bincount.data.manifest import load_manifest
+from bincount.model.config import TrainConfig
+from bincount.model.training import train_model
+from bincount.model.tuning import best_trial, trial_row, write_trials
 from tasks.runtime import current_run_id, resolve_output, timed_task
 
 

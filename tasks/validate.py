@@ -6,7 +6,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bincount.validate import ValidationReport, validate_bins
+from bincount.data.validate import ValidationReport, validate_bins
 from tasks.runtime import current_run_id, locations, timed_task
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bincount import telemetry
+from bincount.core import telemetry
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ABID = REPO.parent / "shared" / "abid"
@@ -50,7 +50,7 @@ def bucket(s3_server) -> str:
 @pytest.fixture
 def settings_env(monkeypatch, s3_server):
     """Point the settings at the moto server with dummy credentials (never real ones)."""
-    from bincount.settings import get_settings
+    from bincount.core.settings import get_settings
     from bincount.testing.s3server import TEST_CREDENTIALS
 
     for name in list(os.environ):
@@ -77,15 +77,15 @@ def prefect_api():
 def trained(tmp_path_factory) -> Path:
     """A bucket of 40 real-JPEG bins (0-5 items) and an output with a promoted (tiny) champion
     that counts 0..3 and "more than 3" (policy open:3)."""
-    from bincount.config import TrainConfig
-    from bincount.evaluation import evaluate_model
-    from bincount.imagecache import build_image_cache
-    from bincount.ingest import ingest_metadata
-    from bincount.manifest import CountPolicy, build_manifest, load_manifest
-    from bincount.registry import decide_promotion, record_decision
-    from bincount.storage import Location
-    from bincount.training import train_model
-    from bincount.validate import validate_bins
+    from bincount.core.storage import Location
+    from bincount.data.ingest import ingest_metadata
+    from bincount.data.manifest import CountPolicy, build_manifest, load_manifest
+    from bincount.data.validate import validate_bins
+    from bincount.images.cache import build_image_cache
+    from bincount.model.config import TrainConfig
+    from bincount.model.evaluation import evaluate_model
+    from bincount.model.registry import decide_promotion, record_decision
+    from bincount.model.training import train_model
     from tests.builders import write_clean_bucket
 
     root = tmp_path_factory.mktemp("trained")

@@ -9,7 +9,7 @@ import re
 
 from PIL import Image
 
-from bincount.config import TrainConfig
+from bincount.model.config import TrainConfig
 from tests.builders import write_clean_bucket
 
 TINY = {"arch": "mobilenet_v3_small", "image_size": 32, "batch_size": 16}

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from bincount.chunks import (
+from bincount.core.chunks import (
     ChunkProtocol,
     Parts,
     Rejection,
@@ -20,12 +20,12 @@ from bincount.chunks import (
     quarantine_row,
     totals,
 )
-from bincount.imagecache import build_image_cache, cache_protocol, load_cached_splits
-from bincount.ingest import chunk_id
-from bincount.metadata import MalformedMetadata
-from bincount.scoring import chunk_part_name
-from bincount.storage import Location
-from bincount.tables import BINS, ITEMS, QUARANTINE, read_table
+from bincount.core.storage import Location
+from bincount.core.tables import BINS, ITEMS, QUARANTINE, read_table
+from bincount.data.ingest import chunk_id
+from bincount.data.metadata import MalformedMetadata
+from bincount.images.cache import build_image_cache, cache_protocol, load_cached_splits
+from bincount.nightly.scoring import chunk_part_name
 from tests.builders import jpeg_bytes
 
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
@@ -199,8 +199,8 @@ def test_a_resumed_cache_build_never_fetches_a_committed_shard_again(tmp_path, c
 KILLABLE_CACHE = """
 import sys
 import pyarrow.parquet as pq
-from bincount.imagecache import build_image_cache
-from bincount.storage import Location
+from bincount.images.cache import build_image_cache
+from bincount.core.storage import Location
 source = Location(sys.argv[1], endpoint_url=sys.argv[2], anonymous=True)
 build_image_cache(source, Location(sys.argv[3]), pq.read_table(sys.argv[4]), manifest_version="m1",
                   size=16, shard_size=4, concurrency=1, workers=1)

@@ -9,9 +9,9 @@ import os
 import pytest
 from pydantic import BaseModel
 
-from bincount.config import TrainConfig
-from bincount.review import ReviewPolicy
-from bincount.settings import Settings
+from bincount.core.settings import Settings
+from bincount.model.config import TrainConfig
+from bincount.review.ranking import ReviewPolicy
 from flows.cli import FIELD_PREFIX, FLOWS, build_parser, flow_arguments, flow_parameters, load_flow
 
 
@@ -90,7 +90,7 @@ def test_pydantic_parameters_are_built_from_their_fields_and_old_spellings_parse
 
 
 def test_a_platform_option_feeds_the_settings_while_the_command_runs(monkeypatch):
-    from bincount.settings import get_settings
+    from bincount.core.settings import get_settings
     from flows.cli import settings_environment
 
     monkeypatch.delenv("BINCOUNT_CHUNK_SIZE", raising=False)

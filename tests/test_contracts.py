@@ -9,7 +9,7 @@ import sys
 import pyarrow as pa
 import pytest
 
-from bincount.contracts import contract_names, expectation_suite, parse_type, table_contract
+from bincount.core.contracts import contract_names, expectation_suite, parse_type, table_contract
 
 WRITTEN_TABLES = {"bins", "items", "quarantine", "manifest"}
 

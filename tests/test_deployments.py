@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from bincount.storage import Location
-from bincount.tables import read_table
+from bincount.core.storage import Location
+from bincount.core.tables import read_table
 from tests.builders import write_clean_bucket
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,7 +175,7 @@ def test_every_declared_parameter_validates_against_its_flow():
     import importlib
     import inspect
 
-    from bincount.config import TrainConfig
+    from bincount.model.config import TrainConfig
 
     for name, spec in _declared().items():
         path, _, function = spec["entrypoint"].partition(":")

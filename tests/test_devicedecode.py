@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bincount.devicedecode import decode_on_device
-from bincount.imagecache import UndecodableImage, decode_image
-from bincount.limits import ImageLimits
+from bincount.core.limits import ImageLimits
+from bincount.images.cache import UndecodableImage, decode_image
+from bincount.images.devicedecode import decode_on_device
 from tests.builders import flat_jpeg, image_bytes
 
 

@@ -11,8 +11,8 @@ import shutil
 import pyarrow.compute as pc
 import pytest
 
-from bincount.storage import Location
-from bincount.tables import read_table
+from bincount.core.storage import Location
+from bincount.core.tables import read_table
 from bincount.testing.s3server import upload_tree
 from tests.builders import flat_jpeg, flat_png, jpeg_bytes, write_bin, write_clean_bucket
 from tests.builders import write_malformed as write_malformed_metadata

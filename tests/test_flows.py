@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from bincount.storage import Location
-from bincount.tables import read_table
+from bincount.core.storage import Location
+from bincount.core.tables import read_table
 from bincount.testing.s3server import upload_tree
 from tests.builders import write_bin, write_clean_bucket, write_malformed
 
@@ -77,7 +77,7 @@ def test_data_pipeline_end_to_end_with_artifacts(
 def test_validate_flow_fails_past_a_threshold_but_keeps_the_quarantine(
     prefect_api, settings_env, tmp_path, s3_server, bucket, monkeypatch
 ):
-    from bincount.settings import get_settings
+    from bincount.core.settings import get_settings
     from flows.ingest import ingest
     from flows.validate import validate
 

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bincount.imagecache import UndecodableImage, decode_image, decode_or_reason
-from bincount.limits import ImageLimits
-from bincount.storage import ObjectTooLarge
+from bincount.core.limits import ImageLimits
+from bincount.core.storage import ObjectTooLarge
+from bincount.images.cache import UndecodableImage, decode_image, decode_or_reason
 from tests.builders import flat_jpeg, flat_png, image_bytes
 
 CODES = {"undecodable_image", "image_too_large", "image_too_many_pixels", "unreadable_image"}
@@ -147,7 +147,7 @@ def test_any_valid_flat_image_decodes_to_its_colour(picture, size):
 
 
 def test_reasons_cross_process_pools_whole():
-    from bincount.metadata import MalformedMetadata
+    from bincount.data.metadata import MalformedMetadata
 
     reasons = [
         UndecodableImage("image_too_large", "Expected at most 10 bytes", "ObjectTooLarge"),

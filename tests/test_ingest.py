@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from bincount.ingest import ingest_metadata
-from bincount.storage import Location
-from bincount.tables import read_table, write_part
+from bincount.core.storage import Location
+from bincount.core.tables import read_table, write_part
+from bincount.data.ingest import ingest_metadata
 from bincount.testing.faultproxy import fault_proxy
 from bincount.testing.s3server import upload_public, upload_tree
 from tests.builders import write_bin, write_clean_bucket, write_malformed
@@ -75,7 +75,7 @@ def test_malformed_objects_are_quarantined_with_reasons_and_never_stop_the_run(t
 
 
 def test_a_changed_object_is_ingested_again_and_becomes_current(tmp_path):
-    from bincount.tables import current_bins
+    from bincount.core.tables import current_bins
 
     root = tmp_path / "bucket"
     write_clean_bucket(root, 3)
@@ -192,8 +192,8 @@ def test_transient_s3_faults_are_survived(s3_server, bucket, tmp_path):
 
 KILLABLE_INGEST = """
 import sys
-from bincount.ingest import ingest_metadata
-from bincount.storage import Location
+from bincount.data.ingest import ingest_metadata
+from bincount.core.storage import Location
 source = Location(sys.argv[1], endpoint_url=sys.argv[2], anonymous=True)
 ingest_metadata(source, Location(sys.argv[3]), chunk_size=40, concurrency=4, partitions=2)
 """
@@ -236,7 +236,7 @@ def test_a_run_killed_midway_then_rerun_leaves_exactly_one_row_per_object(
 def test_what_the_parser_does_not_foresee_still_stops_only_its_own_object():
     from datetime import UTC, datetime
 
-    from bincount.ingest import rows_from_objects
+    from bincount.data.ingest import rows_from_objects
 
     now = datetime(2026, 1, 1, tzinfo=UTC)
     good = json.dumps({"BIN_FCSKU_DATA": {}, "EXPECTED_QUANTITY": 0}).encode()

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from bincount.ingest import ingest_metadata
-from bincount.manifest import (
+from bincount.core.storage import Location
+from bincount.data.ingest import ingest_metadata
+from bincount.data.manifest import (
     CountPolicy,
     StaleValidation,
     build_manifest,
@@ -15,8 +16,7 @@ from bincount.manifest import (
     read_benchmark_split,
     split_of,
 )
-from bincount.storage import Location
-from bincount.validate import validate_bins
+from bincount.data.validate import validate_bins
 from tests.builders import write_bin, write_clean_bucket
 
 

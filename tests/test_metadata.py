@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bincount.contracts import table_contract
-from bincount.ingest import read_key_list, rows_from_objects
-from bincount.limits import MetadataLimits
-from bincount.metadata import (
+from bincount.core.contracts import table_contract
+from bincount.core.limits import MetadataLimits
+from bincount.data.ingest import read_key_list, rows_from_objects
+from bincount.data.metadata import (
     MalformedMetadata,
     count_ranges,
     image_id_from_key,

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from bincount.metrics import counting_metrics, majority_baseline
+from bincount.model.metrics import counting_metrics, majority_baseline
 
 
 def reference_evaluate(predictions, targets, num_classes):

@@ -8,20 +8,20 @@ import importlib.util
 import pytest
 import torch
 
-from bincount.models import (
+from bincount.images.vision import torchvision
+from bincount.model.networks import (
     IMAGENET_MEAN,
     CountingModel,
     load_pretrained_weights,
     load_weights_file,
     resolve_architecture,
 )
-from bincount.pretrained import (
+from bincount.model.pretrained import (
     BUNDLED_WEIGHTS,
     block_positions,
     read_bundled_state_dict,
     timm_state_dict,
 )
-from bincount.vision import torchvision
 
 
 def test_torchvision_imports_with_this_torch():
@@ -112,7 +112,7 @@ def _bundled(arch: str) -> dict:
 
 @pytest.mark.parametrize("arch", sorted(BUNDLED_WEIGHTS))
 def test_bundled_weights_renamed_for_timm_give_the_reference_logits(arch):
-    from bincount.models import timm_module
+    from bincount.model.networks import timm_module
 
     reference_class = _reference_efficientnet()
     weights = _bundled(arch)
@@ -142,7 +142,7 @@ def test_a_pretrained_counting_model_gets_everything_but_its_head():
 
 
 def test_weights_that_do_not_fit_and_archs_without_any_are_refused():
-    from bincount.config import TrainConfig
+    from bincount.model.config import TrainConfig
 
     weights = _bundled("tf_efficientnet_lite0")
     lite1 = CountingModel("tf_efficientnet_lite1", head="ce", max_count=5).backbone

@@ -17,8 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bincount.contracts import table_contract
-from bincount.monitoring import (
+from bincount.core.contracts import table_contract
+from bincount.core.storage import Location
+from bincount.core.tables import SCORES, read_table, write_part
+from bincount.model.registry import champion, read_model_record
+from bincount.nightly.monitoring import (
     DRIFT_EVENT,
     MONITORING,
     DriftPolicy,
@@ -27,12 +30,9 @@ from bincount.monitoring import (
     monitor_night,
     population_stability_index,
 )
-from bincount.registry import champion, read_model_record
-from bincount.review import ReviewPolicy
-from bincount.review_queue import queue_reviews
-from bincount.scoring import score_table
-from bincount.storage import Location
-from bincount.tables import SCORES, read_table, write_part
+from bincount.nightly.scoring import score_table
+from bincount.review.queue import queue_reviews
+from bincount.review.ranking import ReviewPolicy
 from tests.builders import write_clean_bucket
 
 POLICY = DriftPolicy(min_bins=20)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from PIL import Image
 
-from bincount import plots
+from bincount.reports import charts as plots
 
 MAX_URI_BYTES = 60_000  # "tens of KB" per image, as base64 in the artifact
 
@@ -139,9 +139,9 @@ def test_markdown_image_keeps_alt_text_from_closing_the_link():
 
 def test_matplotlib_is_imported_only_when_a_chart_is_drawn():
     code = (
-        "import sys, bincount.plots, bincount.monitoring\n"
+        "import sys, bincount.reports.charts, bincount.nightly.monitoring\n"
         "print('matplotlib' in sys.modules)\n"
-        "bincount.plots.count_bars({'a': [1, 2]}, names=['0', '1'], title='t')\n"
+        "bincount.reports.charts.count_bars({'a': [1, 2]}, names=['0', '1'], title='t')\n"
         "print('matplotlib' in sys.modules, 'matplotlib.pyplot' in sys.modules)\n"
     )
     result = subprocess.run(

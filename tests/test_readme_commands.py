@@ -12,9 +12,9 @@ import json
 import pyarrow.compute as pc
 import pytest
 
-from bincount.manifest import load_manifest
-from bincount.storage import Location
-from bincount.tables import read_table
+from bincount.core.storage import Location
+from bincount.core.tables import read_table
+from bincount.data.manifest import load_manifest
 from tests.builders import write_clean_bucket
 
 # A model trained in seconds: the commands are under test, not the model.

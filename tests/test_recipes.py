@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from bincount.config import RECIPES, TrainConfig
-from bincount.models import CountingModel
-from bincount.training import Schedule, TrainState, augment_batch, build_optimizer
+from bincount.model.config import RECIPES, TrainConfig
+from bincount.model.networks import CountingModel
+from bincount.model.training import Schedule, TrainState, augment_batch, build_optimizer
 from flows.cli import FLOWS, build_parser, flow_arguments, load_flow
 
 

@@ -17,7 +17,7 @@ from botocore.parsers import ResponseParserError
 from fsspec.asyn import sync
 from s3fs.errors import translate_boto_error
 
-from bincount.storage import HTTPStatusError, Location, is_transient
+from bincount.core.storage import HTTPStatusError, Location, is_transient
 from bincount.testing.faultproxy import fault_proxy
 from bincount.testing.s3server import TEST_CREDENTIALS, upload_public
 
@@ -134,7 +134,7 @@ def test_every_task_times_out_after_its_setting_and_none_retries(monkeypatch):
     import prefect
 
     import tasks
-    from bincount.settings import get_settings
+    from bincount.core.settings import get_settings
 
     monkeypatch.setenv("BINCOUNT_CHUNK_TIMEOUT_S", "12.5")
     get_settings.cache_clear()
@@ -154,7 +154,7 @@ def test_a_hung_task_fails_at_its_timeout_and_is_not_retried(prefect_api, monkey
 
     from prefect import flow
 
-    from bincount.settings import get_settings
+    from bincount.core.settings import get_settings
     from tasks.runtime import timed_task
 
     calls = []

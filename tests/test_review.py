@@ -14,21 +14,23 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import bincount.calibration
-import bincount.metrics
-import bincount.review
+import bincount.model.calibration
+import bincount.model.metrics
+import bincount.review.ranking
 from bincount import synth
-from bincount.calibration import (
+from bincount.core.storage import Location
+from bincount.data.ingest import ingest_metadata
+from bincount.data.manifest import CountPolicy, build_manifest, load_manifest
+from bincount.data.validate import validate_bins
+from bincount.model.calibration import (
     calibration_report,
     expected_calibration_error,
     fit_temperature,
     mean_probabilities,
     reliability_table,
 )
-from bincount.ingest import ingest_metadata
-from bincount.manifest import CountPolicy, build_manifest, load_manifest
-from bincount.models import CountingModel
-from bincount.review import (
+from bincount.model.networks import CountingModel
+from bincount.review.ranking import (
     ReviewPolicy,
     average_precision,
     detection_quality,
@@ -39,12 +41,12 @@ from bincount.review import (
     record_probability,
     simulate_record_errors,
 )
-from bincount.storage import Location
-from bincount.validate import validate_bins
 from tests.builders import write_bin, write_clean_bucket
 
 
-@pytest.mark.parametrize("module", [bincount.calibration, bincount.review, bincount.metrics])
+@pytest.mark.parametrize(
+    "module", [bincount.model.calibration, bincount.review.ranking, bincount.model.metrics]
+)
 def test_doctests_run(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0

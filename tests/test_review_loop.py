@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from bincount.contracts import table_contract
-from bincount.ingest import ingest_metadata
-from bincount.manifest import CountPolicy, build_manifest, load_manifest
-from bincount.review import ReviewPolicy
-from bincount.review_outcomes import (
+from bincount.core.contracts import table_contract
+from bincount.core.storage import Location
+from bincount.core.tables import read_table
+from bincount.data.ingest import ingest_metadata
+from bincount.data.manifest import CountPolicy, build_manifest, load_manifest
+from bincount.data.validate import validate_bins
+from bincount.nightly.scoring import score_images
+from bincount.review.outcomes import (
     REVIEW_OUTCOMES,
     Decided,
     Verdict,
@@ -30,10 +33,7 @@ from bincount.review_outcomes import (
     record_outcomes,
     verdict_model,
 )
-from bincount.scoring import score_images
-from bincount.storage import Location
-from bincount.tables import read_table
-from bincount.validate import validate_bins
+from bincount.review.ranking import ReviewPolicy
 from tests.test_flows import _artifacts
 
 

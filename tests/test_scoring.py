@@ -21,13 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from bincount.contracts import table_contract
-from bincount.ingest import ingest_metadata
-from bincount.review import ReviewPolicy
-from bincount.review_queue import decide_queue
-from bincount.scoring import load_scorer, plan_scoring, score_chunk, score_images
-from bincount.storage import Location
-from bincount.tables import read_table
+from bincount.core.contracts import table_contract
+from bincount.core.storage import Location
+from bincount.core.tables import read_table
+from bincount.data.ingest import ingest_metadata
+from bincount.nightly.scoring import load_scorer, plan_scoring, score_chunk, score_images
+from bincount.review.queue import decide_queue
+from bincount.review.ranking import ReviewPolicy
 from bincount.testing.faultproxy import fault_proxy
 from bincount.testing.s3server import upload_tree
 from tests.builders import jpeg_bytes, write_clean_bucket
@@ -205,8 +205,8 @@ def test_two_sources_with_the_same_keys_keep_their_own_scores(workdir):
 
 KILLABLE_SCORING = """
 import sys
-from bincount.scoring import score_images
-from bincount.storage import Location
+from bincount.nightly.scoring import score_images
+from bincount.core.storage import Location
 source = Location(sys.argv[1], endpoint_url=sys.argv[2], anonymous=True)
 score_images(source, Location(sys.argv[3]), chunk_size=20, batch_size=4, concurrency=2)
 """
@@ -342,7 +342,7 @@ def test_ingest_and_scoring_fan_out_on_a_local_dask_cluster(
 ):
     from prefect.settings import PREFECT_API_URL
 
-    from bincount.settings import get_settings
+    from bincount.core.settings import get_settings
     from flows.score import score
 
     # Worker processes report to the same API as this flow (not to servers of their own).
@@ -394,7 +394,7 @@ def test_real_abid_photos_are_scored_against_their_recorded_quantity(
 
 
 def test_the_queue_is_measured_against_the_synthetic_truth(trained, tmp_path):
-    from bincount.review_queue import measure_against_truth
+    from bincount.review.queue import measure_against_truth
     from bincount.synth import synthesize
 
     shutil.copytree(trained / "out", tmp_path / "out")

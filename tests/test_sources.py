@@ -6,12 +6,12 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from bincount.ingest import ingest_metadata
-from bincount.manifest import CountPolicy, build_manifest, load_manifest
-from bincount.sources import recorded_sources, sources_to_list
-from bincount.storage import Location
-from bincount.tables import current_bins, read_table
-from bincount.validate import validate_bins
+from bincount.core.sources import recorded_sources, sources_to_list
+from bincount.core.storage import Location
+from bincount.core.tables import current_bins, read_table
+from bincount.data.ingest import ingest_metadata
+from bincount.data.manifest import CountPolicy, build_manifest, load_manifest
+from bincount.data.validate import validate_bins
 from tests.builders import write_bin, write_clean_bucket
 
 

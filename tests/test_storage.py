@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bincount.settings import Settings
-from bincount.storage import Location, ObjectTooLarge, key_range_bounds
+from bincount.core.settings import Settings
+from bincount.core.storage import Location, ObjectTooLarge, key_range_bounds
 from bincount.testing.s3server import TEST_CREDENTIALS, upload_public
 
 

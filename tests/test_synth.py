@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from bincount import synth
-from bincount.storage import Location
+from bincount.core.storage import Location
 
 ABID = Path(__file__).resolve().parents[1].parent / "shared" / "abid"
 SKU_KEYS = {"asin", "height", "length", "name", "normalizedName", "quantity", "weight", "width"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from bincount import telemetry
+from bincount.core import telemetry
 from tests.conftest import REPO
 
 
@@ -23,7 +23,7 @@ def test_the_switches_are_named_only_by_telemetry_py_and_the_workers_environment
         )
     }
     # The deployments' workers run without the CLI: their environment carries the same switches.
-    assert naming == {"bincount/telemetry.py", "deployments/prefect.yaml"}
+    assert naming == {"bincount/core/telemetry.py", "deployments/prefect.yaml"}
 
 
 def test_quiet_keeps_a_users_own_values_unless_forced():

@@ -15,14 +15,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from bincount.config import TrainConfig
-from bincount.ingest import ingest_metadata
-from bincount.manifest import CountPolicy, build_manifest, load_manifest
-from bincount.metrics import counting_metrics
-from bincount.registry import champion, decide_promotion, list_models
-from bincount.storage import Location
-from bincount.tables import read_table
-from bincount.validate import validate_bins
+from bincount.core.storage import Location
+from bincount.core.tables import read_table
+from bincount.data.ingest import ingest_metadata
+from bincount.data.manifest import CountPolicy, build_manifest, load_manifest
+from bincount.data.validate import validate_bins
+from bincount.model.config import TrainConfig
+from bincount.model.metrics import counting_metrics
+from bincount.model.registry import champion, decide_promotion, list_models
 from tests.builders import write_bin, write_clean_bucket
 
 TINY = {"arch": "mobilenet_v3_small", "image_size": 32, "batch_size": 16}
@@ -114,11 +114,11 @@ def test_the_gate_both_ways():
 
 KILLABLE_TRAINING = """
 import sys
-from bincount.config import TrainConfig
-from bincount.imagecache import build_image_cache
-from bincount.manifest import load_manifest
-from bincount.storage import Location
-from bincount.training import train_model
+from bincount.model.config import TrainConfig
+from bincount.images.cache import build_image_cache
+from bincount.data.manifest import load_manifest
+from bincount.core.storage import Location
+from bincount.model.training import train_model
 output = Location(sys.argv[1])
 rows, details = load_manifest(output, sys.argv[2])
 build_image_cache(Location(details["source"]), output, rows, manifest_version=sys.argv[2],
@@ -181,7 +181,7 @@ def test_distributed_data_parallel_with_two_cpu_processes(manifest_output):
 
 
 def test_search_space_parsing_and_sampling():
-    from bincount.tuning import SearchSpace
+    from bincount.model.tuning import SearchSpace
 
     space = SearchSpace.parse("lr=0.001,0.003;loss=ce,ordinal;image_size=32")
     assert space.values == {"lr": [0.001, 0.003], "loss": ["ce", "ordinal"], "image_size": [32]}
@@ -224,4 +224,4 @@ def test_the_library_epoch_lines_reach_the_runs_logs():
     # the epoch and progress lines (INFO) would never reach a run's log or the console.
     import tasks.runtime  # noqa: F401  (every task imports it)
 
-    assert logging.getLogger("bincount.training").isEnabledFor(logging.INFO)
+    assert logging.getLogger("bincount.model.training").isEnabledFor(logging.INFO)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from bincount.imagecache import load_cached_splits
-from bincount.storage import Location
+from bincount.core.storage import Location
+from bincount.images.cache import load_cached_splits
+from bincount.model.training import BatchLoader, augment_batch, to_model_input
 from bincount.testing.caches import image_numbers, write_generated_cache
-from bincount.training import BatchLoader, augment_batch, to_model_input
 
 SIZE = 16
 
@@ -136,7 +136,7 @@ def test_the_consumer_side_conversion_a_gpu_uses_gives_the_same_batches(cache):
 def test_compiling_is_an_option_that_leaves_the_model_version_alone():
     # torch.compile itself is not run here: on 2 busy CPU cores compiling mobilenet_v3_small
     # took 479 s before its first step (bench/README.md). train_model wraps the model with it.
-    from bincount.config import TrainConfig
+    from bincount.model.config import TrainConfig
 
     assert TrainConfig().compile is False
     compiled = TrainConfig(compile=True)

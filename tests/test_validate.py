@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from bincount.ingest import ingest_metadata
-from bincount.storage import Location
-from bincount.tables import read_table
-from bincount.validate import ContractViolation, latest_validation, validate_bins
+from bincount.core.storage import Location
+from bincount.core.tables import read_table
+from bincount.data.ingest import ingest_metadata
+from bincount.data.validate import ContractViolation, latest_validation, validate_bins
 from tests.builders import write_bin, write_clean_bucket
 
 

@@ -1,7 +1,7 @@
 """A synthetic ABID bucket: bin photos and metadata in the real bucket's layout and JSON shape.
 
-``synthesize`` writes ``bin-images/<id>.jpg`` and ``metadata/<id>.json`` into any
-:class:`~bincount.storage.Location`. Counts follow the real ABID label distribution (embedded in
+``synthesize`` writes ``bin-images/<id>.jpg`` and ``metadata/<id>.json`` into any `Location`
+(:mod:`bincount.core.storage`). Counts follow the real ABID label distribution (embedded in
 ``resources/label_distribution.json``), truncated to ``0..max_count`` (by default 0..50, which
 holds 99.9% of real bins; a third of them hold more than 5 items). Every bin is a pure function
 of ``(seed, ordinal, max_count)``: its RNG streams derive from those alone, so the bytes do not

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from bincount.progress import Progress
-from bincount.storage import Location
+from bincount.core.progress import Progress
+from bincount.core.storage import Location
 from bincount.synth.defects import DEFECT_KINDS, inject_defect
 from bincount.synth.ids import plan_ids
 from bincount.synth.labels import bin_count

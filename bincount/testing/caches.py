@@ -14,8 +14,8 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from bincount.imagecache import INDEX_SCHEMA, cache_folder
-from bincount.storage import Location
+from bincount.core.storage import Location
+from bincount.images.cache import INDEX_SCHEMA, cache_folder
 
 SPLITS = ("train", "val", "test")
 

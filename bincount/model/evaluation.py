@@ -17,21 +17,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from bincount.calibration import calibration_report
-from bincount.config import TrainConfig
-from bincount.imagecache import load_cached_splits
-from bincount.manifest import load_manifest
-from bincount.metrics import ABID_BASELINE, counting_metrics, majority_baseline
-from bincount.registry import load_model, model_folder, save_evaluation
-from bincount.review import (
+from bincount.core.storage import Location
+from bincount.data.manifest import load_manifest
+from bincount.images.cache import load_cached_splits
+from bincount.model.calibration import calibration_report
+from bincount.model.config import TrainConfig
+from bincount.model.metrics import ABID_BASELINE, counting_metrics, majority_baseline
+from bincount.model.registry import load_model, model_folder, save_evaluation
+from bincount.model.training import predict_split, resolve_runtime
+from bincount.review.ranking import (
     detection_quality,
     disagrees,
     discrepancy_score,
     record_probability,
     simulate_record_errors,
 )
-from bincount.storage import Location
-from bincount.training import predict_split, resolve_runtime
 
 SPLIT_NAMES = ("test", "val", "benchmark")
 MODERATE_MAX = 5  # ABID's moderate counting task: bins of 0-5 items

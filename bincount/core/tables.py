@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from bincount.contracts import TableContract, table_contract
-from bincount.storage import Location
+from bincount.core.contracts import TableContract, table_contract
+from bincount.core.storage import Location
 
 BINS = "bins"
 ITEMS = "items"

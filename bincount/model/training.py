@@ -24,34 +24,34 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bincount.calibration import (
+from bincount.core.progress import Progress
+from bincount.core.storage import Location
+from bincount.data.manifest import load_manifest
+from bincount.images.cache import CachedSplit, load_cached_splits
+from bincount.images.prefetch import Prefetched
+from bincount.model.calibration import (
     CalibrationReport,
     calibration_report,
     fit_temperature,
     mean_probabilities,
 )
-from bincount.config import TrainConfig
-from bincount.imagecache import CachedSplit, load_cached_splits
-from bincount.manifest import load_manifest
-from bincount.metrics import counting_metrics
-from bincount.models import (
+from bincount.model.config import TrainConfig
+from bincount.model.metrics import counting_metrics
+from bincount.model.networks import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     CountingModel,
     load_pretrained_weights,
     load_weights_file,
 )
-from bincount.prefetch import Prefetched
-from bincount.progress import Progress
-from bincount.registry import ModelFiles, model_folder, read_model_record, save_model
-from bincount.storage import Location
+from bincount.model.registry import ModelFiles, model_folder, read_model_record, save_model
 
 logger = logging.getLogger(__name__)
 
 # Per-channel statistics of ABID bin photos are close to ImageNet's; a fixed normalisation keeps
 # the model independent of the data it happened to be trained on. A model whose backbone expects
 # other statistics says so (``CountingModel.input_mean``/``input_std``: a timm backbone's
-# pretrained statistics); the constants live in bincount/models.py.
+# pretrained statistics); the constants live in bincount/model/networks.py.
 
 
 @dataclass(frozen=True)

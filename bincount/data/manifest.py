@@ -11,7 +11,7 @@
   no benchmark bin is ever trained on.
 * The version is a hash of the manifest's content and policy: the same inputs give the same
   version, and a manifest is never rewritten.
-* A reviewer's verdict outranks the record (``bincount.review_outcomes``): the latest verdict of
+* A reviewer's verdict outranks the record (``bincount.review.outcomes``): the latest verdict of
   a bin gives its count, which the policy then admits and labels like a record. Each row says
   where its label came from (``label_source``: ``record`` or ``review``, with the verdict and
   its ``review_outcome_id``); "the record is right" keeps the record's label, marked confirmed.
@@ -30,12 +30,12 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bincount.contracts import table_contract
-from bincount.review_outcomes import RECORD_CORRECT, latest_verdicts
-from bincount.sources import filled_sources, open_sources
-from bincount.storage import Location
-from bincount.tables import MANIFESTS, QUARANTINE, bins_fingerprint, current_bins, part_key
-from bincount.validate import VALIDATE_STAGE, latest_validation
+from bincount.core.contracts import table_contract
+from bincount.core.sources import filled_sources, open_sources
+from bincount.core.storage import Location
+from bincount.core.tables import MANIFESTS, QUARANTINE, bins_fingerprint, current_bins, part_key
+from bincount.data.validate import VALIDATE_STAGE, latest_validation
+from bincount.review.outcomes import RECORD_CORRECT, latest_verdicts
 
 SPLITS = ("train", "val", "test")
 # Counts 0-10 and "more than 10" (91% of real bins hold 10 or fewer): every bin has a label, so

@@ -33,8 +33,8 @@ from typing import Protocol, TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bincount.storage import Location
-from bincount.tables import QUARANTINE, part_key, part_names, read_table, write_part
+from bincount.core.storage import Location
+from bincount.core.tables import QUARANTINE, part_key, part_names, read_table, write_part
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ class Stage(StrEnum):
 
 class Reason(Protocol):
     """Why an object was kept out: a stable code, a sentence, the error that decided it.
-    :class:`~bincount.metadata.MalformedMetadata` and
-    :class:`~bincount.imagecache.UndecodableImage` are reasons; so is :class:`Rejection`."""
+    :class:`~bincount.data.metadata.MalformedMetadata` and
+    :class:`~bincount.images.cache.UndecodableImage` are reasons; so is :class:`Rejection`."""
 
     code: str
     reason: str

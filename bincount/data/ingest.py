@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bincount.chunks import (
+from bincount.core.chunks import (
     ChunkProtocol,
     Parts,
     Reason,
@@ -38,11 +38,16 @@ from bincount.chunks import (
     quarantine_row,
     totals,
 )
-from bincount.contracts import table_contract
-from bincount.limits import MetadataLimits
-from bincount.metadata import METADATA_PREFIX, MalformedMetadata, image_id_from_key, parse_metadata
-from bincount.storage import Location, ObjectTooLarge
-from bincount.tables import BINS, ITEMS
+from bincount.core.contracts import table_contract
+from bincount.core.limits import MetadataLimits
+from bincount.core.storage import Location, ObjectTooLarge
+from bincount.core.tables import BINS, ITEMS
+from bincount.data.metadata import (
+    METADATA_PREFIX,
+    MalformedMetadata,
+    image_id_from_key,
+    parse_metadata,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from bincount.config import TrainConfig
-from bincount.storage import Location
+from bincount.core.storage import Location
+from bincount.model.config import TrainConfig
 
 SEARCHABLE = ("arch", "loss", "image_size", "batch_size", "lr")
 TRIAL_SCHEMA = pa.schema(

@@ -20,13 +20,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bincount import telemetry
-from bincount.chunks import Rejection, Stage, quarantine_row
-from bincount.contracts import expectation_suite
-from bincount.metadata import IMAGE_PREFIX
-from bincount.sources import filled_sources, open_sources
-from bincount.storage import Location
-from bincount.tables import (
+from bincount.core import telemetry
+from bincount.core.chunks import Rejection, Stage, quarantine_row
+from bincount.core.contracts import expectation_suite
+from bincount.core.sources import filled_sources, open_sources
+from bincount.core.storage import Location
+from bincount.core.tables import (
     QUARANTINE,
     bins_fingerprint,
     current_bins,
@@ -35,6 +34,7 @@ from bincount.tables import (
     read_table,
     write_part,
 )
+from bincount.data.metadata import IMAGE_PREFIX
 
 logger = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@
 A bin deserves a look when the photo disagrees with its record. The model does not say "the
 count is 4"; it says how likely each count is. The evidence against a record is how unlikely the
 model finds the *recorded* count, ``p_recorded = P(count = EXPECTED_QUANTITY | photo)``, with
-calibrated probabilities (``bincount.calibration``), so that a threshold reads plainly: "flag a
-bin when the model gives its record at most a 5% chance".
+calibrated probabilities (``bincount.model.calibration``), so that a threshold reads plainly:
+"flag a bin when the model gives its record at most a 5% chance".
 
 * A model with an open top class ("more than K") agrees with any record above K when it sees
   more than K items: a bin recorded at 12 and seen as "6 or more" is not evidence of anything.
@@ -20,7 +20,7 @@ synthetic nights with 2%, 5% and 10% of records wrong, and checked on nights of 
 (bench/README.md): a stricter threshold kept precision higher on quiet nights but missed more
 than half of the records off by 2 or more on some; a 5% budget capped recall on bad nights.
 
-Every function here is pure (arrays in, arrays out); ``bincount.scoring`` applies them.
+Every function here is pure (arrays in, arrays out); ``bincount.nightly.scoring`` applies them.
 
 >>> probabilities = np.array([[0.1, 0.8, 0.1], [0.02, 0.08, 0.9]])
 >>> record_probability(probabilities, [1, 0], max_count=2, open_top=False).round(2).tolist()

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.asyn import sync
 
-from bincount.settings import Settings
+from bincount.core.settings import Settings
 
 # What an object can be, not what the platform did wrong: fetch_many hands these back per key
 # (they become quarantine rows) instead of failing the others. ObjectTooLarge is a ValueError.

@@ -1,6 +1,6 @@
 """Review outcomes: what people found when they looked at the bins the queue flagged.
 
-The nightly queue (``bincount.review_queue``) names bins whose photo contradicts their record.
+The nightly queue (``bincount.review.queue``) names bins whose photo contradicts their record.
 A person looks at each and says either that the record is right or how many items the photo
 shows. Those answers are the best labels the platform gets, so they are kept as data:
 
@@ -9,7 +9,7 @@ shows. Those answers are the best labels the platform gets, so they are kept as 
   that flagged the bin, and the run that recorded the verdict. A queue entry is judged once: a
   second verdict on the same entry is not written (``already_recorded``), and a retried write
   rewrites its own part. A bin flagged again on a later night is a new entry, judged anew.
-* The next manifest (``bincount.manifest``) takes the latest verdict of each bin: a count that
+* The next manifest (``bincount.data.manifest``) takes the latest verdict of each bin: a count that
   differs from the record becomes the label (``label_source = "review"``); "the record is right"
   keeps the record's label and marks it confirmed.
 * :func:`queue_precision` measures the queue over time from the verdicts: of the reviewed entries
@@ -34,10 +34,10 @@ from typing import Literal
 import pyarrow.dataset as ds
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from bincount.review import probability_text
-from bincount.sources import locate, open_sources, recorded_sources
-from bincount.storage import Location
-from bincount.tables import REVIEW_QUEUE, part_names, read_table, write_part
+from bincount.core.sources import locate, open_sources, recorded_sources
+from bincount.core.storage import Location
+from bincount.core.tables import REVIEW_QUEUE, part_names, read_table, write_part
+from bincount.review.ranking import probability_text
 
 REVIEW_OUTCOMES = "review_outcomes"
 RECORD_CORRECT = "record_correct"

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from bincount.contracts import table_contract
-from bincount.limits import MetadataLimits
+from bincount.core.contracts import table_contract
+from bincount.core.limits import MetadataLimits
 
 METADATA_PREFIX = "metadata"
 IMAGE_PREFIX = "bin-images"

@@ -30,11 +30,11 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, JpegImagePlugin
 
-from bincount.chunks import ChunkProtocol, Parts, Stage, cut, part_name, quarantine_row
-from bincount.limits import ImageLimits
-from bincount.progress import Progress
-from bincount.sources import fetch_uris, open_sources
-from bincount.storage import Location, ObjectTooLarge
+from bincount.core.chunks import ChunkProtocol, Parts, Stage, cut, part_name, quarantine_row
+from bincount.core.limits import ImageLimits
+from bincount.core.progress import Progress
+from bincount.core.sources import fetch_uris, open_sources
+from bincount.core.storage import Location, ObjectTooLarge
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def build_image_cache(
 ) -> CacheSummary:
     """Decode every manifest image once into shards (or return the complete cache).
 
-    Each shard is a chunk of the exactly-once protocol (:mod:`bincount.chunks`): its ``.npy``
+    Each shard is a chunk of the exactly-once protocol (:mod:`bincount.core.chunks`): its ``.npy``
     and quarantine part first, its index part last, so a killed build resumes at the shard it
     stopped in. Each image is read from the location its URI is under: ``source`` or one of
     ``sources`` (a manifest's ``sources``), opened the way ``source`` is.

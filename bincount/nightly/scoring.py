@@ -13,11 +13,11 @@ as ingestion is:
   deletes it before reading the watermark and scores that chunk again.
 
 A chunk's rows carry how likely the model finds each record (``p_recorded``,
-:mod:`bincount.review`); once every chunk is in, :mod:`bincount.review_queue` ranks the night
-and fills in ``review_rank`` and ``needs_review``.
+:mod:`bincount.review.ranking`); once every chunk is in, :mod:`bincount.review.queue` ranks
+the night and fills in ``review_rank`` and ``needs_review``.
 
 Within a chunk, fetching and decoding run ahead of the model in background threads
-(:class:`~bincount.prefetch.Prefetched`), so the model rarely waits for images.
+(:class:`~bincount.images.prefetch.Prefetched`), so the model rarely waits for images.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from bincount.chunks import (
+from bincount.core.chunks import (
     ChunkProtocol,
     Parts,
     Stage,
@@ -48,42 +48,42 @@ from bincount.chunks import (
     quarantine_row,
     totals,
 )
-from bincount.config import TrainConfig
-from bincount.devicedecode import decode_on_device
-from bincount.imagecache import (
+from bincount.core.limits import ImageLimits
+from bincount.core.progress import Progress
+from bincount.core.sources import fetch_uris, locate, of_source
+from bincount.core.storage import Location
+from bincount.core.tables import (
+    BINS,
+    SCORES,
+    newest_versions,
+    read_table,
+)
+from bincount.data.metadata import IMAGE_PREFIX
+from bincount.images.cache import (
     UndecodableImage,
     decode_image,
     decode_or_reason,
 )
-from bincount.limits import ImageLimits
-from bincount.metadata import IMAGE_PREFIX
-from bincount.models import CountingModel
-from bincount.prefetch import Prefetched
-from bincount.progress import Progress
-from bincount.registry import load_model, resolve_version
-from bincount.review import (
+from bincount.images.devicedecode import decode_on_device
+from bincount.images.prefetch import Prefetched
+from bincount.model.config import TrainConfig
+from bincount.model.networks import CountingModel
+from bincount.model.registry import load_model, resolve_version
+from bincount.model.training import (
+    Runtime,
+    input_normalization,
+    predict_batch,
+    resolve_runtime,
+    to_model_input,
+)
+from bincount.review.queue import NightQueue, queue_reviews
+from bincount.review.ranking import (
     ReviewPolicy,
     disagrees,
     discrepancy_score,
     probability_text,
     record_probability,
     thumbnail_data_uri,
-)
-from bincount.review_queue import NightQueue, queue_reviews
-from bincount.sources import fetch_uris, locate, of_source
-from bincount.storage import Location
-from bincount.tables import (
-    BINS,
-    SCORES,
-    newest_versions,
-    read_table,
-)
-from bincount.training import (
-    Runtime,
-    input_normalization,
-    predict_batch,
-    resolve_runtime,
-    to_model_input,
 )
 
 logger = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def decoded_batches(
 
     Pillow releases the GIL while it decodes, so a thread pool decodes in parallel without the
     cost of shipping images between processes. On a CUDA ``device`` JPEGs are decoded there
-    instead (:mod:`bincount.devicedecode`). No image is read past ``limits.max_bytes``.
+    instead (:mod:`bincount.images.devicedecode`). No image is read past ``limits.max_bytes``.
     """
     on_device = device is not None and torch.device(device).type == "cuda"
     limits = limits or ImageLimits()

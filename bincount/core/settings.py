@@ -7,7 +7,7 @@ from functools import lru_cache
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bincount import limits
+from bincount.core import limits
 
 PUBLIC_ABID_BUCKET = "s3://aft-vbi-pds"
 

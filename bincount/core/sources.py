@@ -11,8 +11,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bincount.storage import Location
-from bincount.tables import BINS, read_table
+from bincount.core.storage import Location
+from bincount.core.tables import BINS, read_table
 
 SOURCE = "source"
 

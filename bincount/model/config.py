@@ -189,7 +189,7 @@ class TrainConfig(BaseModel):
             if "arch" in data and "pretrained" not in data and recipe.get("pretrained"):
                 # Another network than the recipe's starts from ImageNet only where weights
                 # are bundled for it.
-                from bincount.pretrained import has_bundled_weights
+                from bincount.model.pretrained import has_bundled_weights
 
                 recipe["pretrained"] = has_bundled_weights(str(data["arch"]).removeprefix("timm/"))
             return {**recipe, **data}
@@ -206,14 +206,14 @@ class TrainConfig(BaseModel):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, arch: str) -> str:
-        from bincount.models import resolve_architecture
+        from bincount.model.networks import resolve_architecture
 
         resolve_architecture(arch)  # raises "Expected a torchvision or timm ... name"
         return arch
 
     @model_validator(mode="after")
     def _pretrained_weights_exist(self) -> TrainConfig:
-        from bincount.pretrained import BUNDLED_WEIGHTS
+        from bincount.model.pretrained import BUNDLED_WEIGHTS
 
         if self.pretrained and self.arch.removeprefix("timm/") not in BUNDLED_WEIGHTS:
             raise ValueError(

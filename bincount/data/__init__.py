@@ -1,0 +1,3 @@
+"""From bucket to labels: metadata parsing, incremental ingest, contract validation and the
+versioned manifest.
+"""

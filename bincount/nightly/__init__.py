@@ -1,0 +1,1 @@
+"""The nightly run: scoring newly arrived bin images and monitoring drift."""

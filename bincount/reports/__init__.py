@@ -1,0 +1,1 @@
+"""What operators read: charts (and markdown) for the Prefect UI's artifacts."""
