@@ -32,7 +32,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 
-from bincount.testing.faultproxy import fault_proxy
+from bincount.testing.proxycontrol import fault_proxy
 from bincount.testing.s3server import create_public_bucket, moto_s3_server, upload_public
 
 GOAL_RATIO = 10.0

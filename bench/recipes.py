@@ -34,7 +34,8 @@ from bincount.data.validate import validate_bins
 from bincount.images.cache import build_image_cache
 from bincount.model.config import RECIPES, TrainConfig
 from bincount.model.evaluation import evaluate_model
-from bincount.model.training import EpochMetrics, train_model
+from bincount.model.optim import EpochMetrics
+from bincount.model.training import train_model
 from bincount.synth import synthesize
 
 

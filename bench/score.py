@@ -37,10 +37,15 @@ import torch
 
 from bincount.core.storage import Location
 from bincount.data.ingest import ingest_metadata
-from bincount.images.cache import decode_image
+from bincount.images.decode import decode_image
+from bincount.model.device import Runtime, resolve_runtime
+from bincount.model.inputs import to_model_input
 from bincount.model.networks import CountingModel
-from bincount.model.training import Runtime, predict_batch, resolve_runtime, to_model_input
-from bincount.nightly.scoring import Scorer, plan_scoring, score_chunk, summarize
+from bincount.model.prediction import predict_batch
+from bincount.nightly.plan import plan_scoring
+from bincount.nightly.scorer import Scorer
+from bincount.nightly.scoring import score_chunk
+from bincount.nightly.summary import summarize
 from bincount.review.queue import queue_reviews
 from bincount.review.ranking import ReviewPolicy
 from bincount.synth import synthesize

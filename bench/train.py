@@ -43,19 +43,15 @@ from bincount.core.storage import Location
 from bincount.data.ingest import ingest_metadata
 from bincount.data.manifest import CountPolicy, build_manifest, load_manifest
 from bincount.data.validate import validate_bins
-from bincount.images.cache import build_image_cache, cache_folder, load_cached_splits
+from bincount.images.cache import build_image_cache, cache_folder
+from bincount.images.shards import load_cached_splits
 from bincount.model.config import TrainConfig
+from bincount.model.device import Runtime, resolve_runtime
+from bincount.model.inputs import BatchLoader, input_normalization
 from bincount.model.networks import CountingModel
-from bincount.model.training import (
-    BatchLoader,
-    Runtime,
-    Schedule,
-    TrainState,
-    _train_epoch,
-    input_normalization,
-    predict_split,
-    resolve_runtime,
-)
+from bincount.model.optim import Schedule, TrainState
+from bincount.model.prediction import predict_split
+from bincount.model.training import _train_epoch
 from bincount.synth import synthesize
 from bincount.testing.caches import write_generated_cache
 

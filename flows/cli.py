@@ -365,7 +365,8 @@ def _train_distributed(output, manifest, config, device) -> dict:
     from bincount.core.storage import Location
     from bincount.data.manifest import load_manifest
     from bincount.images.cache import build_image_cache
-    from bincount.model.training import resolve_runtime, train_model
+    from bincount.model.device import resolve_runtime
+    from bincount.model.training import train_model
 
     settings = get_settings()
     target = Location.output(settings, output)
@@ -451,7 +452,7 @@ def _predict_parser(commands) -> argparse.ArgumentParser:
 def _predict(args: argparse.Namespace) -> list[dict]:
     from bincount.core.settings import get_settings
     from bincount.core.storage import Location
-    from bincount.nightly.scoring import load_scorer, predict_images
+    from bincount.nightly.scorer import load_scorer, predict_images
 
     settings = get_settings()
     scorer = load_scorer(Location.output(settings), args.model, device=args.device)

@@ -8,13 +8,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from bincount.model.registry import model_folder
-from bincount.nightly.monitoring import (
-    DRIFT_EVENT,
-    DriftCheck,
-    DriftPolicy,
-    drift_markdown,
-    monitor_night,
-)
+from bincount.nightly.monitoring import DRIFT_EVENT, DriftCheck, DriftPolicy, monitor_night
+from bincount.reports.drift import drift_markdown
 from bincount.review.ranking import ReviewPolicy
 from tasks.runtime import current_run_id, resolve_output, timed_task
 

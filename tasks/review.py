@@ -14,23 +14,23 @@ from prefect.input import RunInput
 from pydantic import Field, create_model
 
 from bincount.core.sources import open_sources, recorded_sources
-from bincount.nightly.scoring import with_thumbnails
+from bincount.reports.review import outcomes_markdown, precision_markdown, review_sheet_markdown
 from bincount.review.outcomes import (
     REVIEW_OUTCOMES,
     VIA_UI,
+    RecordedVerdicts,
+    file_verdicts,
+    pending_entries,
+    record_outcomes,
+)
+from bincount.review.photos import with_thumbnails
+from bincount.review.precision import queue_precision
+from bincount.review.verdicts import (
     Decided,
     QueueEntry,
-    RecordedVerdicts,
     VerdictError,
     decide,
-    file_verdicts,
-    outcomes_markdown,
-    pending_entries,
-    precision_markdown,
-    queue_precision,
     read_verdict_file,
-    record_outcomes,
-    review_sheet_markdown,
     verdict_model,
 )
 from tasks.runtime import current_run_id, locations, timed_task

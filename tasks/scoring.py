@@ -14,19 +14,12 @@ from bincount.core.settings import get_settings
 from bincount.core.sources import sources_to_list
 from bincount.core.storage import Location
 from bincount.model.registry import resolve_version
-from bincount.nightly.monitoring import DriftCheck, prediction_chart
-from bincount.nightly.scoring import (
-    REVIEW_LIST_SIZE,
-    ChunkResult,
-    Scorer,
-    ScoringPlan,
-    ScoringSummary,
-    combined_plan,
-    load_scorer,
-    plan_scoring,
-    score_chunk,
-    summarize,
-)
+from bincount.nightly.monitoring import DriftCheck
+from bincount.nightly.plan import ScoringPlan, combined_plan, plan_scoring
+from bincount.nightly.scorer import Scorer, load_scorer
+from bincount.nightly.scoring import REVIEW_LIST_SIZE, score_chunk
+from bincount.nightly.summary import ChunkResult, ScoringSummary, summarize
+from bincount.reports.drift import prediction_chart
 from bincount.review.queue import NightQueue, measure_against_truth, queue_reviews
 from bincount.review.ranking import ReviewPolicy
 from tasks.runtime import (

@@ -12,7 +12,8 @@ from prefect.client.schemas.actions import ArtifactUpdate
 
 from bincount.data.manifest import load_manifest
 from bincount.model.config import TrainConfig
-from bincount.model.training import EpochMetrics, TrainResult, train_model
+from bincount.model.optim import EpochMetrics
+from bincount.model.training import TrainResult, train_model
 from bincount.reports import charts as plots
 from tasks.runtime import current_run_id, resolve_output, timed_task
 

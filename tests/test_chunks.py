@@ -24,8 +24,9 @@ from bincount.core.storage import Location
 from bincount.core.tables import BINS, ITEMS, QUARANTINE, read_table
 from bincount.data.ingest import chunk_id
 from bincount.data.metadata import MalformedMetadata
-from bincount.images.cache import build_image_cache, cache_protocol, load_cached_splits
-from bincount.nightly.scoring import chunk_part_name
+from bincount.images.cache import build_image_cache, cache_protocol
+from bincount.images.shards import load_cached_splits
+from bincount.nightly.plan import chunk_part_name
 from tests.builders import jpeg_bytes
 
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
@@ -218,7 +219,7 @@ def test_a_cache_build_killed_midway_resumes_and_equals_an_uninterrupted_one(
 
     import pyarrow.parquet as pq
 
-    from bincount.testing.faultproxy import fault_proxy
+    from bincount.testing.proxycontrol import fault_proxy
     from bincount.testing.s3server import upload_public
 
     files = {f"bin-images/{n:05d}.jpg": jpeg_bytes(shade=5 * n) for n in range(40)}

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from bincount.core.limits import ImageLimits
-from bincount.images.cache import UndecodableImage, decode_image
+from bincount.images.decode import UndecodableImage, decode_image
 from bincount.images.devicedecode import decode_on_device
 from tests.builders import flat_jpeg, image_bytes
 

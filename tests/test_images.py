@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from bincount.core.fetch import ObjectTooLarge
 from bincount.core.limits import ImageLimits
-from bincount.core.storage import ObjectTooLarge
-from bincount.images.cache import UndecodableImage, decode_image, decode_or_reason
+from bincount.images.decode import UndecodableImage, decode_image, decode_or_reason
 from tests.builders import flat_jpeg, flat_png, image_bytes
 
 CODES = {"undecodable_image", "image_too_large", "image_too_many_pixels", "unreadable_image"}

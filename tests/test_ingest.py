@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from bincount.core.storage import Location
 from bincount.core.tables import read_table, write_part
 from bincount.data.ingest import ingest_metadata
-from bincount.testing.faultproxy import fault_proxy
+from bincount.testing.proxycontrol import fault_proxy
 from bincount.testing.s3server import upload_public, upload_tree
 from tests.builders import write_bin, write_clean_bucket, write_malformed
 
@@ -236,7 +236,7 @@ def test_a_run_killed_midway_then_rerun_leaves_exactly_one_row_per_object(
 def test_what_the_parser_does_not_foresee_still_stops_only_its_own_object():
     from datetime import UTC, datetime
 
-    from bincount.data.ingest import rows_from_objects
+    from bincount.data.records import rows_from_objects
 
     now = datetime(2026, 1, 1, tzinfo=UTC)
     good = json.dumps({"BIN_FCSKU_DATA": {}, "EXPECTED_QUANTITY": 0}).encode()

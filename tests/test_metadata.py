@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bincount.core.contracts import table_contract
 from bincount.core.limits import MetadataLimits
-from bincount.data.ingest import read_key_list, rows_from_objects
+from bincount.data.ingest import read_key_list
 from bincount.data.metadata import (
     MalformedMetadata,
     count_ranges,
@@ -22,6 +22,7 @@ from bincount.data.metadata import (
     json_nesting_depth,
     parse_metadata,
 )
+from bincount.data.records import rows_from_objects
 from tests.builders import MALFORMED_OBJECTS, metadata_document
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from bincount.model.config import RECIPES, TrainConfig
+from bincount.model.inputs import augment_batch
 from bincount.model.networks import CountingModel
-from bincount.model.training import Schedule, TrainState, augment_batch, build_optimizer
+from bincount.model.optim import Schedule, TrainState, build_optimizer
 from flows.cli import FLOWS, build_parser, flow_arguments, load_flow
 
 

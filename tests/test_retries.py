@@ -17,8 +17,9 @@ from botocore.parsers import ResponseParserError
 from fsspec.asyn import sync
 from s3fs.errors import translate_boto_error
 
-from bincount.core.storage import HTTPStatusError, Location, is_transient
-from bincount.testing.faultproxy import fault_proxy
+from bincount.core.retries import HTTPStatusError, is_transient
+from bincount.core.storage import Location
+from bincount.testing.proxycontrol import fault_proxy
 from bincount.testing.s3server import TEST_CREDENTIALS, upload_public
 
 

@@ -22,18 +22,14 @@ from bincount.data.validate import validate_bins
 from bincount.nightly.scoring import score_images
 from bincount.review.outcomes import (
     REVIEW_OUTCOMES,
-    Decided,
-    Verdict,
-    VerdictError,
-    decide,
     latest_verdicts,
     pending_entries,
     queue_entries,
-    queue_precision,
     record_outcomes,
-    verdict_model,
 )
+from bincount.review.precision import queue_precision
 from bincount.review.ranking import ReviewPolicy
+from bincount.review.verdicts import Decided, Verdict, VerdictError, decide, verdict_model
 from tests.test_flows import _artifacts
 
 

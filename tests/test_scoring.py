@@ -25,10 +25,12 @@ from bincount.core.contracts import table_contract
 from bincount.core.storage import Location
 from bincount.core.tables import read_table
 from bincount.data.ingest import ingest_metadata
-from bincount.nightly.scoring import load_scorer, plan_scoring, score_chunk, score_images
+from bincount.nightly.plan import plan_scoring
+from bincount.nightly.scorer import load_scorer
+from bincount.nightly.scoring import score_chunk, score_images
 from bincount.review.queue import decide_queue
 from bincount.review.ranking import ReviewPolicy
-from bincount.testing.faultproxy import fault_proxy
+from bincount.testing.proxycontrol import fault_proxy
 from bincount.testing.s3server import upload_tree
 from tests.builders import jpeg_bytes, write_clean_bucket
 from tests.test_flows import _artifacts

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from bincount.core.fetch import ObjectTooLarge
 from bincount.core.settings import Settings
-from bincount.core.storage import Location, ObjectTooLarge, key_range_bounds
+from bincount.core.storage import Location, key_range_bounds
 from bincount.testing.s3server import TEST_CREDENTIALS, upload_public
 
 

@@ -13,7 +13,8 @@ import pytest
 import s3fs
 from botocore.exceptions import ClientError
 
-from bincount.testing.faultproxy import FAULT_KINDS, FaultPicker, ProxyConfig, fault_proxy
+from bincount.testing.faultproxy import FAULT_KINDS, FaultPicker, ProxyConfig
+from bincount.testing.proxycontrol import fault_proxy
 from bincount.testing.s3server import (
     create_public_bucket,
     moto_s3_server,

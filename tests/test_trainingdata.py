@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from bincount.core.storage import Location
-from bincount.images.cache import load_cached_splits
-from bincount.model.training import BatchLoader, augment_batch, to_model_input
+from bincount.images.shards import load_cached_splits
+from bincount.model.inputs import BatchLoader, augment_batch, to_model_input
 from bincount.testing.caches import image_numbers, write_generated_cache
 
 SIZE = 16

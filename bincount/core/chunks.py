@@ -58,7 +58,7 @@ class Stage(StrEnum):
 class Reason(Protocol):
     """Why an object was kept out: a stable code, a sentence, the error that decided it.
     :class:`~bincount.data.metadata.MalformedMetadata` and
-    :class:`~bincount.images.cache.UndecodableImage` are reasons; so is :class:`Rejection`."""
+    :class:`~bincount.images.decode.UndecodableImage` are reasons; so is :class:`Rejection`."""
 
     code: str
     reason: str

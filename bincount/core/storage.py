@@ -20,15 +20,11 @@ are (:func:`is_transient`: dropped connections, timeouts, truncated bodies, thro
 from __future__ import annotations
 
 import asyncio
-import errno
-import functools
-import http.client
 import io
 import itertools
 import os
-import random
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,42 +35,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.asyn import sync
 
+from bincount.core.fetch import _PERMANENT_ERRORS, _within, fetch_s3
+from bincount.core.retries import RetryPolicy, is_transient
 from bincount.core.settings import Settings
-
-# What an object can be, not what the platform did wrong: fetch_many hands these back per key
-# (they become quarantine rows) instead of failing the others. ObjectTooLarge is a ValueError.
-_PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, ValueError)
-# HTTP statuses that say "try again": too many requests and the server's own faults.
-TRANSIENT_STATUS_CODES = frozenset({429, 500, 502, 503, 504})
-# S3 error codes that say the same (throttling and timeouts) whatever the status.
-TRANSIENT_ERROR_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestThrottled",
-        "RequestLimitExceeded",
-        "TooManyRequestsException",
-        "BandwidthLimitExceeded",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "PriorRequestNotComplete",
-        "InternalError",
-        "ServiceUnavailable",
-    }
-)
-
-
-class ObjectTooLarge(ValueError):
-    """An object larger than the reader's limit; no more than the limit plus one byte was read."""
-
-    def __init__(self, uri: str, limit: int) -> None:
-        super().__init__(f"Expected at most {limit:,} bytes at {uri}, but the object is larger")
-        self.uri = uri
-        self.limit = limit
-
-    def __reduce__(self):  # crosses process pools with its fields, not its message
-        return type(self), (self.uri, self.limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,95 +58,6 @@ LISTING_SCHEMA = pa.schema(
         ("last_modified", pa.timestamp("us", tz="UTC")),
     ]
 )
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter for transient object-store faults."""
-
-    max_attempts: int = 8
-    base_delay_s: float = 0.05
-    max_delay_s: float = 5.0
-
-    def delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2**attempt))
-
-
-class HTTPStatusError(OSError):
-    """An HTTP answer other than success, not-found or forbidden, with its status."""
-
-    def __init__(self, status: int, uri: str, detail: str = "") -> None:
-        super().__init__(f"{uri}: HTTP {status}: {detail}")
-        self.status = status
-        self.uri = uri
-        self.detail = detail
-
-    def __reduce__(self):
-        return type(self), (self.status, self.uri, self.detail)
-
-
-def is_transient(error: BaseException) -> bool:
-    """Whether a retry can help, by what the error is: a dropped or refused connection, a
-    timeout, a truncated body, throttling, 429 or 5xx. A missing or forbidden key, a malformed
-    request and a programming error (TypeError, KeyError, ValueError, ...) are not."""
-    for cause in _causes(error):
-        status, code = _status_and_code(cause)
-        if status is not None or code is not None:
-            return status in TRANSIENT_STATUS_CODES or code in TRANSIENT_ERROR_CODES
-        if isinstance(cause, _transient_types()):
-            return True
-    return False
-
-
-def _causes(error: BaseException) -> Iterator[BaseException]:
-    """The error and what caused it (s3fs turns botocore's errors into OSError with a cause)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__
-
-
-def _status_and_code(error: BaseException) -> tuple[int | None, str | None]:
-    """The HTTP status and S3 error code an error carries, if it is an answer from a server."""
-    if isinstance(error, HTTPStatusError):
-        return error.status, None
-    response = getattr(error, "response", None)
-    if isinstance(response, dict) and "Error" in response:  # botocore's ClientError
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return status, response["Error"].get("Code")
-    return None, None
-
-
-@functools.cache
-def _transient_types() -> tuple[type[BaseException], ...]:
-    """Exception types that are transient faults of the network or the server."""
-    found: list[type[BaseException]] = [
-        ConnectionError,  # refused, reset, aborted, broken pipe
-        TimeoutError,  # socket.timeout and asyncio's
-        http.client.IncompleteRead,
-    ]
-    from fsspec.exceptions import FSTimeoutError
-
-    found.append(FSTimeoutError)
-    try:  # the AWS stack (s3fs's dependency)
-        from botocore.exceptions import ConnectionError as BotoConnectionError
-        from botocore.exceptions import HTTPClientError, IncompleteReadError
-        from botocore.parsers import ResponseParserError
-
-        # botocore's ConnectionError covers EndpointConnectionError and the connect timeout,
-        # HTTPClientError a closed connection and the read timeout; a truncated listing fails
-        # to parse (ResponseParserError).
-        found += [BotoConnectionError, HTTPClientError, IncompleteReadError, ResponseParserError]
-    except ImportError:
-        pass
-    try:
-        import aiohttp
-
-        found += [aiohttp.ClientConnectionError, aiohttp.ClientPayloadError]
-    except ImportError:
-        pass
-    return tuple(found)
 
 
 class Location:
@@ -442,7 +316,7 @@ class Location:
         Exhausted retries and errors that are not transient raise.
         """
         if self.is_s3:
-            return sync(self.fs.loop, self._fetch_s3, list(keys), concurrency, max_bytes)
+            return sync(self.fs.loop, fetch_s3, self, list(keys), concurrency, max_bytes)
         with ThreadPoolExecutor(max_workers=min(concurrency, 8)) as pool:
             return list(pool.map(self._read_or_error, keys, [max_bytes] * len(keys)))
 
@@ -451,71 +325,6 @@ class Location:
             return self.read_bytes(key, max_bytes=max_bytes)
         except _PERMANENT_ERRORS as error:
             return error
-
-    async def _fetch_s3(
-        self, keys: list[str], concurrency: int, max_bytes: int | None
-    ) -> list[bytes | Exception]:
-        gate = asyncio.Semaphore(concurrency)
-        session = None
-        if self.anonymous:
-            import aiohttp
-
-            # Public objects need no signature: a plain HTTP GET costs a fraction of the CPU of
-            # botocore's request pipeline, which is what bounds a client with many in flight.
-            session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=concurrency, ttl_dns_cache=300),
-                timeout=aiohttp.ClientTimeout(total=60, sock_connect=10, sock_read=30),
-                auto_decompress=False,
-            )
-
-        # A limit is a ranged GET of its first limit + 1 bytes: enough to know it is exceeded.
-        ranged = {} if max_bytes is None else {"start": 0, "end": max_bytes + 1}
-        headers = {} if max_bytes is None else {"Range": f"bytes=0-{max_bytes}"}
-
-        async def signed_get(key: str) -> bytes:
-            try:
-                # One GET: with max_concurrency > 1 s3fs sends a HEAD first to plan ranged
-                # reads, doubling the requests for objects of a few KB.
-                return await self.fs._cat_file(self.path(key), max_concurrency=1, **ranged)
-            except OSError as error:
-                if not ranged or error.errno != errno.EINVAL:
-                    raise
-                # S3 answers a range over an empty object with 416 (InvalidRange).
-                return await self.fs._cat_file(self.path(key), max_concurrency=1)
-
-        async def get(key: str) -> bytes:
-            if session is None:
-                data = await signed_get(key)
-            else:
-                async with session.get(self.public_url(key), headers=headers) as response:
-                    if response.status == 416 and headers:  # a range over an empty object
-                        data = b""
-                    elif response.status in (200, 206):
-                        data = await _read_at_most(response, max_bytes)
-                    else:
-                        raise _http_error(response.status, self.uri(key), await response.read())
-            return data if max_bytes is None else _within(data, max_bytes, self.uri(key))
-
-        async def fetch(key: str) -> bytes | Exception:
-            # Signed GETs are retried inside s3fs; anonymous ones here, and only here.
-            attempts = self.retry.max_attempts if session is not None else 1
-            async with gate:
-                for attempt in range(attempts):
-                    try:
-                        return await get(key)
-                    except _PERMANENT_ERRORS as error:
-                        return error
-                    except Exception as error:
-                        if not is_transient(error) or attempt + 1 == attempts:
-                            raise
-                        await asyncio.sleep(self.retry.delay(attempt))
-                raise AssertionError("unreachable")
-
-        try:
-            return await asyncio.gather(*(fetch(key) for key in keys))
-        finally:
-            if session is not None:
-                await session.close()
 
     def public_url(self, key: str) -> str:
         """A link a person can open: the plain HTTPS URL of an S3 object (path style on a
@@ -548,35 +357,6 @@ class Location:
             for key in listing.column("key").to_pylist()
             if not os.path.basename(key).startswith((".", "_"))
         ]
-
-
-def _within(data: bytes, max_bytes: int, uri: str) -> bytes:
-    if len(data) > max_bytes:
-        raise ObjectTooLarge(uri, max_bytes)
-    return data
-
-
-async def _read_at_most(response, max_bytes: int | None) -> bytes:
-    """The body, or its first ``max_bytes + 1`` bytes when a server ignores the range."""
-    if max_bytes is None:
-        return await response.read()
-    parts, size = [], 0
-    async for block in response.content.iter_chunked(64 * 1024):
-        parts.append(block)
-        size += len(block)
-        if size > max_bytes:
-            break
-    return b"".join(parts)[: max_bytes + 1]
-
-
-def _http_error(status: int, uri: str, body: bytes) -> Exception:
-    """The exception a plain GET's status means: permanent ones are not retried."""
-    detail = body[:200].decode("utf-8", "replace")
-    if status == 404:
-        return FileNotFoundError(f"{uri}: not found")
-    if status == 403:
-        return PermissionError(f"{uri}: access denied (is the object public?)")
-    return HTTPStatusError(status, uri, detail)
 
 
 def key_range_bounds(partitions: int) -> list[str]:

@@ -35,7 +35,8 @@ from bincount.core.sources import filled_sources, open_sources
 from bincount.core.storage import Location
 from bincount.core.tables import MANIFESTS, QUARANTINE, bins_fingerprint, current_bins, part_key
 from bincount.data.validate import VALIDATE_STAGE, latest_validation
-from bincount.review.outcomes import RECORD_CORRECT, latest_verdicts
+from bincount.review.outcomes import latest_verdicts
+from bincount.review.verdicts import RECORD_CORRECT
 
 SPLITS = ("train", "val", "test")
 # Counts 0-10 and "more than 10" (91% of real bins hold 10 or fewer): every bin has a label, so

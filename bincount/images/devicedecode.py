@@ -3,7 +3,7 @@
 On a GPU the CPU's Pillow decoding (about 1.2 ms of CPU per bin photo, bench/score.py) becomes
 the limit of scoring long before the model does; nvJPEG decodes a whole batch in one call and
 the pixels never cross back to the host. What the device decoder does not take goes through
-Pillow (:func:`~bincount.images.cache.decode_or_reason`) as before: other formats, JPEGs over the
+Pillow (:func:`~bincount.images.decode.decode_or_reason`) as before: other formats, JPEGs over the
 pixel limit (Pillow can still decode a sequential one small with ``draft``; nvJPEG decodes at
 full size), and anything nvJPEG refuses; Pillow also says why an image has no pixels.
 
@@ -26,7 +26,7 @@ from PIL import JpegImagePlugin
 from torch.nn import functional as F
 
 from bincount.core.limits import ImageLimits
-from bincount.images.cache import UndecodableImage, decode_or_reason
+from bincount.images.decode import UndecodableImage, decode_or_reason
 from bincount.images.vision import torchvision
 
 logger = logging.getLogger(__name__)

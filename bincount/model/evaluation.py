@@ -19,12 +19,13 @@ import torch
 
 from bincount.core.storage import Location
 from bincount.data.manifest import load_manifest
-from bincount.images.cache import load_cached_splits
+from bincount.images.shards import load_cached_splits
 from bincount.model.calibration import calibration_report
 from bincount.model.config import TrainConfig
+from bincount.model.device import resolve_runtime
 from bincount.model.metrics import ABID_BASELINE, counting_metrics, majority_baseline
+from bincount.model.prediction import predict_split
 from bincount.model.registry import load_model, model_folder, save_evaluation
-from bincount.model.training import predict_split, resolve_runtime
 from bincount.review.ranking import (
     detection_quality,
     disagrees,

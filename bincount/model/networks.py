@@ -20,13 +20,16 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from bincount.images.vision import torchvision
+
+if TYPE_CHECKING:  # config imports this module (lazily) to resolve architecture names
+    from bincount.model.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -254,3 +257,14 @@ def load_weights_file(model: CountingModel, path: str | Path) -> dict[str, list[
         len(report["not_in_file"]),
     )
     return report
+
+
+def build_model(config: TrainConfig) -> CountingModel:
+    """The network a (manifest-resolved) config describes, as initialised (``pretrained``
+    weights are loaded by training, not here: a registered model brings its own)."""
+    return CountingModel(
+        config.arch,
+        head=config.loss,
+        max_count=config.max_count,
+        open_top=bool(config.open_top),
+    )

@@ -92,7 +92,7 @@ def resolve_version(output: Location, version: str) -> str:
 def load_model(output: Location, version: str):
     """The model and its record (``version`` may be ``champion``)."""
     from bincount.model.config import TrainConfig
-    from bincount.model.training import build_model
+    from bincount.model.networks import build_model
 
     version = resolve_version(output, version)
     record = read_model_record(output, version)

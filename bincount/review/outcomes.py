@@ -21,67 +21,21 @@ or from a file (``bincount record-verdicts``, ``"file"``); both end in :func:`re
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 import posixpath
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
-from typing import Literal
 
 import pyarrow.dataset as ds
-from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from bincount.core.sources import locate, open_sources, recorded_sources
 from bincount.core.storage import Location
 from bincount.core.tables import REVIEW_QUEUE, part_names, read_table, write_part
-from bincount.review.ranking import probability_text
+from bincount.review.verdicts import CORRECTED, RECORD_CORRECT, Decided, QueueEntry, VerdictError
 
 REVIEW_OUTCOMES = "review_outcomes"
-RECORD_CORRECT = "record_correct"
-CORRECTED = "corrected"
 VIA_UI, VIA_FILE = "ui", "file"
-
-
-# -- what is shown -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class QueueEntry:
-    """One flagged bin of one night's queue, as a reviewer sees it; ``label`` names it in a form
-    (its id, with its source when two shown bins share an id)."""
-
-    label: str
-    image_id: str
-    source: str
-    image_uri: str
-    expected_quantity: int
-    predicted_count: int
-    predicted_overflow: bool
-    p_recorded: float
-    review_rank: int
-    queue_id: str
-    queue_run_id: str
-    queued_at: datetime
-    queued_date: date
-    model_version: str
-    scored_run_id: str
-
-    @property
-    def outcome_id(self) -> str:
-        return outcome_id(self.queue_id, self.image_uri)
-
-    @property
-    def predicted_text(self) -> str:
-        return f"{self.predicted_count}{'+' if self.predicted_overflow else ''}"
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "outcome_id": self.outcome_id}
-
-
-def outcome_id(queue_id: str, image_uri: str) -> str:
-    """The id of a queue entry's verdict: one bin in one night's queue."""
-    return hashlib.sha256(f"{queue_id}\x1f{image_uri}".encode()).hexdigest()[:20]
 
 
 def queue_entries(output: Location, source: Location) -> list[QueueEntry]:
@@ -168,96 +122,6 @@ def labelled(entries: Sequence[QueueEntry]) -> list[QueueEntry]:
 
 def _replace(entry: QueueEntry, **changes) -> QueueEntry:
     return QueueEntry(**{**{k: getattr(entry, k) for k in entry.__dataclass_fields__}, **changes})
-
-
-# -- what a reviewer says ----------------------------------------------------------------------
-class Verdict(BaseModel):
-    """One bin's verdict: the count its photo shows, or none when the record is right."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    bin: str = Field(description="The bin, as listed in the table above")
-    counted: int | None = Field(
-        None,
-        ge=0,
-        description="How many items the photo shows; leave empty when the record is right",
-    )
-    note: str | None = Field(None, description="A remark, if any (kept with the verdict)")
-
-
-def verdict_model(labels: Sequence[str]) -> type[Verdict]:
-    """:class:`Verdict` whose bin must be one of ``labels`` (a choice in the UI's form)."""
-    if not labels:
-        raise ValueError("Expected bins to judge, but got none")
-    return create_model(
-        "Verdict",
-        __base__=Verdict,
-        bin=(Literal[tuple(labels)], Field(description="The bin, as listed in the table above")),
-    )
-
-
-@dataclass(frozen=True)
-class Decided:
-    """A verdict matched to its queue entry: the count the photo shows and who said so."""
-
-    entry: QueueEntry
-    counted: int
-    reviewer: str
-    note: str | None = None
-
-    @property
-    def verdict(self) -> str:
-        return RECORD_CORRECT if self.counted == self.entry.expected_quantity else CORRECTED
-
-
-class VerdictError(ValueError):
-    """Verdicts that cannot be recorded as given; the message lists every problem."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("; ".join(self.problems))
-
-
-def decide(
-    entries: Sequence[QueueEntry], verdicts: Sequence[Verdict], *, reviewer: str | None
-) -> list[Decided]:
-    """Match verdicts to the shown ``entries`` (by label); a verdict without a count confirms the
-    record. Raises :class:`VerdictError` naming every problem (unknown bin, negative count,
-    two different answers for one bin, no reviewer); identical repeats count once."""
-    problems = []
-    reviewer = (reviewer or "").strip()
-    if not reviewer:
-        problems.append("Expected the reviewer's name, but got none")
-    if not verdicts:
-        problems.append("Expected at least one verdict, but got none")
-    shown = {entry.label: entry for entry in entries}
-    answers: dict[str, list[Verdict]] = {}
-    for verdict in verdicts:
-        if verdict.bin not in shown:
-            problems.append(
-                f"Expected a bin of the ones shown ({', '.join(shown)}), but got {verdict.bin!r}"
-            )
-        elif verdict.counted is not None and verdict.counted < 0:
-            problems.append(
-                f"Expected a count of 0 or more for bin {verdict.bin}, but got {verdict.counted}"
-            )
-        else:
-            answers.setdefault(verdict.bin, []).append(verdict)
-    decided = []
-    for label, given in answers.items():
-        entry = shown[label]
-        counts = {entry.expected_quantity if v.counted is None else v.counted for v in given}
-        if len(counts) > 1:
-            problems.append(
-                f"Expected one answer per bin, but got {len(counts)} for bin {label}: "
-                + " and ".join(str(c) for c in sorted(counts))
-            )
-            continue
-        notes = [v.note for v in given if v.note]
-        decided.append(Decided(entry, counts.pop(), reviewer, notes[-1] if notes else None))
-    if problems:
-        raise VerdictError(problems)
-    return decided
 
 
 # -- writing them --------------------------------------------------------------------------------
@@ -353,28 +217,6 @@ def _outcome_row(decided: Decided, *, run_id: str, via: str, now: datetime) -> d
     }
 
 
-# -- verdicts from a file ------------------------------------------------------------------------
-FILE_COLUMNS = ("bin", "counted", "reviewer", "source", "queue_id", "note")
-
-
-def read_verdict_file(text: str, name: str) -> list[dict]:
-    """The rows of a verdict file: JSON (a list of objects) when ``name`` ends in ``.json``,
-    else CSV with a header; columns ``bin`` (an id or a photo's URI) and ``counted`` (empty when
-    the record is right), optionally ``reviewer``, ``source``, ``queue_id``, ``note``."""
-    if name.lower().endswith(".json"):
-        rows = json.loads(text)
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise ValueError(f"Expected a JSON list of objects in {name}, but got {type(rows)}")
-    else:
-        rows = list(csv.DictReader(io.StringIO(text)))
-    unknown = sorted({key for row in rows for key in row} - set(FILE_COLUMNS))
-    if unknown:
-        raise ValueError(
-            f"Expected columns among {list(FILE_COLUMNS)} in {name}, but got {unknown}"
-        )
-    return rows
-
-
 def file_verdicts(
     output: Location, source: Location, rows: Sequence[dict], *, reviewer: str | None = None
 ) -> list[Decided]:
@@ -446,135 +288,3 @@ def latest_verdicts(output: Location) -> dict[tuple[str, str], dict]:
     for row in sorted(rows, key=lambda r: (r["reviewed_at"], r["outcome_id"])):
         latest[(row["source"], row["image_id"])] = row
     return latest
-
-
-@dataclass(frozen=True)
-class QueuePrecision:
-    """How one night's queue (of one model) fared with the people who checked it."""
-
-    queued_date: date
-    model_version: str
-    flagged: int
-    reviewed: int
-    record_wrong: int
-
-    @property
-    def precision(self) -> float | None:
-        """The share of reviewed entries whose record was wrong (None before any review)."""
-        return self.record_wrong / self.reviewed if self.reviewed else None
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "precision": self.precision}
-
-
-def queue_precision(output: Location) -> list[QueuePrecision]:
-    """The queue's measured precision over time: per queued date and model, how many bins were
-    flagged, how many reviewed, and how many of those had a wrong record. Oldest first."""
-    queue = read_table(
-        output, REVIEW_QUEUE, columns=["queued_date", "model_version", "queue_id", "image_uri"]
-    ).to_pylist()
-    outcomes = read_table(output, REVIEW_OUTCOMES, columns=["outcome_id", "verdict"])
-    verdicts = dict(
-        zip(
-            outcomes.column("outcome_id").to_pylist(),
-            outcomes.column("verdict").to_pylist(),
-            strict=True,
-        )
-    )
-    groups: dict[tuple[date, str], list[str | None]] = {}
-    for row in queue:
-        key = (row["queued_date"], row["model_version"])
-        groups.setdefault(key, []).append(
-            verdicts.get(outcome_id(row["queue_id"], row["image_uri"]))
-        )
-    return [
-        QueuePrecision(
-            queued_date=day,
-            model_version=model,
-            flagged=len(found),
-            reviewed=sum(v is not None for v in found),
-            record_wrong=sum(v == CORRECTED for v in found),
-        )
-        for (day, model), found in sorted(groups.items())
-    ]
-
-
-def precision_markdown(rows: Sequence[QueuePrecision]) -> str:
-    """The measured precision as a markdown table (newest night first)."""
-    if not rows:
-        return "No queue yet.\n"
-    lines = [
-        "| queued | model | flagged | reviewed | record wrong | precision |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for row in reversed(rows):
-        shown = "-" if row.precision is None else f"{100 * row.precision:.0f}%"
-        lines.append(
-            f"| {row.queued_date} | `{row.model_version}` | {row.flagged} | {row.reviewed} | "
-            f"{row.record_wrong} | {shown} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def outcomes_markdown(decided: Sequence[Decided], recorded: RecordedVerdicts, where: str) -> str:
-    """What a set of verdicts recorded, bin by bin."""
-    lines = [
-        "# Review outcomes",
-        "",
-        "| bin | recorded | counted | verdict | reviewer |",
-        "|---|---:|---:|---|---|",
-    ]
-    for d in decided:
-        verdict = (
-            "judged before: not written"
-            if d.entry.label in recorded.already_recorded
-            else d.verdict
-        )
-        lines.append(
-            f"| {d.entry.label} | {d.entry.expected_quantity} | {d.counted} | {verdict} | "
-            f"{d.reviewer} |"
-        )
-    lines += [
-        "",
-        f"{recorded.written} written to `{where}`; the next manifest takes them as labels.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def review_sheet_markdown(
-    shown: Sequence[dict],
-    precision: Sequence[QueuePrecision],
-    *,
-    problems: Sequence[str] = (),
-) -> str:
-    """What a reviewer reads: the bins (``shown``: :meth:`QueueEntry.as_dict` rows with a
-    ``thumbnail`` data URI and a ``link``), how to answer, and the queue's precision so far."""
-    lines = []
-    if problems:
-        lines += ["**The last answer was not recorded:**", ""]
-        lines += [f"- {problem}" for problem in problems] + [""]
-    queues = sorted({str(row["queued_date"]) for row in shown})
-    models = sorted({row["model_version"] for row in shown})
-    lines += [
-        f"## {len(shown)} bins to check",
-        "",
-        "For each bin you checked, add a verdict: the bin and the number of items its photo "
-        "shows. Leave the count empty when the record is right. Give your name as reviewer.",
-        "",
-        f"From the queue of {', '.join(queues)}, flagged by model "
-        f"{', '.join(f'`{m}`' for m in models)}; rank 1 is the least likely record.",
-        "",
-        "| rank | bin | recorded | model | p_recorded | photo |",
-        "|---:|---|---:|---:|---:|---|",
-    ]
-    for row in shown:
-        photo = f"![{row['image_id']}]({row['thumbnail']})" if row.get("thumbnail") else "-"
-        predicted = f"{row['predicted_count']}{'+' if row['predicted_overflow'] else ''}"
-        lines.append(
-            f"| {row['review_rank']} | [{row['label']}]({row['link']}) | "
-            f"{row['expected_quantity']} | {predicted} | {probability_text(row['p_recorded'])} | "
-            f"{photo} |"
-        )
-    lines += ["", "## The queue's precision so far", "", precision_markdown(precision)]
-    return "\n".join(lines)

@@ -29,14 +29,11 @@ Every function here is pure (arrays in, arrays out); ``bincount.nightly.scoring`
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 P_FLOOR = 1e-6  # discrepancy scores stop at 6: beyond that the model's figures mean little
@@ -344,14 +341,3 @@ def queue_against_truth(
 def probability_text(p: float) -> str:
     """A probability as an operator reads it: ``2.3%``, ``0.041%``, ``<0.01%``."""
     return f"{100 * p:.2g}%" if p >= 0.0001 else "<0.01%"
-
-
-# -- showing a bin ---------------------------------------------------------------------------------
-def thumbnail_data_uri(image: np.ndarray, *, quality: int = 70) -> str:
-    """A decoded image (uint8, H×W×3) as a small JPEG ``data:`` URI, for markdown that renders
-    inline (the Prefect UI shows such images in an artifact)."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(
-        buffer, format="JPEG", quality=quality
-    )
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -25,22 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import random
-import selectors
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
-from pathlib import Path
-
-from bincount.testing.s3server import stop_process
 
 FAULT_KINDS = ("throttle", "error500", "drop", "truncate")
 CONTROL_PREFIX = "/__proxy__/"
@@ -312,107 +300,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Ctrl-C is how a person stops it: no traceback for that.
     with suppress(KeyboardInterrupt):
         asyncio.run(serve(config, host=args.host, port=args.port))
-
-
-# -- the client side: run it as a subprocess ------------------------------------------------------
-@dataclass(frozen=True)
-class FaultProxy:
-    """A running proxy process: point S3 clients at ``endpoint_url``."""
-
-    endpoint_url: str
-    process: subprocess.Popen
-    config: ProxyConfig
-
-    def stats(self) -> ProxyStats:
-        with urllib.request.urlopen(self.endpoint_url + STATS_PATH, timeout=10) as answer:
-            data = json.load(answer)
-        return ProxyStats(
-            requests=data["requests"],
-            faults_by_kind=data["faults_by_kind"],
-            requests_by_method=data["requests_by_method"],
-        )
-
-    def reset(self) -> None:
-        request = urllib.request.Request(self.endpoint_url + RESET_PATH, method="POST", data=b"")
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            answer.read()
-
-
-@contextmanager
-def fault_proxy(
-    upstream: str,
-    *,
-    latency_ms: float = 30.0,
-    fault_rate: float = 0.0,
-    faults: Sequence[str] = FAULT_KINDS,
-    seed: int = 0,
-    startup_timeout_s: float = 30.0,
-) -> Iterator[FaultProxy]:
-    """Start the proxy as a subprocess in front of ``upstream``; stop it on exit."""
-    config = ProxyConfig(
-        upstream=upstream,
-        latency_ms=latency_ms,
-        fault_rate=fault_rate,
-        faults=tuple(faults),
-        seed=seed,
-    )
-    command = [
-        sys.executable,
-        "-m",
-        "bincount.testing.faultproxy",
-        f"--upstream={config.upstream}",
-        f"--latency-ms={config.latency_ms}",
-        f"--fault-rate={config.fault_rate}",
-        f"--faults={','.join(config.faults)}",
-        f"--seed={config.seed}",
-    ]
-    env = dict(os.environ)
-    # The child must import this very package, installed or not.
-    package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    log_dir = tempfile.mkdtemp(prefix="fault-proxy-")
-    log_path = Path(log_dir) / "proxy.log"
-    try:
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                env=env,
-                text=True,
-            )
-        try:
-            endpoint_url = _read_ready_line(process, startup_timeout_s)
-            if endpoint_url is None:
-                raise RuntimeError(
-                    f"Expected the fault proxy to print '{_READY_LINE}URL' within "
-                    f"{startup_timeout_s:.0f} s, but got exit code {process.poll()}; its log "
-                    f"ends:\n{log_path.read_text(errors='replace')[-2000:]}"
-                )
-            yield FaultProxy(endpoint_url=endpoint_url, process=process, config=config)
-        finally:
-            stop_process(process)
-            process.stdout.close()
-    finally:
-        shutil.rmtree(log_dir, ignore_errors=True)
-
-
-def _read_ready_line(process: subprocess.Popen, timeout_s: float) -> str | None:
-    deadline = time.monotonic() + timeout_s
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while (remaining := deadline - time.monotonic()) > 0:
-            if not selector.select(timeout=min(remaining, 0.5)):
-                if process.poll() is not None:
-                    return None
-                continue
-            line = process.stdout.readline()
-            if not line:  # the child closed stdout: it exited
-                return None
-            if line.startswith(_READY_LINE):
-                return line[len(_READY_LINE) :].strip()
-    return None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,176 @@
+"""The champion as a scorer: loading it, decoding a chunk's images (threads or on the device) and
+predicting counts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bincount.core.limits import ImageLimits
+from bincount.core.storage import Location
+from bincount.images.decode import UndecodableImage, decode_image, decode_or_reason
+from bincount.images.devicedecode import decode_on_device
+from bincount.images.prefetch import Prefetched
+from bincount.model.config import TrainConfig
+from bincount.model.device import Runtime, resolve_runtime
+from bincount.model.inputs import input_normalization, to_model_input
+from bincount.model.networks import CountingModel
+from bincount.model.prediction import predict_batch
+from bincount.model.registry import load_model, resolve_version
+
+
+# -- the model ---------------------------------------------------------------------------------
+@dataclass
+class Scorer:
+    """A registered model ready to count: its input size and test-time flips come from its
+    saved config, so it scores exactly as it was evaluated."""
+
+    model: CountingModel
+    version: str
+    image_size: int
+    flips: bool
+    runtime: Runtime
+
+    @property
+    def max_count(self) -> int:
+        return self.model.max_count
+
+    @property
+    def open_top(self) -> bool:
+        return self.model.open_top
+
+    def probabilities(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """uint8 images (N, S, S, 3), on the host or the device → calibrated per-count
+        probabilities (N, num_classes)."""
+        mean, std = input_normalization(self.model)
+        batch = to_model_input(images, mean=mean, std=std, device=self.runtime.device)
+        _, probabilities = predict_batch(self.model, batch, runtime=self.runtime, flips=self.flips)
+        return probabilities.numpy()
+
+    def counts(self, probabilities: np.ndarray) -> np.ndarray:
+        """The count the model's head predicts from per-count probabilities."""
+        return self.model.count_from_probabilities(torch.from_numpy(probabilities)).numpy()
+
+
+def load_scorer(output: Location, model: str = "champion", *, device: str | None = None) -> Scorer:
+    """A registered model (a version, or ``champion``) on the best device present."""
+    version = resolve_version(output, model)
+    network, record = load_model(output, version)
+    runtime = resolve_runtime(device)
+    network = network.to(runtime.device, memory_format=torch.channels_last).eval()
+    config = TrainConfig.model_validate(record["config"])
+    return Scorer(
+        model=network,
+        version=version,
+        image_size=config.image_size,
+        flips=config.test_time_flips,
+        runtime=runtime,
+    )
+
+
+# -- images ahead of the model ------------------------------------------------------------------
+@dataclass
+class DecodedBatch:
+    """Images of one batch that decoded, and the keys of those that did not, with why."""
+
+    keys: list[str]
+    images: np.ndarray | torch.Tensor  # uint8 (N, S, S, 3); a tensor when decoded on a device
+    failures: list[tuple[str, UndecodableImage]]
+
+
+def decoded_batches(
+    source: Location,
+    keys: Sequence[str],
+    *,
+    size: int,
+    batch_size: int,
+    concurrency: int = 64,
+    workers: int | None = None,
+    depth: int = 4,
+    limits: ImageLimits | None = None,
+    device: torch.device | str | None = None,
+) -> Iterator[DecodedBatch]:
+    """Batches of decoded images, fetched and decoded ahead of the consumer in two threads.
+
+    Pillow releases the GIL while it decodes, so a thread pool decodes in parallel without the
+    cost of shipping images between processes. On a CUDA ``device`` JPEGs are decoded there
+    instead (:mod:`bincount.images.devicedecode`). No image is read past ``limits.max_bytes``.
+    """
+    on_device = device is not None and torch.device(device).type == "cuda"
+    limits = limits or ImageLimits()
+    windows = [list(keys[i : i + batch_size]) for i in range(0, len(keys), batch_size)]
+
+    def fetched() -> Iterator[tuple[list[str], list[bytes | Exception]]]:
+        for window in windows:
+            yield (
+                window,
+                source.fetch_many(window, concurrency=concurrency, max_bytes=limits.max_bytes),
+            )
+
+    def decoded() -> Iterator[DecodedBatch]:
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            for window, payloads in Prefetched(fetched(), depth=depth, name="image-fetch"):
+                if on_device:
+                    results = decode_on_device(payloads, size, device, limits)
+                else:
+                    results = list(
+                        pool.map(
+                            decode_or_reason,
+                            payloads,
+                            [size] * len(payloads),
+                            [limits] * len(payloads),
+                        )
+                    )
+                yield _batch_of(window, results, size)
+
+    return iter(Prefetched(decoded(), depth=depth, name="image-decode"))
+
+
+def _batch_of(
+    keys: list[str], results: list[np.ndarray | torch.Tensor | UndecodableImage], size: int
+) -> DecodedBatch:
+    pairs = list(zip(keys, results, strict=True))
+    good = [(key, image) for key, image in pairs if not isinstance(image, UndecodableImage)]
+    images = [image for _, image in good]
+    return DecodedBatch(
+        keys=[key for key, _ in good],
+        images=(torch.stack(images) if isinstance(images[0], torch.Tensor) else np.stack(images))
+        if good
+        else np.zeros((0, size, size, 3), np.uint8),
+        failures=[(key, fault) for key, fault in pairs if isinstance(fault, UndecodableImage)],
+    )
+
+
+# -- ad hoc -----------------------------------------------------------------------------------
+def predict_images(
+    scorer: Scorer, inputs: Sequence[str], *, read: Callable[[str], bytes]
+) -> list[dict]:
+    """Count the items in each input (a path or URL that ``read`` turns into bytes).
+
+    One answer per input, in order: the count, per-count probabilities, confidence and model
+    version, or the error that stopped it (an input that cannot be read or decoded).
+    """
+    answers: list[dict] = [{"input": name} for name in inputs]
+    decoded: list[tuple[int, np.ndarray]] = []
+    for position, name in enumerate(inputs):
+        try:
+            decoded.append((position, decode_image(read(name), scorer.image_size)))
+        except (OSError, ValueError) as error:  # missing, forbidden, undecodable
+            answers[position]["error"] = f"{type(error).__name__}: {error}"
+    if decoded:
+        probabilities = scorer.probabilities(np.stack([image for _, image in decoded]))
+        counts = scorer.counts(probabilities)
+        for (position, _), row, count in zip(decoded, probabilities, counts, strict=True):
+            answers[position].update(
+                count=int(count),
+                probabilities=[round(float(p), 6) for p in row],
+                confidence=round(float(row[count]), 6),
+                model_version=scorer.version,
+            )
+    return answers
