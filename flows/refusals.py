@@ -10,28 +10,30 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from collections.abc import Iterator
 
 # Bad input (ValueError and its subclasses: VerdictError, MalformedMetadata, UndecodableImage,
 # ObjectTooLarge, pydantic's ValidationError), something asked for that is not there (a model
 # version or champion: LookupError; a manifest, a file: FileNotFoundError), and the two gates
-# of the data: a contract past its thresholds, a manifest asked of bins not validated since
-# they changed. A KeyError or IndexError is a fault of the program, with its traceback.
+# of the data (refusal_types). A KeyError or IndexError is a fault of the program, with its
+# traceback.
 REFUSALS: tuple[type[BaseException], ...] = (ValueError, LookupError, FileNotFoundError)
 FAULTS: tuple[type[BaseException], ...] = (KeyError, IndexError)
-GATES = {
-    "bincount.data.validate": "ContractViolation",
-    "bincount.data.manifest": "StaleValidation",
-}
+
+
+def refusal_types() -> tuple[type[BaseException], ...]:
+    """What the library raises to refuse its input: :data:`REFUSALS`, a contract past its
+    thresholds, and a manifest asked of bins not validated since they changed."""
+    # Imported when a command fails, not before: the overall help imports no pyarrow.
+    from bincount.data.manifest import StaleValidation
+    from bincount.data.validate import ContractViolation
+
+    return (*REFUSALS, ContractViolation, StaleValidation)
 
 
 def is_refusal(error: BaseException | None) -> bool:
     """Whether ``error`` is the library refusing its input (not a fault of the program)."""
-    # A gate can only have raised if its module was imported: none is imported here (the
-    # contract's module loads Great Expectations).
-    gates = tuple(getattr(sys.modules[m], name) for m, name in GATES.items() if m in sys.modules)
-    return isinstance(error, REFUSALS + gates) and not isinstance(error, FAULTS)
+    return isinstance(error, refusal_types()) and not isinstance(error, FAULTS)
 
 
 def one_line(error: BaseException) -> str:

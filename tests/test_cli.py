@@ -268,3 +268,29 @@ def test_a_refused_run_ends_with_its_one_line_and_no_traceback(prefect_api, tmp_
     )
     assert debug.returncode == 1 and "Traceback" in debug.stderr
     assert f"StaleValidation: {refused.value}" in debug.stderr
+
+
+def test_the_library_refusals_are_told_from_faults_of_the_program():
+    from pydantic import ValidationError
+
+    from bincount.data.manifest import StaleValidation
+    from bincount.data.validate import ContractViolation
+    from bincount.review.outcomes import VerdictError
+    from flows.refusals import is_refusal
+
+    try:
+        ReviewPolicy(budget_percent=-1)
+    except ValidationError as error:
+        invalid = error
+    refused = [VerdictError(["x"]), ContractViolation("x"), StaleValidation("x"), invalid]
+    refused += [LookupError("no champion"), FileNotFoundError("no manifest")]
+    assert all(is_refusal(error) for error in refused)
+    faults = [KeyError("x"), IndexError("x"), RuntimeError("x"), TypeError("x")]
+    assert not any(is_refusal(error) for error in faults)
+
+
+def test_an_unexpected_error_keeps_its_traceback(tmp_path):
+    deployments = tmp_path / "prefect.yaml"
+    deployments.write_text("deployments:\n  - name: x\n    entrypoint: flows/nowhere.py:flow\n")
+    with pytest.raises(ModuleNotFoundError, match=r"flows\.nowhere"):  # raised, not one line
+        console(["serve", "--prefect-file", str(deployments)])
