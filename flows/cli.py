@@ -1,33 +1,38 @@
-"""The ``bincount`` command: every flow is a subcommand built from its signature and docstring.
+"""The ``bincount`` command, on cyclopts: each command is built from the function it runs.
 
 A flow command has one option per flow parameter, typed and defaulted as the parameter is; a
-pydantic parameter (the training config, the review policy) has one option per field. The
-platform options come once from the :class:`~bincount.core.settings.Settings` fields and feed the
-one settings object through its ``BINCOUNT_*`` environment, so a flow run from the CLI, a
-deployment or a test sees the same configuration. Flows are imported only when their command
-(or the overall help) needs them: ``bincount synth`` never loads Prefect.
+pydantic parameter (the training config, the review and drift policies) has one option per
+field, and every command has the platform options, one per Settings field, fed to the one
+settings object through its ``BINCOUNT_*`` environment, so a flow run from the CLI, a
+deployment or a test sees the same configuration (flows/options.py). Only the command asked
+for is built: the overall help reads each command's summary from its source file, so it
+imports neither Prefect nor torch.
 """
 
 from __future__ import annotations
 
-import argparse
+import ast
 import contextlib
 import importlib
+import importlib.util
 import inspect
 import json
 import os
 import sys
-import types
-import typing
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal
-
-from pydantic import BaseModel, SecretStr
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bincount.core import telemetry
+from flows.refusals import console_tracebacks_of_refusals_hidden, is_refusal, one_line
 
-# Command → the flow it runs (module:function).
-FLOWS = {
+if TYPE_CHECKING:
+    from flows.options import Options
+
+# Command → what it runs (module:flow or module:function), in the order the help lists them.
+COMMANDS = {
+    "synth": "flows.commands:synth",
     "ingest": "flows.ingest:ingest",
     "validate": "flows.validate:validate",
     "manifest": "flows.manifest:manifest",
@@ -40,16 +45,26 @@ FLOWS = {
     "score": "flows.score:score",
     "review": "flows.review:review",
     "record-verdicts": "flows.verdicts:record_verdicts",
+    "predict": "flows.commands:predict",
+    "models": "flows.commands:models",
+    "serve": "flows.commands:serve",
+    "demo": "flows.demo:demo",
 }
 
-# How the fields of a pydantic parameter are spelled: --review-budget-percent, but --arch.
-FIELD_PREFIX = {"review": "review-", "config": ""}
+# What a command's result is printed as, where not JSON.
+PRESENTED = {"demo": "flows.demo:demo_summary"}
 
-# Spellings kept from earlier versions of the command, beside the generated ones.
-ALIASES = {"ingest_first": ("--no-ingest",)}
+# A command under torchrun (WORLD_SIZE > 1) that runs otherwise there.
+DISTRIBUTED = {"train": "flows.commands:train_under_torchrun"}
+
+DESCRIPTION = (
+    "Count the items in warehouse bin photos and flag suspicious inventory. Every step is a "
+    "Prefect flow; `bincount COMMAND --help` lists its options with the values a run takes. "
+    "A command refused on bad input prints one line; --debug shows its traceback."
+)
 
 # What a flow parameter means (``command.parameter`` where one command differs), for the help;
-# types and defaults come from the signature.
+# types and defaults come from the signature. "(default: ...)" says what None stands for.
 HELP = {
     "source": "where bins that record no source (ingested by older versions) are read from; "
     "every other bin is read from the source it was ingested from "
@@ -61,11 +76,14 @@ HELP = {
     "score.source": "bucket or folder to list new images in (default: BINCOUNT_SOURCE, else "
     "every source the output's bins came from)",
     "output": "where tables are written: a path, file:// or s3:// (default: BINCOUNT_OUTPUT)",
-    "limit": "at most N new objects",
-    "keys_from": "only these keys (capstone file list, a JSON list or one key/id per line)",
-    "dask": "fan chunks out on a Dask cluster: tcp://scheduler:8786, or local[:N] workers",
+    "limit": "at most N new objects (default: no limit)",
+    "keys_from": "only these keys (capstone file list, a JSON list or one key/id per line) "
+    "(default: every key)",
+    "dask": "fan chunks out on a Dask cluster: tcp://scheduler:8786, or local[:N] workers "
+    "(default: threads in this process)",
     "policy": "open:K (0..K and 'more than K'), moderate (counts 0-5 only), hard (all) or max:K",
-    "benchmark_split": "ABID challenge validation list used as the test split",
+    "benchmark_split": "ABID challenge validation list used as the test split "
+    "(default: none, a hash split)",
     "manifest": "manifest version (default: the latest)",
     "evaluate.manifest": "manifest version (default: the model's)",
     "promote.manifest": "manifest version (default: the model's)",
@@ -79,266 +97,176 @@ HELP = {
     "device": "cuda, cuda:1 or cpu (default: cuda when present)",
     "queued_date": "the queue date to review, YYYY-MM-DD (default: the newest with bins unjudged)",
     "top": "how many bins to show, from the top of the queue",
-    "reviewer": "the reviewer's name kept with each verdict (review: prefilled in the form)",
+    "reviewer": "the reviewer's name kept with each verdict (review: prefilled in the form) "
+    "(default: none)",
     "wait_minutes": "how long the paused run waits for verdicts before it fails",
     "verdicts": "CSV or JSON file: bin (id or photo URI), counted (empty when the record is "
     "right), optionally reviewer, source, queue_id, note",
+    "demo.workdir": "where the demo writes everything",
+    "demo.bins": "bins in the bucket",
+    "demo.arrivals": "new bins that arrive later",
+    "demo.seed": "the bucket's seed; arrivals use seed + 1, the darker photos seed + 2",
+    "demo.train_minutes": "CPU training time",
+    "demo.mismatch_rate": "share of arrivals whose record disagrees with the photo",
+    "demo.dark_arrivals": "darker photos that arrive last, for drift monitoring to flag",
+    "demo.dark_exposure": "their light, as a share of the usual",
 }
-
-_EMPTY = inspect.Parameter.empty
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    telemetry.quiet()  # before Prefect is imported; a user's own environment wins
-    # The library's log lines (progress, epochs) in the runs' logs.
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "bincount")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv and not argv[0].startswith("-") else None
-    args = build_parser(only=command).parse_args(argv)
-    with settings_environment(args):
-        run = _run_flow if args.command in FLOWS else PLAIN_COMMANDS[args.command][1]
-        result = run(args)
-    if isinstance(result, str):
-        sys.stdout.write(result + "\n")
-    else:
-        json.dump(result, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
-    if args.command == "predict" and any("error" in answer for answer in result):
+    """Run the command ``argv`` asks for; a refused input raises (for tests and other Python
+    code: the ``bincount`` program is :func:`console`)."""
+    _quiet()
+    invocation = parse(argv)
+    return 0 if invocation is None else invocation.execute()
+
+
+def console(argv: Sequence[str] | None = None) -> int:
+    """The ``bincount`` program: :func:`main`, with a refused input as one line on stderr and
+    exit status 1; ``--debug`` (anywhere) shows the tracebacks instead."""
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in tokens
+    tokens = [token for token in tokens if token != "--debug"]
+    _quiet()
+    try:
+        invocation = parse(tokens)  # imports the flow, and so Prefect's logging
+        if invocation is None:
+            return 0
+        with contextlib.nullcontext() if debug else console_tracebacks_of_refusals_hidden():
+            return invocation.execute()
+    except Exception as error:
+        if debug or not is_refusal(error):
+            raise
+        command = tokens[0] if tokens and tokens[0] in COMMANDS else ""
+        sys.stderr.write(" ".join(["bincount", command]).strip() + f": {one_line(error)}\n")
         return 1
-    return 0
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The whole command; with ``only``, that command in full and the flows of the others left
-    unimported (their commands are listed, not built)."""
-    parser = argparse.ArgumentParser(
-        prog="bincount",
-        description="Count the items in warehouse bin photos and flag suspicious inventory. "
-        "Every step is a Prefect flow; `bincount COMMAND --help` lists its parameters.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+@dataclass(frozen=True)
+class Invocation:
+    """A parsed command: what it runs, with which arguments, under which platform options."""
+
+    command: str
+    run: Callable[..., Any]
+    args: tuple
+    arguments: dict[str, Any]
+    environment: dict[str, str]  # the platform options given, as BINCOUNT_* variables
+    present: Callable[[Any], str] | None = None
+
+    def execute(self) -> int:
+        """Run it and print its result (JSON, or the command's own text); the exit status."""
+        with settings_environment(self.environment):
+            result = self.run(*self.args, **self.arguments)
+        if result is None:  # a torchrun rank other than 0: rank 0 prints
+            return 0
+        if self.present is not None:
+            result = self.present(result)
+        if isinstance(result, str):
+            sys.stdout.write(result + "\n")
+        else:
+            json.dump(result, sys.stdout, indent=2, default=str)
+            sys.stdout.write("\n")
+        if self.command == "predict" and any("error" in answer for answer in result):
+            return 1
+        return 0
+
+
+def parse(argv: Sequence[str] | None = None) -> Invocation | None:
+    """The command ``argv`` asks for, its arguments validated; None when it asked for help
+    (then printed). A bad option exits with status 2, as argparse did."""
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    name = tokens[0] if tokens and tokens[0] in COMMANDS else None
+    command = build_command(name) if name else None
+    app = _app(command, prog=" ".join(["bincount", name or ""]).strip())
+    function, bound, _ = app.parse_args(tokens)
+    if command is None or function is not command.entry:
+        function(*bound.args, **bound.kwargs)  # the help
+        return None
+    call = command.options.call(bound.arguments)
+    return Invocation(name, command.run, call.args, call.kwargs, call.environment, command.present)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command, built: what it runs, its options, and the callable cyclopts parses for."""
+
+    name: str
+    run: Callable[..., Any]
+    options: Options
+    entry: Callable[..., Any]
+    present: Callable[[Any], str] | None
+
+
+def build_command(name: str) -> Command:
+    """Command ``name`` with its options, importing what it runs."""
+    from flows.options import command_options
+
+    target = load(COMMANDS[name])
+    function = getattr(target, "fn", target)  # a flow's own function
+    is_flow = function is not target
+    doc = inspect.getdoc(function) or ""
+    if is_flow:
+        doc += f"\n\nRuns the Prefect flow {target.name!r}."
+    options = command_options(
+        function,
+        described=_described(name, function) if is_flow else None,
+        shown=_shown_training_configs(function),
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    built: dict[str, argparse.ArgumentParser] = {}
-    for name, (add, _) in PLAIN_COMMANDS.items():
-        if only in (None, name):
-            sub = add(commands)
-            _add_settings_options(sub, taken=set())
-        else:
-            commands.add_parser(name)
-    for name, target in FLOWS.items():
-        if only in (None, name):
-            built[name] = _add_flow_command(commands, name, load_flow(target))
-        else:
-            commands.add_parser(name)
-    if only is None:
-        parser.epilog = "flow parameters and their defaults:\n" + "\n".join(
-            _parameter_line(name, sub) for name, sub in built.items()
-        )
-    return parser
+
+    def entry(*args: Any, **kwargs: Any) -> None:
+        """Parsed for, never called: :func:`parse` returns what it was given."""
+
+    entry.__signature__ = options.signature  # type: ignore[attr-defined]
+    entry.__doc__ = doc
+    run = target
+    if name in DISTRIBUTED and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        run = load(DISTRIBUTED[name])
+    present = load(PRESENTED[name]) if name in PRESENTED else None
+    return Command(name, run, options, entry, present)
 
 
-def _parameter_line(command: str, parser: argparse.ArgumentParser) -> str:
-    """``  train: --output (none) --arch (resnet18) ...``: the options of a flow's parameters."""
-    words = [f"{command}:"]
-    for action in parser._actions:
-        if action.dest.startswith("settings.") or not action.option_strings:
-            continue
-        if action.help is argparse.SUPPRESS or action.dest == "help":
-            continue
-        default = "required" if action.required else _default_of(action.help or "")
-        words.append(f"{action.option_strings[0]} ({default})")
-    lines, line = [], " "
-    for word in words:
-        if len(line) + len(word) > 98:
-            lines.append(line)
-            line = "     "
-        line += " " + word
-    return "\n".join([*lines, line])
-
-
-def _default_of(help: str) -> str:
-    return help.rpartition("(default: ")[2].rstrip(")").replace("%%", "%")
-
-
-def load_flow(target: str):
-    module, name = target.split(":")
+def load(target: str) -> Any:
+    """``module:name``, imported."""
+    module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
 
 
-# -- options from signatures --------------------------------------------------------------------
-def _add_flow_command(commands, name: str, flow) -> argparse.ArgumentParser:
-    doc = inspect.getdoc(flow.fn) or ""
-    sub = commands.add_parser(
-        name,
-        help=doc.split("\n")[0],
-        description=f"{doc}\n\nRuns flow `{flow.name}`.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parameters = flow_parameters(flow)
-    for parameter, annotation in parameters:
-        if _is_model(annotation):
-            _add_model_options(sub, parameter, annotation)
-        else:
-            _add_option(
-                sub,
-                parameter.name,
-                annotation,
-                dest=parameter.name,
-                default=parameter.default,
-                help=HELP.get(f"{name}.{parameter.name}", HELP.get(parameter.name, "")),
-                aliases=ALIASES.get(parameter.name, ()),
-            )
-    _add_settings_options(sub, taken={p.name for p, _ in parameters})
-    return sub
-
-
-def flow_parameters(flow) -> list[tuple[inspect.Parameter, Any]]:
-    """Each parameter of a flow with its resolved type."""
-    hints = typing.get_type_hints(flow.fn)
-    return [
-        (parameter, hints.get(parameter.name, str))
-        for parameter in inspect.signature(flow.fn).parameters.values()
-    ]
-
-
-def _add_model_options(parser, parameter: inspect.Parameter, model: type[BaseModel]) -> None:
-    default = parameter.default if isinstance(parameter.default, model) else None
-    prefix = FIELD_PREFIX.get(parameter.name, parameter.name.replace("_", "-") + "-")
-    summary = (inspect.getdoc(model) or model.__name__).split("\n")[0]
-    group = parser.add_argument_group(
-        f"{parameter.name} ({model.__name__}: {summary})",
-    )
-    for field_name, field in model.model_fields.items():
-        shown = getattr(default, field_name) if default is not None else field.get_default()
-        _add_option(
-            group,
-            prefix + field_name,
-            field.annotation,
-            dest=f"{parameter.name}.{field_name}",
-            default=argparse.SUPPRESS,
-            shown=shown,
-            help=field.description or "",
-        )
-
-
-def _add_settings_options(parser, *, taken: set[str]) -> None:
-    from bincount.core.settings import Settings
-
-    group = parser.add_argument_group("platform settings (also BINCOUNT_* environment variables)")
-    for name, field in Settings.model_fields.items():
-        if name in taken or SecretStr in _variants(field.annotation):
-            continue
-        _add_option(
-            group,
-            name,
-            field.annotation,
-            dest=f"settings.{name}",
-            default=argparse.SUPPRESS,
-            shown=field.get_default(),
-            help=f"{field.description or ''} [BINCOUNT_{name.upper()}]".strip(),
-        )
-
-
-def _add_option(
-    parser,
-    name: str,
-    annotation: Any,
-    *,
-    dest: str,
-    default: Any,
-    help: str,
-    shown: Any = _EMPTY,
-    aliases: Sequence[str] = (),
-) -> None:
-    option = "--" + name.replace("_", "-")
-    kind, choices = _scalar(annotation)
-    if shown is _EMPTY:
-        shown = default
-    required = default is _EMPTY
-    text = help
-    if not required and "default:" not in help:
-        text = f"{help} (default: {'none' if shown is None else shown})".strip()
-    kwargs: dict[str, Any] = {"dest": dest, "help": text.replace("%", "%%")}
-    if required:
-        kwargs["required"] = True
-    else:
-        kwargs["default"] = default
-    if kind is bool:
-        action = parser.add_argument(option, action=argparse.BooleanOptionalAction, **kwargs)
-        action.help = kwargs["help"]  # as written: some Pythons append the default themselves
-        for alias in aliases:  # an old negative spelling: --no-ingest
-            parser.add_argument(alias, dest=dest, action="store_false", help=argparse.SUPPRESS)
-        return
-    metavar = None if choices else _metavar(name)  # choices show as {ce,ordinal}
-    parser.add_argument(option, type=kind, choices=choices, metavar=metavar, **kwargs)
-
-
-def _scalar(annotation: Any) -> tuple[Callable[[str], Any], tuple | None]:
-    """The type an option's text converts to, and its choices when it is a ``Literal``."""
-    variants = [v for v in _variants(annotation) if v is not type(None)]
-    if len(variants) != 1:
-        raise TypeError(f"Expected one type besides None, but got {annotation!r}")
-    (kind,) = variants
-    if typing.get_origin(kind) is Literal:
-        choices = typing.get_args(kind)
-        return type(choices[0]), choices
-    if kind in (str, int, float, bool):
-        return kind, None
-    raise TypeError(f"Expected str, int, float, bool or a Literal, but got {annotation!r}")
-
-
-def _variants(annotation: Any) -> tuple:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return typing.get_args(annotation)
-    return (annotation,)
-
-
-def _is_model(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
-
-
-def _metavar(name: str) -> str:
-    return name.removeprefix("review-").upper().replace("-", "_")
-
-
-def flow_arguments(args: argparse.Namespace, flow) -> dict[str, Any]:
-    """The flow's keyword arguments from parsed options; a pydantic parameter is its default
-    with the fields given on the command line, validated."""
-    given = vars(args)
-    arguments: dict[str, Any] = {}
-    for parameter, annotation in flow_parameters(flow):
-        if _is_model(annotation):
-            base = parameter.default if isinstance(parameter.default, annotation) else None
-            fields = {
-                name: given[f"{parameter.name}.{name}"]
-                for name in annotation.model_fields
-                if f"{parameter.name}.{name}" in given
-            }
-            # Only the fields the default sets: the others stay unset, so a recipe fills them.
-            base_fields = base.model_dump(exclude_unset=True) if base is not None else {}
-            arguments[parameter.name] = annotation.model_validate({**base_fields, **fields})
-        else:
-            arguments[parameter.name] = given[parameter.name]
-    return arguments
+def summary(target: str) -> str:
+    """The first sentence of the docstring of what ``target`` runs, read from its source file:
+    the flows import Prefect, which the overall help must not wait for."""
+    module, _, name = target.partition(":")
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"Expected module {module} for command {target}")
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            text = " ".join((ast.get_docstring(node) or "").split())
+            return text.split(". ")[0].removesuffix(".") + "."
+    raise AttributeError(f"Expected a function {name} in {spec.origin}")
 
 
 @contextlib.contextmanager
-def settings_environment(args: argparse.Namespace) -> Iterator[None]:
+def settings_environment(environment: Mapping[str, str]) -> Iterator[None]:
     """The platform options as ``BINCOUNT_*`` variables while the command runs (a process it
-    starts, a Dask worker say, inherits them); the environment as it was afterwards."""
-    from bincount.core.settings import get_settings
+    starts, a Dask worker say, inherits them), checked before it starts; the environment as it
+    was afterwards."""
+    from pydantic import ValidationError
 
-    given = {
-        f"BINCOUNT_{dest.removeprefix('settings.').upper()}": (
-            str(value).lower() if isinstance(value, bool) else str(value)
-        )
-        for dest, value in vars(args).items()
-        if dest.startswith("settings.") and value is not None
-    }
-    before = {name: os.environ.get(name) for name in given}
-    os.environ.update(given)
+    from bincount.core.settings import get_settings
+    from flows.options import setting_option, validation_message
+
+    before = {name: os.environ.get(name) for name in environment}
+    os.environ.update(environment)
     get_settings.cache_clear()
     try:
+        try:
+            get_settings()
+        except ValidationError as error:
+            message = validation_message(
+                error, lambda name: f"{setting_option(name)} (BINCOUNT_{name.upper()})"
+            )
+            raise ValueError(message) from error
         yield
     finally:
         for name, value in before.items():
@@ -349,193 +277,64 @@ def settings_environment(args: argparse.Namespace) -> Iterator[None]:
         get_settings.cache_clear()
 
 
-def _run_flow(args: argparse.Namespace) -> Any:
-    flow = load_flow(FLOWS[args.command])
-    arguments = flow_arguments(args, flow)
-    if args.command == "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return _train_distributed(**arguments)
-    return flow(**arguments)
+def _app(command: Command | None, *, prog: str = "bincount"):
+    """The cyclopts app: ``command`` built, every other command listed with its summary; a bad
+    option is one line on stderr, starting with ``prog``."""
+    from cyclopts import App
+    from rich.console import Console
+    from rich.text import Text
 
-
-def _train_distributed(output, manifest, config, device) -> dict:
-    """Under torchrun every rank trains its share; rank 0 decodes the cache and writes."""
-    import torch.distributed as dist
-
-    from bincount.core.settings import get_settings
-    from bincount.core.storage import Location
-    from bincount.data.manifest import load_manifest
-    from bincount.images.cache import build_image_cache
-    from bincount.model.device import resolve_runtime
-    from bincount.model.training import train_model
-
-    settings = get_settings()
-    target = Location.output(settings, output)
-    rows, details = load_manifest(target, manifest)
-    runtime = resolve_runtime(device)
-    config = config.for_device(device)  # as the train flow does
-    if runtime.is_main:
-        build_image_cache(
-            Location.source(settings, details["source"]),
-            target,
-            rows,
-            manifest_version=details["version"],
-            size=config.image_size,
-            limits=settings.image_limits(),
-            sources=details.get("sources", []),
-        )
-    dist.barrier()
-    result = train_model(target, config, manifest_version=details["version"], device=device)
-    return result.__dict__ if runtime.is_main else {}
-
-
-# -- commands that are not flows -----------------------------------------------------------------
-def _synth_parser(commands) -> argparse.ArgumentParser:
-    synth = commands.add_parser("synth", help="write a synthetic ABID bucket")
-    synth.add_argument("dest", help="folder or s3:// URL to write bin-images/ and metadata/ to")
-    synth.add_argument("--bins", type=int, required=True, help="number of bins to write")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument(
-        "--max-count", type=int, default=50, help="largest item count (default 50: 99.9%% of ABID)"
+    app = App(
+        name="bincount",
+        help=DESCRIPTION,
+        version_flags=(),
+        error_console=Console(stderr=True, soft_wrap=True),
+        error_formatter=lambda error: Text(" ".join(f"{prog}: {error}".split())),
     )
-    synth.add_argument("--append", action="store_true", help="add new bins with fresh ids")
-    synth.add_argument(
-        "--defect-rate", type=float, default=0.0, help="share of bins with injected faults"
-    )
-    synth.add_argument(
-        "--mismatch-rate",
-        type=float,
-        default=0.0,
-        help="share of bins whose (self-consistent) record disagrees with the photo",
-    )
-    synth.add_argument(
-        "--truth",
-        help="where to write what each photo really shows (default: DEST.truth beside a local "
-        "folder; required to get one for s3://)",
-    )
-    synth.add_argument("--workers", type=int, help="processes (default: all cores)")
-    return synth
+    for order, (name, target) in enumerate(COMMANDS.items()):
+        if command is not None and name == command.name:
+            app.command(App(name=name, default_command=command.entry, sort_key=order))
+        else:
+            app.command(App(name=name, help=summary(target), sort_key=order))
+    return app
 
 
-def _synth(args: argparse.Namespace) -> dict:
-    from dataclasses import asdict
-
-    from bincount.core.settings import get_settings
-    from bincount.core.storage import Location
-    from bincount.synth import default_truth, synthesize
-
-    settings = get_settings()
-    truth = args.truth or default_truth(args.dest)
-    summary = synthesize(
-        Location.output(settings, args.dest),
-        bins=args.bins,
-        seed=args.seed,
-        max_count=args.max_count,
-        append=args.append,
-        defect_rate=args.defect_rate,
-        mismatch_rate=args.mismatch_rate,
-        truth=Location.output(settings, truth) if truth else None,
-        workers=args.workers,
-    )
-    return asdict(summary)
-
-
-def _predict_parser(commands) -> argparse.ArgumentParser:
-    predict = commands.add_parser(
-        "predict", help="count the items in bin photos (files or s3:// URLs); JSON out"
-    )
-    predict.add_argument("inputs", nargs="+", metavar="PATH_OR_URL")
-    predict.add_argument("--model", default="champion", help="model version or 'champion'")
-    predict.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when present)")
-    return predict
-
-
-def _predict(args: argparse.Namespace) -> list[dict]:
-    from bincount.core.settings import get_settings
-    from bincount.core.storage import Location
-    from bincount.nightly.scorer import load_scorer, predict_images
-
-    settings = get_settings()
-    scorer = load_scorer(Location.output(settings), args.model, device=args.device)
-    buckets: dict[str, Location] = {}
-
-    def read(name: str) -> bytes:
-        if name.startswith(("s3://", "s3a://")):
-            bucket, _, key = name.split("://", 1)[1].partition("/")
-            if bucket not in buckets:
-                buckets[bucket] = Location.source(settings, f"s3://{bucket}")
-            return buckets[bucket].read_bytes(key)
-        with open(name.removeprefix("file://"), "rb") as handle:
-            return handle.read()
-
-    return predict_images(scorer, args.inputs, read=read)
-
-
-def _serve_parser(commands) -> argparse.ArgumentParser:
-    serve = commands.add_parser(
-        "serve", help="serve every deployment of deployments/prefect.yaml from this process"
-    )
-    serve.add_argument(
-        "--prefect-file", help="deployments file (default: deployments/prefect.yaml)"
-    )
-    return serve
-
-
-def _serve(args: argparse.Namespace) -> str:
-    from flows.serve import serve_deployments
-
-    serve_deployments(args.prefect_file)
-    return "stopped serving"
-
-
-def _models_parser(commands) -> argparse.ArgumentParser:
-    return commands.add_parser("models", help="list the registered models")
-
-
-def _models(args: argparse.Namespace) -> list[dict]:
-    from bincount.core.settings import get_settings
-    from bincount.core.storage import Location
-    from bincount.model.registry import list_models
-
-    return list_models(Location.output(get_settings()))
-
-
-def _demo_parser(commands) -> argparse.ArgumentParser:
-    # Defaults are the demo flow's own (flows/demo.py), not restated here: an option left out
-    # is not passed.
-    demo = commands.add_parser("demo", help="the whole chain on a synthetic bucket")
-    demo.add_argument("--workdir", default="demo-output", help="where the demo writes everything")
-    demo.add_argument("--bins", type=int, help="bins in the bucket (default 6,000)")
-    demo.add_argument("--arrivals", type=int, help="new bins that arrive later (default 400)")
-    demo.add_argument("--seed", type=int, help="the bucket's seed; arrivals use seed + 1")
-    demo.add_argument("--train-minutes", type=float, help="CPU training time (default 6.5)")
-    demo.add_argument(
-        "--mismatch-rate",
-        type=float,
-        help="share of arrivals whose record disagrees with the photo (default 0.05)",
-    )
-    return demo
-
-
-def _demo(args: argparse.Namespace) -> str:
-    from flows.demo import demo, demo_summary
-
-    given = {
-        name: getattr(args, name)
-        for name in ("bins", "arrivals", "seed", "train_minutes", "mismatch_rate")
-        if getattr(args, name) is not None
+def _described(command: str, function: Callable[..., Any]) -> dict[str, str]:
+    return {
+        name: HELP.get(f"{command}.{name}", HELP.get(name, ""))
+        for name in inspect.signature(function).parameters
     }
-    return demo_summary(demo(workdir=os.path.abspath(args.workdir), **given))
 
 
-# Command → (its parser, what it runs).
-PLAIN_COMMANDS = {
-    "synth": (_synth_parser, _synth),
-    "predict": (_predict_parser, _predict),
-    "serve": (_serve_parser, _serve),
-    "models": (_models_parser, _models),
-    "demo": (_demo_parser, _demo),
-}
+def _shown_training_configs(function: Callable[..., Any]) -> dict:
+    """A training config's help shows the values a run here takes: with no ``--recipe``, the
+    recipe of this machine's device, under the fields the parameter's default sets."""
+    from bincount.model.config import TrainConfig
+    from flows.options import Shown
+
+    configs = {
+        parameter.name: parameter.default
+        for parameter in inspect.signature(function).parameters.values()
+        if isinstance(parameter.default, TrainConfig)
+    }
+    if not configs:
+        return {}
+    from bincount.model.config import default_recipe
+
+    recipe = default_recipe()
+    note = (
+        f"Without --recipe, a run on this machine ({'CUDA' if recipe == 'gpu' else 'no CUDA'}) "
+        f"takes the {recipe} recipe: the defaults shown are its values, and the options given "
+        "override them."
+    )
+    return {name: Shown(config.for_device(), note) for name, config in configs.items()}
+
+
+def _quiet() -> None:
+    telemetry.quiet()  # before Prefect is imported; a user's own environment wins
+    # The library's log lines (progress, epochs) in the runs' logs.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "bincount")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(console())

@@ -15,7 +15,7 @@ from bincount.model.config import RECIPES, TrainConfig
 from bincount.model.inputs import augment_batch
 from bincount.model.networks import CountingModel
 from bincount.model.optim import Schedule, TrainState, build_optimizer
-from flows.cli import FLOWS, build_parser, flow_arguments, load_flow
+from flows.cli import parse
 
 
 def test_the_abid_baseline_recipe_is_the_challenge_baseline():
@@ -53,15 +53,12 @@ def test_given_options_override_the_recipe_and_no_recipe_means_the_devices():
 
 
 def test_the_cli_passes_the_recipe_and_only_the_options_given():
-    args = build_parser(only="train").parse_args(
-        ["train", "--recipe", "abid-baseline", "--epochs", "3", "--no-test-time-flips"]
-    )
-    config = flow_arguments(args, load_flow(FLOWS["train"]))["config"]
+    argv = ["train", "--recipe", "abid-baseline", "--epochs", "3", "--no-test-time-flips"]
+    config = parse(argv).arguments["config"]
     assert config == TrainConfig(recipe="abid-baseline", epochs=3, test_time_flips=False)
     assert config.lr == 0.1
 
-    args = build_parser(only="retrain").parse_args(["retrain", "--lr", "0.01"])
-    config = flow_arguments(args, load_flow(FLOWS["retrain"]))["config"]
+    config = parse(["retrain", "--lr", "0.01"]).arguments["config"]
     assert config.recipe is None and config.model_fields_set == {"lr"}
     assert config.for_device("cpu").lr == 0.01
 
