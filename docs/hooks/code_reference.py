@@ -48,7 +48,7 @@ def fields(target: str) -> str:
     module, _, name = target.rpartition(".")
     model = getattr(importlib.import_module(module), name)
     rows = [
-        f"`{target}`: {(model.__doc__ or '').strip().splitlines()[0]}",
+        f"Fields of `{target}`:",
         "",
         "| field | default | limits | meaning |",
         "|---|---|---|---|",
