@@ -1,5 +1,6 @@
-"""The README's command table run verbatim through the CLI on synthetic buckets: the source is
-given to ``ingest`` alone, and an output fed from two sources reads each bin from its own.
+"""The documented commands run through the CLI on synthetic buckets: the source is given to
+``ingest`` alone, and an output fed from two sources reads each bin from its own. (The docs'
+own code blocks run verbatim in tests/test_doc_blocks.py.)
 
 The settings point S3 at the moto server, so a step that fell back to the default source
 (``s3://aft-vbi-pds``) would fail at once instead of passing by accident.
@@ -107,9 +108,10 @@ def test_scoring_an_output_without_bins_asks_for_a_source(
 def test_the_abid_benchmark_commands_hold_the_challenge_list_out_and_evaluate_on_it(
     prefect_api, settings_env, tmp_path, capsys
 ):
-    """README, "The ABID benchmark on a GPU": pipeline and retrain with --benchmark-split, the
-    baseline's recipe (shrunk), evaluate --split benchmark; the public bucket replaced by a
-    synthetic one and the challenge's list by one naming some of its bins."""
+    """docs/training/real-data.md, "The ABID benchmark on a GPU": pipeline and retrain with
+    --benchmark-split, the baseline's recipe (shrunk), evaluate --split benchmark; the public
+    bucket replaced by a synthetic one and the challenge's list by one naming some of its
+    bins."""
     bucket, output = tmp_path / "B", str(tmp_path / "O")
     _run(capsys, "synth", str(bucket), "--bins", "40", "--seed", "9", "--max-count", "8")
     records = {
