@@ -44,10 +44,7 @@ from bincount.model.networks import CountingModel
 from bincount.model.prediction import predict_batch
 from bincount.nightly.plan import plan_scoring
 from bincount.nightly.scorer import Scorer
-from bincount.nightly.scoring import score_chunk
-from bincount.nightly.summary import summarize
-from bincount.review.queue import queue_reviews
-from bincount.review.ranking import ReviewPolicy
+from bincount.nightly.scoring import score_images
 from bincount.synth import synthesize
 
 GOAL_RATIO = 0.85
@@ -119,24 +116,16 @@ def end_to_end(
     shutil.copytree(bench.ingested, folder, dirs_exist_ok=True)
     output = Location(folder)
     try:
-        started = time.perf_counter()
-        plan = plan_scoring(
+        summary = score_images(
             bench.source,
             output,
-            model_version=scorer.version,
+            model=scorer,
             prefix=PREFIX,
             limit=limit,
+            batch_size=batch_size,
             chunk_size=chunk_size,
+            concurrency=concurrency,
         )
-        results = [
-            score_chunk(
-                bench.source, output, scorer, chunk, batch_size=batch_size, concurrency=concurrency
-            )
-            for chunk in plan.chunks
-        ]
-        queue = queue_reviews(output, ReviewPolicy(), run_parts={r.part_key for r in results})
-        seconds = time.perf_counter() - started
-        summary = summarize(plan, bench.source, output, results, queue, seconds)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     wanted = bench.images if limit is None else min(limit, bench.images)

@@ -73,6 +73,41 @@ def prefect_api():
         yield
 
 
+@pytest.fixture
+def cli_env(prefect_api, s3_server):
+    """The environment a ``bincount`` command runs in, as an operator's would be: the session's
+    Prefect API, the settings given as ``BINCOUNT_*`` (never real credentials)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from bincount.testing.s3server import TEST_CREDENTIALS
+
+    def environment(**settings) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BINCOUNT_", "AWS_"))}
+        env.update(TEST_CREDENTIALS)
+        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+        env["BINCOUNT_S3_ENDPOINT_URL"] = s3_server.endpoint_url
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env.update({f"BINCOUNT_{name.upper()}": str(value) for name, value in settings.items()})
+        return env
+
+    return environment
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind():
+    """The suite leaves no process behind: after every other fixture of the session is torn
+    down (servers, clusters), this worker has no child left."""
+    yield
+    import psutil
+
+    me = psutil.Process()
+    _, alive = psutil.wait_procs(me.children(recursive=True), timeout=10)
+    left = [f"{p.pid} {' '.join(p.cmdline()[:4])}" for p in alive if p.is_running()]
+    for process in alive:
+        process.kill()
+    assert not left, f"Expected no process left behind by the tests, but got {left}"
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> Path:
     """A bucket of 40 real-JPEG bins (0-5 items) and an output with a promoted (tiny) champion

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pyarrow.compute as pc
 from bincount.core.storage import Location
 from bincount.core.tables import read_table, write_part
 from bincount.data.ingest import ingest_metadata
+from bincount.testing.processes import bincount_command, kill_midway
 from bincount.testing.proxycontrol import fault_proxy
 from bincount.testing.s3server import upload_public, upload_tree
 from tests.builders import write_bin, write_clean_bucket, write_malformed
@@ -190,39 +189,28 @@ def test_transient_s3_faults_are_survived(s3_server, bucket, tmp_path):
     assert read_table(Location(str(tmp_path / "out")), "bins").num_rows == 120
 
 
-KILLABLE_INGEST = """
-import sys
-from bincount.data.ingest import ingest_metadata
-from bincount.core.storage import Location
-source = Location(sys.argv[1], endpoint_url=sys.argv[2], anonymous=True)
-ingest_metadata(source, Location(sys.argv[3]), chunk_size=40, concurrency=4, partitions=2)
-"""
-
-
 def test_a_run_killed_midway_then_rerun_leaves_exactly_one_row_per_object(
-    s3_server, bucket, tmp_path
+    s3_server, bucket, tmp_path, cli_env
 ):
+    """The exactly-once guarantee of the path production runs: ``bincount ingest`` (the flow,
+    on the Prefect API) killed with SIGKILL midway, then run again."""
     root = tmp_path / "bucket"
     ids = write_clean_bucket(root, 400)
     upload_tree(s3_server.endpoint_url, bucket, root)
     out = tmp_path / "out"
+    command = bincount_command("ingest", "--source", f"s3://{bucket}", "--output", str(out))
     # 30 ms per request and 4 in flight: ~10 chunks over a few seconds, so the kill lands midway.
     with fault_proxy(s3_server.endpoint_url, latency_ms=30) as proxy:
-        process = subprocess.Popen(
-            [sys.executable, "-c", KILLABLE_INGEST, f"s3://{bucket}", proxy.endpoint_url, str(out)]
+        env = cli_env(
+            s3_endpoint_url=proxy.endpoint_url, chunk_size=40, max_concurrency=4, list_partitions=2
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(list((out / "bins").glob("part-*"))) < 2:
-            time.sleep(0.05)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-        committed = len(list((out / "bins").glob("part-*")))
+        committed = kill_midway(
+            command, env=env, progress=lambda: len(list((out / "bins").glob("part-*")))
+        )
         assert 2 <= committed < 10, "the kill should land midway"
+        rerun = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
 
-        source = Location(f"s3://{bucket}", endpoint_url=proxy.endpoint_url, anonymous=True)
-        summary = ingest_metadata(source, Location(str(out)), chunk_size=40)
-
-    assert summary.already_ingested >= 80
+    assert json.loads(rerun.stdout)["already_ingested"] >= 80
     bins = read_table(Location(str(out)), "bins")
     assert sorted(bins.column("image_id").to_pylist()) == ids  # no duplicate, no gap
     items = read_table(Location(str(out)), "items")

@@ -8,10 +8,7 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,6 +27,7 @@ from bincount.nightly.scorer import load_scorer
 from bincount.nightly.scoring import score_chunk, score_images
 from bincount.review.queue import decide_queue
 from bincount.review.ranking import ReviewPolicy
+from bincount.testing.processes import bincount_command, kill_midway
 from bincount.testing.proxycontrol import fault_proxy
 from bincount.testing.s3server import upload_tree
 from tests.builders import jpeg_bytes, write_clean_bucket
@@ -205,41 +203,29 @@ def test_two_sources_with_the_same_keys_keep_their_own_scores(workdir):
     assert len(uris) == len(set(uris)) == first.scored + second.scored
 
 
-KILLABLE_SCORING = """
-import sys
-from bincount.nightly.scoring import score_images
-from bincount.core.storage import Location
-source = Location(sys.argv[1], endpoint_url=sys.argv[2], anonymous=True)
-score_images(source, Location(sys.argv[3]), chunk_size=20, batch_size=4, concurrency=2)
-"""
-
-
 def test_a_killed_scoring_run_rerun_leaves_no_duplicate_and_no_gap(
-    trained, s3_server, bucket, tmp_path
+    trained, s3_server, bucket, tmp_path, cli_env
 ):
+    """The exactly-once guarantee of the path production runs: ``bincount score`` (the flow,
+    ingest first, on the Prefect API) killed with SIGKILL midway, then run again."""
     root = tmp_path / "bucket"
     ids = write_clean_bucket(root, 240, start=1000)
     upload_tree(s3_server.endpoint_url, bucket, root)
     out = tmp_path / "out"
     shutil.copytree(trained / "out", out)
+    command = bincount_command(
+        "score", "--source", f"s3://{bucket}", "--output", str(out), "--batch-size", "4"
+    )
     # 30 ms per image and 2 in flight: 12 chunks over several seconds, so the kill lands midway.
     with fault_proxy(s3_server.endpoint_url, latency_ms=30) as proxy:
-        process = subprocess.Popen(
-            [sys.executable, "-c", KILLABLE_SCORING, f"s3://{bucket}", proxy.endpoint_url, str(out)]
+        env = cli_env(s3_endpoint_url=proxy.endpoint_url, chunk_size=20, max_concurrency=2)
+        committed = kill_midway(
+            command, env=env, progress=lambda: len(list(out.rglob("scores/*/part-*")))
         )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(list(out.rglob("scores/*/part-*"))) < 2:
-            assert process.poll() is None, "scoring ended before the kill"
-            time.sleep(0.05)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-        committed = len(list(out.rglob("scores/*/part-*")))
         assert 2 <= committed < 12, "the kill should land midway"
+        rerun = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
 
-        source = Location(f"s3://{bucket}", endpoint_url=proxy.endpoint_url, anonymous=True)
-        summary = score_images(source, Location(str(out)), chunk_size=20, batch_size=16)
-
-    assert summary.already_scored >= 40
+    assert json.loads(rerun.stdout)["already_scored"] >= 40
     scores = _scores(out)
     assert sorted(scores.column("image_id").to_pylist()) == ids  # no duplicate, no gap
     assert {uri.split("/")[2] for uri in scores.column("image_uri").to_pylist()} == {bucket}

@@ -234,7 +234,7 @@ def score_images(
     source: Location,
     output: Location,
     *,
-    model: str = "champion",
+    model: str | Scorer = "champion",
     prefix: str = f"{IMAGE_PREFIX}/",
     limit: int | None = None,
     review: ReviewPolicy | None = None,
@@ -247,9 +247,9 @@ def score_images(
     run_id: str = "",
 ) -> ScoringSummary:
     """Score every image under ``prefix`` not scored yet and rank the night's review queue
-    (the whole run, in one process)."""
+    (the whole run, in one process; ``model`` a version, or a scorer already loaded)."""
     started = time.perf_counter()
-    scorer = load_scorer(output, model, device=device)
+    scorer = model if isinstance(model, Scorer) else load_scorer(output, model, device=device)
     plan = plan_scoring(
         source,
         output,
