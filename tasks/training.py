@@ -25,7 +25,7 @@ def train_counting_model(
     """Train (resuming from the last checkpoint if a run was stopped) and register the model."""
     output_location = resolve_output(output)
     _, details = load_manifest(output_location, manifest)
-    version = config.for_manifest(details).fingerprint(details["version"])
+    version = config.for_manifest(details).fingerprint(details.version)
     logger = get_run_logger()
     artifact: list[UUID] = []  # the run's one training artifact, redrawn in place every epoch
 
@@ -47,8 +47,8 @@ def train_counting_model(
     result = train_model(
         output_location,
         config,
-        manifest_version=details["version"],
-        lineage={"run_id": current_run_id(), "manifest_source": details["source"]},
+        manifest_version=details.version,
+        lineage={"run_id": current_run_id(), "manifest_source": details.source},
         on_epoch=report,
         device=device,
     )

@@ -19,6 +19,7 @@ import torch
 
 from bincount.core.storage import Location
 from bincount.data.manifest import load_manifest
+from bincount.data.manifestdetails import ManifestDetails
 from bincount.images.shards import load_cached_splits
 from bincount.model.calibration import calibration_report
 from bincount.model.config import TrainConfig
@@ -42,18 +43,18 @@ SIMULATED_ERROR_RATE = 0.05
 SIMULATION_SEED = 20261122
 
 
-def evaluation_set(manifest: pa.Table, details: dict, split: str) -> dict:
+def evaluation_set(manifest: pa.Table, details: ManifestDetails, split: str) -> dict:
     """The identity and description of one manifest split as an evaluation set."""
     if split not in SPLIT_NAMES:
         raise ValueError(f"Expected split in {SPLIT_NAMES}, but got {split!r}")
-    benchmark = details.get("benchmark")
+    benchmark = details.benchmark
     if split == "benchmark" and not benchmark:
         raise ValueError(
-            f"Expected manifest {details['version']} to be built with --benchmark-split, but it "
+            f"Expected manifest {details.version} to be built with --benchmark-split, but it "
             "has no benchmark: its test split is a hash sample, evaluate with --split test"
         )
     rows = manifest.filter(pc.equal(manifest["split"], _manifest_split(split)))
-    digest = hashlib.sha256(f"{details['version']}/{split}".encode())
+    digest = hashlib.sha256(f"{details.version}/{split}".encode())
     for image_id, label in zip(
         rows["image_id"].to_pylist(), rows["label"].to_pylist(), strict=True
     ):
@@ -61,16 +62,16 @@ def evaluation_set(manifest: pa.Table, details: dict, split: str) -> dict:
     labels = rows["label"].to_pylist()
     return {
         "id": digest.hexdigest()[:12],
-        "manifest_version": details["version"],
+        "manifest_version": details.version,
         "split": split,
         "size": rows.num_rows,
-        "source": ", ".join(details.get("sources") or [details["source"]]),
-        "policy": details["policy"],
-        "max_count": details["max_count"],
-        "open_top": bool(details.get("open_top", False)),
+        "source": ", ".join(details.all_sources),
+        "policy": details.policy,
+        "max_count": details.max_count,
+        "open_top": details.open_top,
         "labels": {str(k): labels.count(k) for k in sorted(set(labels))},
         "is_abid_benchmark": bool(benchmark) and split in ("test", "benchmark"),
-        "benchmark": benchmark,
+        "benchmark": benchmark and benchmark.model_dump(mode="json"),
     }
 
 
