@@ -113,7 +113,7 @@ def resplit(
     for label, split in zip(labels.tolist(), splits, strict=True):
         distribution[split][str(label)] += 1
     described = {
-        **details,
+        **details.model_dump(mode="json"),
         "version": variant,
         "val_percent": 100 * val_share,
         "test_percent": 100 * test_share,
@@ -138,7 +138,7 @@ def finetune_split(
         rows,
         manifest_version=version,
         size=config.image_size,
-        sources=details.get("sources", []),
+        sources=details.sources,
     )
     started = time.perf_counter()
     result = train_model(output, config, manifest_version=version)
@@ -147,7 +147,7 @@ def finetune_split(
         split_seed=seed,
         pretrained=config.pretrained,
         test_bins=report["evaluation_set"]["size"],
-        train_bins=sum(details["distribution"]["train"].values()),
+        train_bins=sum(details.distribution["train"].values()),
         accuracy=report["metrics"]["accuracy"],
         rmse=report["metrics"]["rmse"],
         majority_accuracy=report["majority_baseline"]["accuracy"],

@@ -88,7 +88,7 @@ def run_recipe(
         "arch": config.arch,
         "image_size": config.image_size,
         "epochs": len(history),
-        "train_images": sum(details["distribution"]["train"].values()),
+        "train_images": sum(details.distribution["train"].values()),
         "cache_seconds": cache_seconds,
         "train_seconds": train_seconds,
         "median_images_per_second": sorted(h["images_per_second"] for h in history)[

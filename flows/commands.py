@@ -152,6 +152,6 @@ def train_under_torchrun(
     _, details = load_manifest(location, manifest)
     # Joining the process group waits for rank 0, which joins once its cache is complete.
     train_model(
-        location, config.for_device(device), manifest_version=details["version"], device=device
+        location, config.for_device(device), manifest_version=details.version, device=device
     )
     return None

@@ -18,17 +18,17 @@ def cache_manifest_images(
     """Decode and shard a manifest's images at the training size (reused when complete)."""
     settings, _, output_location = locations(None, output)
     rows, details = load_manifest(output_location, manifest)
-    source = Location.source(settings, details["source"])  # where the manifest's images are
+    source = Location.source(settings, details.source)  # where the manifest's images are
     summary = build_image_cache(
         source,
         output_location,
         rows,
-        manifest_version=details["version"],
+        manifest_version=details.version,
         size=image_size,
         concurrency=settings.max_concurrency,
         limits=settings.image_limits(),
         run_id=current_run_id(),
-        sources=details.get("sources", []),
+        sources=details.sources,
     )
     get_run_logger().info(
         "image cache %s: %d images, %d quarantined (%s)",

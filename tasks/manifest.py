@@ -13,7 +13,7 @@ from bincount.data.manifest import (
     build_manifest,
     read_benchmark_split,
 )
-from bincount.reports import charts as plots
+from bincount.reports.manifest import distribution_markdown
 from tasks.runtime import locations, timed_task
 
 
@@ -53,43 +53,3 @@ def build_versioned_manifest(
             description=f"Bins per count in the {split} split of manifest {summary.version}",
         )
     return summary
-
-
-def distribution_markdown(summary: ManifestSummary) -> str:
-    labels = sorted({label for split in summary.distribution.values() for label in split})
-    header = "| split | " + " | ".join(str(label) for label in labels) + " | total |"
-    lines = [
-        f"# Manifest {summary.version} ({summary.policy})",
-        "",
-        f"{summary.rows:,} bins at `{summary.uri}`; excluded: {summary.excluded}.",
-        "",
-        header,
-        "|---|" + "---:|" * (len(labels) + 1),
-    ]
-    for split in SPLITS:
-        counts = summary.distribution[split]
-        total = sum(counts.values()) or 1
-        cells = " | ".join(
-            f"{counts.get(label, 0):,} ({100 * counts.get(label, 0) / total:.1f}%)"
-            for label in labels
-        )
-        lines.append(f"| {split} | {cells} | {sum(counts.values()):,} |")
-    if summary.benchmark:
-        lines += ["", f"Benchmark test split: {summary.benchmark}"]
-    policy = CountPolicy.parse(summary.policy)
-    names = [
-        f">{policy.max_count}" if policy.open_top and label > policy.max_count else str(label)
-        for label in labels
-    ]
-    if labels:
-        chart = plots.count_bars(
-            {
-                split: [summary.distribution[split].get(label, 0) for label in labels]
-                for split in SPLITS
-            },
-            names=names,
-            title=f"bins per label, manifest {summary.version}",
-            stacked=True,
-        )
-        lines += ["", plots.markdown_image("bins per label and split", chart)]
-    return "\n".join(lines) + "\n"

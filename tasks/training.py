@@ -14,7 +14,7 @@ from bincount.data.manifest import load_manifest
 from bincount.model.config import TrainConfig
 from bincount.model.optim import EpochMetrics
 from bincount.model.training import TrainResult, train_model
-from bincount.reports import charts as plots
+from bincount.reports.training import training_markdown
 from tasks.runtime import current_run_id, resolve_output, timed_task
 
 
@@ -25,7 +25,7 @@ def train_counting_model(
     """Train (resuming from the last checkpoint if a run was stopped) and register the model."""
     output_location = resolve_output(output)
     _, details = load_manifest(output_location, manifest)
-    version = config.for_manifest(details).fingerprint(details["version"])
+    version = config.for_manifest(details).fingerprint(details.version)
     logger = get_run_logger()
     artifact: list[UUID] = []  # the run's one training artifact, redrawn in place every epoch
 
@@ -47,8 +47,8 @@ def train_counting_model(
     result = train_model(
         output_location,
         config,
-        manifest_version=details["version"],
-        lineage={"run_id": current_run_id(), "manifest_source": details["source"]},
+        manifest_version=details.version,
+        lineage={"run_id": current_run_id(), "manifest_source": details.source},
         on_epoch=report,
         device=device,
     )
@@ -60,33 +60,3 @@ def train_counting_model(
         result.val_rmse,
     )
     return result
-
-
-def training_markdown(version: str, history: list[dict], *, epochs: int) -> str:
-    """The curves so far and the figures of every epoch (the best one in bold)."""
-    best = max(history, key=lambda row: (row["val_accuracy"], -row["val_rmse"]))
-    latest = history[-1]
-    lines = [
-        f"# Training {version}: epoch {latest['epoch']} of at most {epochs}",
-        "",
-        f"Best so far: epoch {best['epoch']}, validation accuracy "
-        f"{100 * best['val_accuracy']:.1f}%, RMSE {best['val_rmse']:.3f} (the weights kept).",
-        "",
-        plots.markdown_image(
-            "loss, validation accuracy and RMSE per epoch",
-            plots.training_curves(history, best_epoch=best["epoch"]),
-        ),
-        "",
-        "| epoch | train loss | val loss | val accuracy | val RMSE | images/s | waiting for data "
-        "| lr |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in history:
-        mark = "**" if row is best else ""
-        lines.append(
-            f"| {mark}{row['epoch']}{mark} | {row['train_loss']:.4f} | {row['val_loss']:.4f} | "
-            f"{100 * row['val_accuracy']:.1f}% | {row['val_rmse']:.3f} | "
-            f"{row['images_per_second']:.1f} | {100 * row['data_wait_share']:.0f}% | "
-            f"{row['lr']:.2e} |"
-        )
-    return "\n".join(lines) + "\n"

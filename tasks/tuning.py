@@ -26,7 +26,7 @@ def run_trial(
         result = train_model(
             output_location,
             config,
-            manifest_version=details["version"],
+            manifest_version=details.version,
             lineage={"run_id": current_run_id(), "study": study, "trial": trial},
         )
     except (ValueError, RuntimeError) as error:  # e.g. a size the architecture cannot take

@@ -130,8 +130,8 @@ def trained(tmp_path_factory) -> Path:
     validate_bins(source, output, max_expected_quantity=250)
     build_manifest(source, output, policy=CountPolicy.parse("open:3"))
     rows, details = load_manifest(output, None)
-    build_image_cache(source, output, rows, manifest_version=details["version"], size=32)
+    build_image_cache(source, output, rows, manifest_version=details.version, size=32)
     config = TrainConfig(arch="mobilenet_v3_small", image_size=32, batch_size=16, epochs=1)
-    result = train_model(output, config, manifest_version=details["version"])
+    result = train_model(output, config, manifest_version=details.version)
     record_decision(output, decide_promotion(evaluate_model(output, result.version), None))
     return root

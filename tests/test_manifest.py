@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from pydantic import ValidationError
 
 from bincount.core.storage import Location
 from bincount.data.ingest import ingest_metadata
@@ -50,7 +53,7 @@ def test_labels_equal_the_metadata_and_quarantined_bins_are_left_out(tmp_path):
     assert summary.rows == rows.num_rows == 60
     assert all(metadata[r["image_id"]] == r["label"] for r in rows.to_pylist())
     assert summary.excluded == {"quarantined_by_validation": 1, "outside_policy": 1}
-    assert details["version"] == summary.version
+    assert details.version == summary.version
     assert rows.column("image_uri")[0].as_py() == str(root / "bin-images" / "00001.jpg")
     assert set(rows.column("split").to_pylist()) == {"train", "val", "test"}
 
@@ -122,3 +125,57 @@ def test_unvalidated_bins_cannot_make_a_manifest(tmp_path):
     ingest_metadata(Location(str(root)), output)
     with pytest.raises(StaleValidation, match="run validate first"):
         build_manifest(Location(str(root)), output, policy=CountPolicy.parse("moderate"))
+
+
+def test_a_description_loads_as_a_record_and_writes_back_the_same_bytes(tmp_path):
+    root, output = tmp_path / "bucket", Location(str(tmp_path / "out"))
+    _prepare(root, output, 30)
+    summary = build_manifest(Location(str(root)), output, policy=CountPolicy.parse("open:3"))
+    text = (tmp_path / "out" / "manifests" / summary.version / "_manifest.json").read_text()
+
+    details = load_manifest(output)[1]
+    assert json.dumps(details.model_dump(mode="json"), indent=2) == text
+    assert details.open_top is True and details.max_count == 3 and details.rows == 30
+    assert details.distribution == summary.distribution
+    assert details.labels.from_records == 30 and details.excluded.outside_policy == 0
+
+
+def test_a_description_written_before_sources_and_review_labels_still_loads(tmp_path):
+    # A manifest built before open_top, sources and labels were recorded, re-split by a bench
+    # (which adds keys of its own): as it sits in older outputs.
+    old = {
+        "version": "0123456789ab",
+        "policy": "moderate",
+        "max_count": 5,
+        "rows": 2,
+        "bins_fingerprint": "00ff00ff00ff00ff",
+        "source": "s3://abid/",
+        "val_percent": 10.0,
+        "test_percent": 10.0,
+        "distribution": {"train": {"0": 1, "10": 1}, "val": {}, "test": {}},
+        "excluded": {"quarantined_by_validation": 0, "outside_policy": 3},
+        "benchmark": None,
+        "created_at": "2026-11-20T08:00:00.000001+00:00",
+        "split_seed": 7,
+    }
+    folder = tmp_path / "manifests" / old["version"]
+    folder.mkdir(parents=True)
+    (folder / "_manifest.json").write_text(json.dumps(old, indent=2))
+    pq.write_table(pa.table({"image_id": ["00001", "00002"]}), folder / "part-0.parquet")
+
+    _, details = load_manifest(Location(str(tmp_path)), old["version"])
+
+    assert details.open_top is False and details.sources == [] and details.labels is None
+    assert details.all_sources == ["s3://abid/"]
+    assert details.distribution["train"] == {0: 1, 10: 1}
+    assert details.created_at == old["created_at"]  # as written, not re-rendered
+    assert details.model_dump(mode="json")["split_seed"] == 7  # keys it does not name are kept
+
+
+def test_a_description_missing_a_field_is_refused_when_loaded(tmp_path):
+    folder = tmp_path / "manifests" / "0123456789ab"
+    folder.mkdir(parents=True)
+    (folder / "_manifest.json").write_text(json.dumps({"version": "0123456789ab", "rows": 2}))
+
+    with pytest.raises(ValidationError, match="bins_fingerprint"):
+        load_manifest(Location(str(tmp_path)), "0123456789ab")

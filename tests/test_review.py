@@ -300,7 +300,7 @@ def test_open_policy_keeps_every_bin_and_labels_large_ones_more_than_k(tmp_path)
     assert policy == CountPolicy("open:3", 3, open_top=True)
     summary = build_manifest(Location(str(root)), output, policy=policy)
     rows, details = load_manifest(output, summary.version)
-    assert rows.num_rows == 31 and details["open_top"] is True and details["max_count"] == 3
+    assert rows.num_rows == 31 and details.open_top is True and details.max_count == 3
     metadata = {
         p.stem: json.loads(p.read_bytes())["EXPECTED_QUANTITY"]
         for p in (root / "metadata").glob("*.json")

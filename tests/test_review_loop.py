@@ -217,7 +217,7 @@ def test_verdicts_from_a_file_are_recorded_once_and_the_next_manifest_learns_the
     before, before_details = load_manifest(output)
     summary = build_manifest(source, output, policy=policy)
     manifest, details = load_manifest(output, summary.version)
-    assert summary.version != before_details["version"]  # a new manifest: its labels changed
+    assert summary.version != before_details.version  # a new manifest: its labels changed
     assert manifest.schema.equals(table_contract("manifest").schema, check_metadata=False)
     labels = {row["image_id"]: row for row in manifest.to_pylist()}
     assert labels[wrong.image_id]["label"] == policy.label(corrected)
@@ -230,7 +230,7 @@ def test_verdicts_from_a_file_are_recorded_once_and_the_next_manifest_learns_the
     assert labels[right.image_id]["review_verdict"] == "record_correct"
     assert labels[untouched.image_id]["label_source"] == "record"
     assert labels[untouched.image_id]["review_verdict"] is None
-    assert details["labels"] == {
+    assert details.labels.model_dump() == {
         "from_records": manifest.num_rows - 1,
         "from_reviews": 1,
         "records_confirmed_by_review": 1,

@@ -46,7 +46,7 @@ def test_the_same_keys_in_two_sources_are_two_sets_of_bins(tmp_path):
         if image_id == "00002"
     }
     assert labels == {(Location(str(first)).url, 2), (Location(str(second)).url, 9)}
-    assert details["sources"] == sorted([Location(str(first)).url, Location(str(second)).url])
+    assert details.sources == sorted([Location(str(first)).url, Location(str(second)).url])
 
 
 def test_an_output_without_recorded_sources_reads_with_the_configured_one(tmp_path):
@@ -63,7 +63,7 @@ def test_an_output_without_recorded_sources_reads_with_the_configured_one(tmp_pa
     assert report.passed and report.images_without_metadata == 0
     build_manifest(Location(str(bucket)), output, policy=CountPolicy.parse("hard"))
     rows, details = load_manifest(output)
-    assert details["sources"] == [Location(str(bucket)).url]
+    assert details.sources == [Location(str(bucket)).url]
     assert all(uri.startswith(str(bucket)) for uri in rows.column("image_uri").to_pylist())
     assert sources_to_list(output, None, Location(str(bucket)).url) == [Location(str(bucket)).url]
 

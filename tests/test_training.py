@@ -121,7 +121,7 @@ from bincount.core.storage import Location
 from bincount.model.training import train_model
 output = Location(sys.argv[1])
 rows, details = load_manifest(output, sys.argv[2])
-build_image_cache(Location(details["source"]), output, rows, manifest_version=sys.argv[2],
+build_image_cache(Location(details.source), output, rows, manifest_version=sys.argv[2],
                   size=32, workers=1)
 config = TrainConfig(
     arch="mobilenet_v3_small", image_size=32, batch_size=4, epochs=int(sys.argv[3])

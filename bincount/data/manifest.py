@@ -34,6 +34,12 @@ from bincount.core.contracts import table_contract
 from bincount.core.sources import filled_sources, open_sources
 from bincount.core.storage import Location
 from bincount.core.tables import MANIFESTS, QUARANTINE, bins_fingerprint, current_bins, part_key
+from bincount.data.manifestdetails import (
+    BenchmarkDetails,
+    Excluded,
+    LabelSources,
+    ManifestDetails,
+)
 from bincount.data.validate import VALIDATE_STAGE, latest_validation
 from bincount.review.outcomes import latest_verdicts
 from bincount.review.verdicts import RECORD_CORRECT
@@ -242,39 +248,40 @@ def build_manifest(
     distribution = {s: Counter() for s in SPLITS}
     for label, split in zip(labels, splits, strict=True):
         distribution[split][label] += 1
-    details = {
-        "version": version,
-        "policy": policy.name,
-        "max_count": policy.max_count,
-        "open_top": policy.open_top,
-        "rows": manifest.num_rows,
-        "bins_fingerprint": bins_fp,
-        "source": sources[0],  # the first of ``sources``, kept for readers of one source
-        "sources": sources,
-        "val_percent": val_percent,
-        "test_percent": None if benchmark is not None else test_percent,
-        "distribution": {s: dict(sorted(distribution[s].items())) for s in SPLITS},
-        "excluded": {
-            "quarantined_by_validation": bins.num_rows - valid.num_rows,
-            "outside_policy": valid.num_rows - admitted.num_rows,
-        },
-        "benchmark": _benchmark_details(benchmark, benchmark_name, admitted) if benchmark else None,
-        "labels": {
-            "from_records": label_sources.count("record"),
-            "from_reviews": label_sources.count("review"),
-            "records_confirmed_by_review": sum(
-                v is not None and v["verdict"] == RECORD_CORRECT for v in verdicts
-            ),
-            "reviewed": sum(v is not None for v in verdicts),
-        },
-    }
     folder = f"{MANIFESTS}/{version}"
     created = not output.exists(f"{folder}/_manifest.json")
+    details = ManifestDetails(
+        version=version,
+        policy=policy.name,
+        max_count=policy.max_count,
+        open_top=policy.open_top,
+        rows=manifest.num_rows,
+        bins_fingerprint=bins_fp,
+        source=sources[0],
+        sources=sources,
+        val_percent=val_percent,
+        test_percent=None if benchmark is not None else test_percent,
+        distribution={s: dict(sorted(distribution[s].items())) for s in SPLITS},
+        excluded=Excluded(
+            quarantined_by_validation=bins.num_rows - valid.num_rows,
+            outside_policy=valid.num_rows - admitted.num_rows,
+        ),
+        benchmark=_benchmark_details(benchmark, benchmark_name, admitted) if benchmark else None,
+        labels=LabelSources(
+            from_records=label_sources.count("record"),
+            from_reviews=label_sources.count("review"),
+            records_confirmed_by_review=sum(
+                v is not None and v["verdict"] == RECORD_CORRECT for v in verdicts
+            ),
+            reviewed=sum(v is not None for v in verdicts),
+        ),
+        created_at=clock().isoformat() if created else None,
+    )
     if created:
         output.write_parquet(f"{folder}/part-0.parquet", manifest)
-        details["created_at"] = clock().isoformat()
         # The description is written last: a manifest without it is incomplete and is rebuilt.
-        output.write_bytes(f"{folder}/_manifest.json", json.dumps(details, indent=2).encode())
+        document = json.dumps(details.model_dump(mode="json"), indent=2)
+        output.write_bytes(f"{folder}/_manifest.json", document.encode())
     output.write_bytes(LATEST_MANIFEST, json.dumps({"version": version}).encode())
     return ManifestSummary(
         version=version,
@@ -283,9 +290,9 @@ def build_manifest(
         rows=manifest.num_rows,
         created=created,
         distribution={s: dict(sorted(distribution[s].items())) for s in SPLITS},
-        excluded=details["excluded"],
-        benchmark=details["benchmark"],
-        labels=details["labels"],
+        excluded=details.excluded.model_dump(mode="json"),
+        benchmark=details.benchmark and details.benchmark.model_dump(mode="json"),
+        labels=details.labels.model_dump(mode="json"),
     )
 
 
@@ -315,7 +322,9 @@ def _versions(bins: pa.Table) -> pa.ChunkedArray:
     return pc.binary_join_element_wise(bins.column("metadata_key"), bins.column("etag"), "\x1f")
 
 
-def _benchmark_details(benchmark: Mapping[str, int], name: str | None, admitted: pa.Table) -> dict:
+def _benchmark_details(
+    benchmark: Mapping[str, int], name: str | None, admitted: pa.Table
+) -> BenchmarkDetails:
     labels = dict(
         zip(
             admitted.column("image_id").to_pylist(),
@@ -324,13 +333,12 @@ def _benchmark_details(benchmark: Mapping[str, int], name: str | None, admitted:
         )
     )
     found = [image_id for image_id in benchmark if image_id in labels]
-    return {
-        "name": name,
-        "listed": len(benchmark),
-        "in_manifest": len(found),
-        # The challenge's own quantity can differ from the metadata ingested now.
-        "label_mismatches": sum(benchmark[i] != labels[i] for i in found),
-    }
+    return BenchmarkDetails(
+        name=name,
+        listed=len(benchmark),
+        in_manifest=len(found),
+        label_mismatches=sum(benchmark[i] != labels[i] for i in found),
+    )
 
 
 def _version(manifest: pa.Table, policy: CountPolicy) -> str:
@@ -342,8 +350,8 @@ def _version(manifest: pa.Table, policy: CountPolicy) -> str:
     return digest.hexdigest()[:12]
 
 
-def load_manifest(output: Location, version: str | None = None) -> tuple[pa.Table, dict]:
-    """A manifest's rows and description; the latest when no version is given."""
+def load_manifest(output: Location, version: str | None = None) -> tuple[pa.Table, ManifestDetails]:
+    """A manifest's rows and description (validated); the latest when no version is given."""
     if version is None:
         if not output.exists(LATEST_MANIFEST):
             raise FileNotFoundError(
@@ -353,5 +361,5 @@ def load_manifest(output: Location, version: str | None = None) -> tuple[pa.Tabl
     folder = f"{MANIFESTS}/{version}"
     if not output.exists(f"{folder}/_manifest.json"):
         raise FileNotFoundError(f"Expected manifest {version} at {output.uri(folder)}")
-    details = json.loads(output.read_bytes(f"{folder}/_manifest.json"))
+    details = ManifestDetails.model_validate_json(output.read_bytes(f"{folder}/_manifest.json"))
     return output.read_parquet(f"{folder}/part-0.parquet"), details

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from bincount.data.manifestdetails import ManifestDetails
 
 RecipeName = Literal["abid-baseline", "cpu", "gpu", "probe"]
 
@@ -244,17 +247,17 @@ class TrainConfig(BaseModel):
         given = self.model_dump(include=self.model_fields_set - {"recipe"})
         return TrainConfig.model_validate({**given, "recipe": name})
 
-    def for_manifest(self, details: dict) -> TrainConfig:
+    def for_manifest(self, details: ManifestDetails) -> TrainConfig:
         """This config with ``max_count`` and ``open_top`` taken from the manifest when unset."""
         update = {}
         if self.open_top is None:
-            update["open_top"] = bool(details.get("open_top", False))
+            update["open_top"] = details.open_top
         if self.max_count is not None:
             return self.model_copy(update=update)
-        largest = details.get("max_count")
+        largest = details.max_count
         if largest is None:  # policy "hard": the largest label present
             largest = max(
-                (int(label) for split in details["distribution"].values() for label in split),
+                (int(label) for split in details.distribution.values() for label in split),
                 default=1,
             )
         return self.model_copy(update={**update, "max_count": max(1, int(largest))})

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +18,7 @@ import torch
 
 from bincount.core.storage import Location
 from bincount.data.manifest import load_manifest
+from bincount.data.manifestdetails import ManifestDetails
 from bincount.images.shards import load_cached_splits
 from bincount.model.calibration import calibration_report
 from bincount.model.config import TrainConfig
@@ -42,18 +42,18 @@ SIMULATED_ERROR_RATE = 0.05
 SIMULATION_SEED = 20261122
 
 
-def evaluation_set(manifest: pa.Table, details: dict, split: str) -> dict:
+def evaluation_set(manifest: pa.Table, details: ManifestDetails, split: str) -> dict:
     """The identity and description of one manifest split as an evaluation set."""
     if split not in SPLIT_NAMES:
         raise ValueError(f"Expected split in {SPLIT_NAMES}, but got {split!r}")
-    benchmark = details.get("benchmark")
+    benchmark = details.benchmark
     if split == "benchmark" and not benchmark:
         raise ValueError(
-            f"Expected manifest {details['version']} to be built with --benchmark-split, but it "
+            f"Expected manifest {details.version} to be built with --benchmark-split, but it "
             "has no benchmark: its test split is a hash sample, evaluate with --split test"
         )
     rows = manifest.filter(pc.equal(manifest["split"], _manifest_split(split)))
-    digest = hashlib.sha256(f"{details['version']}/{split}".encode())
+    digest = hashlib.sha256(f"{details.version}/{split}".encode())
     for image_id, label in zip(
         rows["image_id"].to_pylist(), rows["label"].to_pylist(), strict=True
     ):
@@ -61,16 +61,16 @@ def evaluation_set(manifest: pa.Table, details: dict, split: str) -> dict:
     labels = rows["label"].to_pylist()
     return {
         "id": digest.hexdigest()[:12],
-        "manifest_version": details["version"],
+        "manifest_version": details.version,
         "split": split,
         "size": rows.num_rows,
-        "source": ", ".join(details.get("sources") or [details["source"]]),
-        "policy": details["policy"],
-        "max_count": details["max_count"],
-        "open_top": bool(details.get("open_top", False)),
+        "source": ", ".join(details.all_sources),
+        "policy": details.policy,
+        "max_count": details.max_count,
+        "open_top": details.open_top,
         "labels": {str(k): labels.count(k) for k in sorted(set(labels))},
         "is_abid_benchmark": bool(benchmark) and split in ("test", "benchmark"),
-        "benchmark": benchmark,
+        "benchmark": benchmark and benchmark.model_dump(mode="json"),
     }
 
 
@@ -198,134 +198,3 @@ def report_headline(report: dict) -> dict:
         "ece_after": calibration.get("ece_after"),
         "review_average_precision": detection.get("average_precision"),
     }
-
-
-def report_markdown(report: dict) -> str:
-    """The report side by side with the ABID ResNet-34 baseline and the majority class."""
-    ours, majority, abid = report["metrics"], report["majority_baseline"], report["abid_baseline"]
-    evaluated = report["evaluation_set"]
-    # The moderate task is counts 0-5: a set that also holds "more than 5" is compared on its
-    # bins within 0-5 (below the confusion matrix), not in this table.
-    comparable = (
-        evaluated["is_abid_benchmark"]
-        and evaluated["max_count"] == 5
-        and not evaluated.get("open_top")
-    )
-    lines = [
-        f"# Evaluation of model {report['model_version']}",
-        "",
-        f"Set `{evaluated['id']}`: the {evaluated['split']} split of manifest "
-        f"`{evaluated['manifest_version']}`, {evaluated['size']:,} bins from "
-        f"`{evaluated['source']}`, policy {evaluated['policy']}.",
-        "",
-        (
-            "This set is the ABID challenge benchmark: the baseline column is comparable."
-            if comparable
-            else "**Not the ABID benchmark set**: the ABID column is for reference only; it was "
-            "measured on the challenge's moderate validation set of real bins."
-        ),
-        "",
-        "| metric | this model | majority class | ABID ResNet-34 |",
-        "|---|---:|---:|---:|",
-        f"| accuracy | {_pct(ours['accuracy'])} | {_pct(majority['accuracy'])} "
-        f"| {_pct(abid['accuracy'])} |",
-        f"| RMSE | {ours['rmse']:.3f} | {majority['rmse']:.3f} | {abid['rmse']:.3f} |",
-    ]
-    top = report["model"]["max_count"] + 1 if report["model"].get("open_top") else None
-    for count in range(len(ours["per_class_accuracy"])):
-        abid_acc = abid["per_class_accuracy"]
-        abid_rmse = abid["per_class_rmse"]
-        name = f"more than {count - 1}" if count == top else f"count {count}"
-        lines.append(
-            f"| {name}: accuracy / RMSE (n={ours['per_class_n'][count]}) "
-            f"| {_pct(ours['per_class_accuracy'][count])} / {_num(ours['per_class_rmse'][count])} "
-            f"| {_pct(majority['per_class_accuracy'][count])} / "
-            f"{_num(majority['per_class_rmse'][count])} "
-            f"| {_pct(abid_acc[count]) if count < len(abid_acc) else '-'} / "
-            f"{_num(abid_rmse[count]) if count < len(abid_rmse) else '-'} |"
-        )
-    lines += ["", "Confusion matrix (rows: recorded count, columns: predicted):", ""]
-    size = len(ours["confusion"])
-    lines.append("| | " + " | ".join(str(i) for i in range(size)) + " |")
-    lines.append("|---|" + "---:|" * size)
-    for count, row in enumerate(ours["confusion"]):
-        lines.append(f"| **{count}** | " + " | ".join(str(v) for v in row) + " |")
-    if report.get("metrics_moderate"):
-        moderate = report["metrics_moderate"]
-        lines += [
-            "",
-            f"On the {moderate['n']:,} bins recorded 0-5 (ABID's moderate task; this model also "
-            f"predicts larger counts): accuracy {_pct(moderate['accuracy'])}, RMSE "
-            f"{moderate['rmse']:.3f}"
-            + (
-                f", beside the ABID ResNet-34's {_pct(abid['accuracy'])} and {abid['rmse']:.3f}"
-                " on the same task."
-                if evaluated["is_abid_benchmark"]
-                else " (not the ABID benchmark set: for reference only)."
-            ),
-        ]
-    if report.get("calibration"):
-        lines += calibration_markdown(report["calibration"])
-    if report.get("review_detection"):
-        lines += detection_markdown(report["review_detection"])
-    return "\n".join(lines) + "\n"
-
-
-def calibration_markdown(calibration: dict) -> list[str]:
-    """ECE before and after the temperature, and the reliability table."""
-    lines = [
-        "",
-        "## Calibration",
-        "",
-        f"Temperature {calibration['temperature']:.3f} (fitted on the validation split). On "
-        f"this set: expected calibration error {calibration['ece_before']:.3f} before, "
-        f"{calibration['ece_after']:.3f} after; negative log-likelihood "
-        f"{calibration['nll_before']:.3f} before, {calibration['nll_after']:.3f} after.",
-        "",
-        "| confidence | bins (before) | accuracy (before) | bins (after) | accuracy (after) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for before, after in zip(
-        calibration["reliability_before"], calibration["reliability_after"], strict=True
-    ):
-        lines.append(
-            f"| {before['low']:.1f}-{before['high']:.1f} | {before['n']} | "
-            f"{_pct(before['accuracy'])} | {after['n']} | {_pct(after['accuracy'])} |"
-        )
-    return lines
-
-
-def detection_markdown(detection: dict) -> list[str]:
-    """Precision and recall of the review queue on simulated wrong records."""
-    ours, rule = detection["p_recorded"], detection["predicted_differs"]
-    lines = [
-        "",
-        "## Finding wrong records",
-        "",
-        f"{100 * detection['simulated_error_rate']:g}% of this set's records moved off the "
-        f"truth ({ours['wrong']} records: "
-        + ", ".join(f"{n} off by {size}" for size, n in ours["wrong_by_error"].items())
-        + f"). Average precision: {_num(ours['average_precision'])} ranking by `p_recorded`, "
-        f"{_num(rule['average_precision'])} flagging predicted ≠ recorded.",
-        "",
-        "| review budget | precision | recall | recall off by 1 / 2 / 3+ | "
-        "predicted ≠ recorded: precision / recall |",
-        "|---:|---:|---:|---|---|",
-    ]
-    for figures, theirs in zip(ours["budgets"], rule["budgets"], strict=True):
-        by_error = figures["recall_by_error"]
-        lines.append(
-            f"| {figures['percent']:g}% ({figures['flagged']}) | {_pct(figures['precision'])} | "
-            f"{_pct(figures['recall'])} | "
-            + " / ".join(_pct(by_error.get(size, math.nan)) for size in ("1", "2", "3+"))
-            + f" | {_pct(theirs['precision'])} / {_pct(theirs['recall'])} |"
-        )
-    return lines
-
-
-def _pct(value: float) -> str:
-    return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}%"
-
-
-def _num(value: float) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.3f}"

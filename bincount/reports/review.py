@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from bincount.reports.markdown import pct, table
 from bincount.review.outcomes import RecordedVerdicts
 from bincount.review.precision import QueuePrecision
 from bincount.review.ranking import probability_text
@@ -16,38 +17,39 @@ def precision_markdown(rows: Sequence[QueuePrecision]) -> str:
     """The measured precision as a markdown table (newest night first)."""
     if not rows:
         return "No queue yet.\n"
-    lines = [
-        "| queued | model | flagged | reviewed | record wrong | precision |",
-        "|---|---|---:|---:|---:|---:|",
+    header = ["queued", "model", "flagged", "reviewed", "record wrong", "precision"]
+    cells = [
+        [
+            row.queued_date,
+            f"`{row.model_version}`",
+            row.flagged,
+            row.reviewed,
+            row.record_wrong,
+            pct(row.precision, 0),
+        ]
+        for row in reversed(rows)
     ]
-    for row in reversed(rows):
-        shown = "-" if row.precision is None else f"{100 * row.precision:.0f}%"
-        lines.append(
-            f"| {row.queued_date} | `{row.model_version}` | {row.flagged} | {row.reviewed} | "
-            f"{row.record_wrong} | {shown} |"
-        )
-    return "\n".join(lines) + "\n"
+    return table(header, cells, "llrrrr") + "\n"
 
 
 def outcomes_markdown(decided: Sequence[Decided], recorded: RecordedVerdicts, where: str) -> str:
     """What a set of verdicts recorded, bin by bin."""
+    rows = [
+        [
+            d.entry.label,
+            d.entry.expected_quantity,
+            d.counted,
+            "judged before: not written"
+            if d.entry.label in recorded.already_recorded
+            else d.verdict,
+            d.reviewer,
+        ]
+        for d in decided
+    ]
     lines = [
         "# Review outcomes",
         "",
-        "| bin | recorded | counted | verdict | reviewer |",
-        "|---|---:|---:|---|---|",
-    ]
-    for d in decided:
-        verdict = (
-            "judged before: not written"
-            if d.entry.label in recorded.already_recorded
-            else d.verdict
-        )
-        lines.append(
-            f"| {d.entry.label} | {d.entry.expected_quantity} | {d.counted} | {verdict} | "
-            f"{d.reviewer} |"
-        )
-    lines += [
+        table(["bin", "recorded", "counted", "verdict", "reviewer"], rows, "lrrll"),
         "",
         f"{recorded.written} written to `{where}`; the next manifest takes them as labels.",
         "",
@@ -78,16 +80,21 @@ def review_sheet_markdown(
         f"From the queue of {', '.join(queues)}, flagged by model "
         f"{', '.join(f'`{m}`' for m in models)}; rank 1 is the least likely record.",
         "",
-        "| rank | bin | recorded | model | p_recorded | photo |",
-        "|---:|---|---:|---:|---:|---|",
+        table(
+            ["rank", "bin", "recorded", "model", "p_recorded", "photo"],
+            (
+                [
+                    row["review_rank"],
+                    f"[{row['label']}]({row['link']})",
+                    row["expected_quantity"],
+                    f"{row['predicted_count']}{'+' if row['predicted_overflow'] else ''}",
+                    probability_text(row["p_recorded"]),
+                    f"![{row['image_id']}]({row['thumbnail']})" if row.get("thumbnail") else "-",
+                ]
+                for row in shown
+            ),
+            "rlrrrl",
+        ),
     ]
-    for row in shown:
-        photo = f"![{row['image_id']}]({row['thumbnail']})" if row.get("thumbnail") else "-"
-        predicted = f"{row['predicted_count']}{'+' if row['predicted_overflow'] else ''}"
-        lines.append(
-            f"| {row['review_rank']} | [{row['label']}]({row['link']}) | "
-            f"{row['expected_quantity']} | {predicted} | {probability_text(row['p_recorded'])} | "
-            f"{photo} |"
-        )
     lines += ["", "## The queue's precision so far", "", precision_markdown(precision)]
     return "\n".join(lines)
