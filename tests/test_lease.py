@@ -152,3 +152,112 @@ def test_bad_terms_and_stages_are_refused(tmp_path):
         LeaseTerms(ttl_s=1, wait_s=-1)
     with pytest.raises(ValueError, match="stage of"):
         Lease(Location(str(tmp_path)), "scores", _holder("x"), LeaseTerms(ttl_s=1))
+
+
+# -- two scoring runs on one output ---------------------------------------------------------------
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def scoring_environment(endpoint_url: str, **settings: str) -> dict[str, str]:
+    """The environment of a ``bincount score`` process: the harness's API, the test's S3
+    endpoint and credentials, chunks of 20 fetched one at a time, and ``settings``."""
+    import os
+
+    from prefect.settings import PREFECT_API_URL
+
+    from bincount.testing.s3server import TEST_CREDENTIALS
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("BINCOUNT_")}
+    return {
+        **environment,
+        **TEST_CREDENTIALS,
+        "PYTHONPATH": str(REPO),
+        "PREFECT_API_URL": PREFECT_API_URL.value(),  # the harness's: no server to start
+        "BINCOUNT_S3_ENDPOINT_URL": endpoint_url,
+        "BINCOUNT_CHUNK_SIZE": "20",
+        "BINCOUNT_MAX_CONCURRENCY": "1",
+        **{f"BINCOUNT_{name.upper()}": value for name, value in settings.items()},
+    }
+
+
+def start_scoring(source: str, output: str, environment: dict, log) -> object:
+    """``bincount score`` in its own process, as a nightly deployment or an operator runs it."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "flows.cli", "score", "--source", source, "--output", output]
+    return subprocess.Popen(
+        [*command, "--batch-size", "4"],
+        env=environment,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_for_parts(out, count: int, process, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(list(out.rglob("scores/*/part-*"))) < count:
+        assert process.poll() is None, "scoring ended before the second run started"
+        assert time.monotonic() < deadline, "scoring committed no chunk in time"
+        time.sleep(0.05)
+
+
+def scored_ids(out) -> list[str]:
+    from bincount.core.tables import read_table
+
+    return sorted(read_table(Location(str(out)), "scores").column("image_id").to_pylist())
+
+
+def test_two_scoring_runs_whose_plans_differ_score_every_image_once(
+    prefect_api, trained, s3_server, bucket, tmp_path, monkeypatch
+):
+    import shutil
+    import socket
+
+    from bincount.core.settings import get_settings
+    from bincount.core.tables import read_table
+    from bincount.testing.proxycontrol import fault_proxy
+    from bincount.testing.s3server import upload_tree
+    from flows.score import score
+    from tests.builders import write_clean_bucket
+
+    first_ids = write_clean_bucket(tmp_path / "first", 160, start=10000)
+    upload_tree(s3_server.endpoint_url, bucket, tmp_path / "first")
+    out = tmp_path / "out"
+    shutil.copytree(trained / "out", out)
+    log = open(tmp_path / "nightly.log", "w")  # noqa: SIM115 (open while the run lasts)
+    # 80 ms a request, one at a time: the nightly run scores for tens of seconds.
+    with fault_proxy(s3_server.endpoint_url, latency_ms=80) as proxy:
+        environment = scoring_environment(proxy.endpoint_url)
+        nightly = start_scoring(f"s3://{bucket}", str(out), environment, log)
+        wait_for_parts(out, 1, nightly)
+        # New bins arrive after the nightly run's first commit: ABID's 6-digit ids sort among
+        # its 5-digit ones (100000 < 10001), so any plan made now differs from the nightly's.
+        new_ids = write_clean_bucket(tmp_path / "new", 60, start=100000)
+        upload_tree(s3_server.endpoint_url, bucket, tmp_path / "new")
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+
+        # An operator's run that will not wait ends naming the nightly run, having scored nothing.
+        monkeypatch.setenv("BINCOUNT_LEASE_WAIT_S", "0")
+        get_settings.cache_clear()
+        before = len(scored_ids(out))
+        with pytest.raises(LeaseHeld) as held:
+            score(source=f"s3://{bucket}", output=str(out), batch_size=4)
+        assert f"run 'score {out} " in str(held.value)
+        assert f"on host {socket.gethostname()}, pid {nightly.pid}" in str(held.value)
+        assert nightly.poll() is None, "the refusal should come while the nightly run scores"
+        assert len(scored_ids(out)) < len(first_ids) and len(scored_ids(out)) >= before
+
+        # One that waits starts once the nightly run lets go, and scores what is left.
+        monkeypatch.setenv("BINCOUNT_LEASE_WAIT_S", "300")
+        get_settings.cache_clear()
+        manual = score(source=f"s3://{bucket}", output=str(out), batch_size=4)
+        assert nightly.wait(timeout=60) == 0, (tmp_path / "nightly.log").read_text()[-3000:]
+    get_settings.cache_clear()
+
+    assert manual["scored"] == len(new_ids) and manual["already_scored"] == len(first_ids)
+    assert scored_ids(out) == sorted(first_ids + new_ids)  # every image exactly once
+    queued = read_table(Location(str(out)), "review_queue").column("image_id").to_pylist()
+    assert len(queued) == len(set(queued))  # no bin queued twice
