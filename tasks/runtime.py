@@ -49,6 +49,11 @@ class SettingsTimeoutTask(Task):
         super().__init__(fn, **options)
 
     @property
+    def limit_s(self) -> float:
+        """The timeout that holds for a run starting now, by Prefect or by the watchdog."""
+        return float(getattr(get_settings(), self.timeout_setting))
+
+    @property
     def timeout_seconds(self) -> float | None:
         if self.timeout_setting == WATCHDOG_SETTING:
             return None  # the watchdog holds it (Prefect's would only warn, in a worker thread)
