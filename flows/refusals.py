@@ -25,10 +25,11 @@ def refusal_types() -> tuple[type[BaseException], ...]:
     """What the library raises to refuse its input: :data:`REFUSALS`, a contract past its
     thresholds, and a manifest asked of bins not validated since they changed."""
     # Imported when a command fails, not before: the overall help imports no pyarrow.
+    from bincount.core.lease import LeaseHeld
     from bincount.data.manifest import StaleValidation
     from bincount.data.validate import ContractViolation
 
-    return (*REFUSALS, ContractViolation, StaleValidation)
+    return (*REFUSALS, ContractViolation, StaleValidation, LeaseHeld)
 
 
 def is_refusal(error: BaseException | None) -> bool:

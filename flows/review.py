@@ -6,6 +6,7 @@ from prefect import flow
 
 from flows.naming import run_name
 from tasks.review import prepare_review_sheet, record_review_verdicts, wait_for_verdicts
+from tasks.runtime import output_lease
 
 
 @flow(name="review", flow_run_name=run_name("review"))
@@ -21,5 +22,6 @@ def review(
     if not sheet.entries:
         return {"shown": 0, "written": 0}
     decided = wait_for_verdicts(output, sheet, reviewer, wait_minutes)  # the run pauses here
-    recorded = record_review_verdicts(output, decided)
+    with output_lease(output, "review"):  # only the writing: the wait above may take an hour
+        recorded = record_review_verdicts(output, decided)
     return {"shown": len(sheet.entries), **recorded.as_dict()}

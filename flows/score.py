@@ -9,7 +9,7 @@ from bincount.review.ranking import ReviewPolicy
 from flows.ingest import ingest
 from flows.naming import run_name
 from tasks.monitoring import monitor_drift
-from tasks.runtime import chunk_runner
+from tasks.runtime import chunk_runner, output_lease
 from tasks.scoring import (
     plan_image_scoring,
     publish_scoring_summary,
@@ -39,23 +39,25 @@ def score(
     if ingest_first:  # so that expected quantities of new bins are known
         for each in sources:
             ingest(source=each, output=output, dask=dask)
-    plans = plan_image_scoring(sources, output, prefix, model, limit)
-    chunks = [(plan.source, keys) for plan in plans for keys in plan.chunks]
-    results = []
-    if chunks:
-        with chunk_runner(dask) as runner:
-            results = runner.map(
-                score_image_chunk,
-                {
-                    "source": [chunk_source for chunk_source, _ in chunks],
-                    "output": unmapped(output),
-                    "model_version": plans[0].model_version,
-                    "keys": [keys for _, keys in chunks],
-                    "batch_size": batch_size,
-                    "device": unmapped(device),
-                },
-            ).result()
-    queue = rank_review_queue(output, review, results)
-    monitored = monitor_drift(output, plans[0].model_version, review, drift)
-    summary = publish_scoring_summary(output, plans, results, queue, monitored)
+    # Planned under the lease: a plan made beside another run's would score its images again.
+    with output_lease(output, "score"):
+        plans = plan_image_scoring(sources, output, prefix, model, limit)
+        chunks = [(plan.source, keys) for plan in plans for keys in plan.chunks]
+        results = []
+        if chunks:
+            with chunk_runner(dask) as runner:
+                results = runner.map(
+                    score_image_chunk,
+                    {
+                        "source": [chunk_source for chunk_source, _ in chunks],
+                        "output": unmapped(output),
+                        "model_version": plans[0].model_version,
+                        "keys": [keys for _, keys in chunks],
+                        "batch_size": batch_size,
+                        "device": unmapped(device),
+                    },
+                ).result()
+        queue = rank_review_queue(output, review, results)
+        monitored = monitor_drift(output, plans[0].model_version, review, drift)
+        summary = publish_scoring_summary(output, plans, results, queue, monitored)
     return {**summary.as_dict(), "drift": monitored.event_payload() | {"drift": monitored.drift}}

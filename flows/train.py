@@ -7,6 +7,7 @@ from prefect import flow
 from bincount.model.config import TrainConfig
 from flows.naming import run_name
 from tasks.images import cache_manifest_images
+from tasks.runtime import output_lease
 from tasks.training import train_counting_model
 
 
@@ -20,5 +21,6 @@ def train(
     """Cache the manifest's images at the training size, then train and register a model."""
     config = config.for_device(device)  # no recipe given: the device's; saved with the model
     cache_manifest_images(output, manifest, config.image_size)
-    result = train_counting_model(output, manifest, config, device)
+    with output_lease(output, "register"):  # its checkpoints, then its model version
+        result = train_counting_model(output, manifest, config, device)
     return result.__dict__

@@ -29,7 +29,12 @@ async def fetch_s3(
         # botocore's request pipeline, which is what bounds a client with many in flight.
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=concurrency, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(total=60, sock_connect=10, sock_read=30),
+            timeout=aiohttp.ClientTimeout(
+                # A body trickled a byte at a time never trips sock_read: total bounds it.
+                total=max(60.0, location.read_timeout_s),
+                sock_connect=location.connect_timeout_s,
+                sock_read=location.read_timeout_s,
+            ),
             auto_decompress=False,
         )
 

@@ -57,6 +57,21 @@ class Settings(BaseSettings):
     training_timeout_s: float = Field(
         48 * 3600, gt=0, description="Longest one training (or tuning trial) runs."
     )
+    # A read that never answers must fail within these, whatever runs it; past them the storage
+    # layer treats it as a transient fault (retried max_attempts times).
+    connect_timeout_s: float = Field(10, gt=0, description="Longest an S3 connection takes.")
+    read_timeout_s: float = Field(
+        30, gt=0, description="Longest an S3 answer stays silent before the read is abandoned."
+    )
+    # A crashed holder stops renewing: its lease frees itself after lease_ttl_s.
+    lease_ttl_s: float = Field(
+        120, gt=0, description="How long a run's lease on an output lives unless renewed."
+    )
+    lease_wait_s: float = Field(
+        600,
+        ge=0,
+        description="How long a run waits for another run's lease on its output, then ends.",
+    )
     max_expected_quantity: int = Field(
         250, ge=0, description="Largest EXPECTED_QUANTITY the contract accepts (ABID's is 209)."
     )

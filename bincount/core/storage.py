@@ -74,6 +74,8 @@ class Location:
         region: str = "us-east-1",
         max_attempts: int = 8,
         max_concurrency: int = 64,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 30.0,
     ) -> None:
         if not url:
             raise ValueError("Expected a location (path, file:// or s3:// URL), but got ''")
@@ -88,7 +90,11 @@ class Location:
             "region": region,
             "max_attempts": max_attempts,
             "max_concurrency": max_concurrency,
+            "connect_timeout_s": connect_timeout_s,
+            "read_timeout_s": read_timeout_s,
         }
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
         self.anonymous = anonymous
         self.endpoint_url = endpoint_url
         self.region = region
@@ -115,8 +121,8 @@ class Location:
                     # One try per request: s3fs's loop below owns the retries.
                     "retries": {"total_max_attempts": 1, "mode": "standard"},
                     "max_pool_connections": max(10, max_concurrency),
-                    "connect_timeout": 10,
-                    "read_timeout": 30,
+                    "connect_timeout": connect_timeout_s,
+                    "read_timeout": read_timeout_s,
                 },
                 skip_instance_cache=True,
                 use_listings_cache=False,
@@ -139,6 +145,8 @@ class Location:
             region=settings.aws_region,
             max_attempts=settings.max_attempts,
             max_concurrency=settings.max_concurrency,
+            connect_timeout_s=settings.connect_timeout_s,
+            read_timeout_s=settings.read_timeout_s,
         )
 
     @classmethod
@@ -154,6 +162,8 @@ class Location:
             region=settings.aws_region,
             max_attempts=settings.max_attempts,
             max_concurrency=settings.max_concurrency,
+            connect_timeout_s=settings.connect_timeout_s,
+            read_timeout_s=settings.read_timeout_s,
         )
 
     def sibling(self, url: str | None) -> Location:

@@ -12,8 +12,13 @@ RNG, only for GET and HEAD (object reads and listings):
 - ``truncate``: the full ``Content-Length`` is promised, half the body sent, then the connection
   closed (a HEAD or an empty object, having no body to cut, is dropped instead)
 
+A separate mode, ``hang_reads`` (``--hang-reads``, or ``POST /__proxy__/hang?reads=on|off``
+while it runs), holds every object GET (not a listing) open: the connection is accepted and
+nothing is ever sent, as from a server that stopped answering mid-read. It is not one of the
+drawn faults: a read that never returns is a drill of its own (timeouts), not a noise level.
+
 ``GET /__proxy__/stats`` answers ``{"requests": n, "requests_by_method": {...},
-"faults_by_kind": {...}}`` and
+"faults_by_kind": {...}, "hung": n}`` and
 ``POST /__proxy__/reset`` zeroes the counters and re-seeds the RNG.
 
 Run it as a program (``python -m bincount.testing.faultproxy --upstream URL``) or through
@@ -34,6 +39,7 @@ FAULT_KINDS = ("throttle", "error500", "drop", "truncate")
 CONTROL_PREFIX = "/__proxy__/"
 STATS_PATH = "/__proxy__/stats"
 RESET_PATH = "/__proxy__/reset"
+HANG_PATH = "/__proxy__/hang"
 _FAULTABLE_METHODS = frozenset({"GET", "HEAD"})
 # Per-connection headers (RFC 9110 §7.6.1) and the ones the proxy recomputes for its own hop.
 _HOP_BY_HOP = frozenset(
@@ -64,6 +70,7 @@ class ProxyConfig:
     fault_rate: float = 0.0
     faults: tuple[str, ...] = FAULT_KINDS
     seed: int = 0
+    hang_reads: bool = False
 
     def __post_init__(self) -> None:
         if not self.upstream.startswith(("http://", "https://")):
@@ -86,6 +93,7 @@ class ProxyStats:
     requests: int
     faults_by_kind: dict[str, int] = field(default_factory=dict)
     requests_by_method: dict[str, int] = field(default_factory=dict)
+    hung: int = 0
 
     @property
     def faults(self) -> int:
@@ -128,6 +136,8 @@ class _Proxy:
         self.requests = 0
         self.requests_by_method: dict[str, int] = {}
         self.faults_by_kind = dict.fromkeys(config.faults, 0)
+        self.hang_reads = config.hang_reads
+        self.hung = 0
         self.session = None  # created inside the running loop
 
     async def start_session(self) -> None:
@@ -155,6 +165,9 @@ class _Proxy:
         self.requests += 1
         self.requests_by_method[request.method] = self.requests_by_method.get(request.method, 0) + 1
         await asyncio.sleep(self.latency_s)
+        if self.hang_reads and _is_object_read(request):
+            self.hung += 1
+            await asyncio.Event().wait()  # accepted, never answered (until the client hangs up)
         fault = self.picker.next() if request.method in _FAULTABLE_METHODS else None
         if fault is not None:
             self.faults_by_kind[fault] += 1
@@ -177,17 +190,29 @@ class _Proxy:
                     "requests": self.requests,
                     "requests_by_method": self.requests_by_method,
                     "faults_by_kind": self.faults_by_kind,
+                    "hung": self.hung,
                 }
             )
+        if request.path == HANG_PATH and request.method == "POST":
+            reads = request.query.get("reads")
+            if reads not in ("on", "off"):
+                return web.json_response(
+                    {"error": f"Expected {HANG_PATH}?reads=on or off, but got {reads!r}"},
+                    status=400,
+                )
+            self.hang_reads = reads == "on"
+            return web.json_response({"hang_reads": self.hang_reads})
         if request.path == RESET_PATH and request.method == "POST":
             self.requests = 0
             self.requests_by_method = {}
             self.faults_by_kind = dict.fromkeys(self.config.faults, 0)
+            self.hung = 0
             self.picker.reset()
             return web.json_response({"reset": True})
         return web.json_response(
             {
-                "error": f"Expected GET {STATS_PATH} or POST {RESET_PATH}, but got "
+                "error": f"Expected GET {STATS_PATH}, POST {RESET_PATH} or POST {HANG_PATH}, "
+                "but got "
                 f"{request.method} {request.path}"
             },
             status=404,
@@ -250,6 +275,12 @@ class _Proxy:
         )
 
 
+def _is_object_read(request) -> bool:
+    """A GET of an object: a key below the bucket (path style), not a listing or a bucket."""
+    bucket_and_key = request.path.lstrip("/").partition("/")[2]
+    return request.method == "GET" and bool(bucket_and_key) and "list-type" not in request.query
+
+
 async def _body_chunks(upstream, buffered: bytes | None):
     if buffered is not None:
         if buffered:
@@ -289,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--faults", default=",".join(FAULT_KINDS), help="comma-separated kinds")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--hang-reads", action="store_true", help="hold every object GET open, answering nothing"
+    )
     args = parser.parse_args(argv)
     config = ProxyConfig(
         upstream=args.upstream,
@@ -296,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         fault_rate=args.fault_rate,
         faults=tuple(kind.strip() for kind in args.faults.split(",") if kind.strip()),
         seed=args.seed,
+        hang_reads=args.hang_reads,
     )
     # Ctrl-C is how a person stops it: no traceback for that.
     with suppress(KeyboardInterrupt):

@@ -21,6 +21,7 @@ from pathlib import Path
 from bincount.testing.faultproxy import (
     _READY_LINE,
     FAULT_KINDS,
+    HANG_PATH,
     RESET_PATH,
     STATS_PATH,
     ProxyConfig,
@@ -45,7 +46,15 @@ class FaultProxy:
             requests=data["requests"],
             faults_by_kind=data["faults_by_kind"],
             requests_by_method=data["requests_by_method"],
+            hung=data.get("hung", 0),
         )
+
+    def hang_reads(self, on: bool) -> None:
+        """Hold every object GET open without an answer (``on``), or answer them again."""
+        url = f"{self.endpoint_url}{HANG_PATH}?reads={'on' if on else 'off'}"
+        request = urllib.request.Request(url, method="POST", data=b"")
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            answer.read()
 
     def reset(self) -> None:
         request = urllib.request.Request(self.endpoint_url + RESET_PATH, method="POST", data=b"")
@@ -61,6 +70,7 @@ def fault_proxy(
     fault_rate: float = 0.0,
     faults: Sequence[str] = FAULT_KINDS,
     seed: int = 0,
+    hang_reads: bool = False,
     startup_timeout_s: float = 30.0,
 ) -> Iterator[FaultProxy]:
     """Start the proxy as a subprocess in front of ``upstream``; stop it on exit."""
@@ -70,6 +80,7 @@ def fault_proxy(
         fault_rate=fault_rate,
         faults=tuple(faults),
         seed=seed,
+        hang_reads=hang_reads,
     )
     command = [
         sys.executable,
@@ -80,6 +91,7 @@ def fault_proxy(
         f"--fault-rate={config.fault_rate}",
         f"--faults={','.join(config.faults)}",
         f"--seed={config.seed}",
+        *(["--hang-reads"] if config.hang_reads else []),
     ]
     env = dict(os.environ)
     # The child must import this very package, installed or not.
