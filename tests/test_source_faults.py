@@ -201,3 +201,40 @@ def test_images_denied_scoring_fails_then_scores_each_image_exactly_once(
     _same_night(_night(output, drill["bucket"]), _reference(drill))
     scores = _of_bucket(_table(output, "scores"), "image_uri", drill["bucket"])
     assert len(set(scores.column("image_uri").to_pylist())) == scores.num_rows == 12
+
+
+# -- the training image cache: an image not read leaves its shard uncommitted -----------------
+def test_an_image_gone_from_the_cache_build_is_pending_and_the_rebuild_equals_a_whole_one(
+    tmp_path,
+):
+    from bincount.core.faults import SourceUnreadable
+    from bincount.images.cache import build_image_cache
+    from bincount.images.shards import load_cached_splits
+    from tests.test_chunks import _all_images, _cache_bucket
+
+    source, manifest = _cache_bucket(tmp_path, 10)
+    build = dict(manifest_version="m1", size=16, shard_size=3, workers=1)
+    reference = Location(str(tmp_path / "reference"))
+    whole = build_image_cache(source, reference, manifest, **build)
+    expected = load_cached_splits(reference, "m1", 16, ("train",))["train"]
+
+    image = tmp_path / "bucket" / "bin-images" / "00007.jpg"
+    kept = image.read_bytes()
+    image.unlink()  # gone while the cache is built
+    output = Location(str(tmp_path / "out"))
+    with pytest.raises(SourceUnreadable, match=r"images: 1 of 3 objects .*read_gone"):
+        build_image_cache(source, output, manifest, **build)
+    assert not output.exists("cache/m1/16/_complete.json")
+    pending = read_pending(output).to_pylist()
+    assert [(r["stage"], r["image_id"], r["reason_code"]) for r in pending] == [
+        ("images", "00007", "read_gone")
+    ]
+    assert "00007" not in read_table(output, "quarantine").column("image_id").to_pylist()
+
+    image.write_bytes(kept)
+    rebuilt = build_image_cache(source, output, manifest, **build)
+    assert (rebuilt.images, rebuilt.quarantined) == (whole.images, whole.quarantined) == (9, 1)
+    again = load_cached_splits(output, "m1", 16, ("train",))["train"]
+    assert again.image_ids == expected.image_ids
+    np.testing.assert_array_equal(_all_images(again), _all_images(expected))
+    assert read_pending(output).num_rows == 0
