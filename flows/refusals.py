@@ -14,22 +14,24 @@ from collections.abc import Iterator
 
 # Bad input (ValueError and its subclasses: VerdictError, MalformedMetadata, UndecodableImage,
 # ObjectTooLarge, pydantic's ValidationError), something asked for that is not there (a model
-# version or champion: LookupError; a manifest, a file: FileNotFoundError), and the two gates
-# of the data (refusal_types). A KeyError or IndexError is a fault of the program, with its
-# traceback.
+# version or champion: LookupError; a manifest, a file: FileNotFoundError), the two gates
+# of the data and a source that refuses most reads (refusal_types): each says in one sentence
+# what to fix. A KeyError or IndexError is a fault of the program, with its traceback.
 REFUSALS: tuple[type[BaseException], ...] = (ValueError, LookupError, FileNotFoundError)
 FAULTS: tuple[type[BaseException], ...] = (KeyError, IndexError)
 
 
 def refusal_types() -> tuple[type[BaseException], ...]:
     """What the library raises to refuse its input: :data:`REFUSALS`, a contract past its
-    thresholds, and a manifest asked of bins not validated since they changed."""
+    thresholds, a manifest asked of bins not validated since they changed, and a source
+    that could not be read (the circuit breaker)."""
     # Imported when a command fails, not before: the overall help imports no pyarrow.
+    from bincount.core.faults import SourceUnreadable
     from bincount.core.lease import LeaseHeld
     from bincount.data.manifest import StaleValidation
     from bincount.data.validate import ContractViolation
 
-    return (*REFUSALS, ContractViolation, StaleValidation, LeaseHeld)
+    return (*REFUSALS, ContractViolation, StaleValidation, LeaseHeld, SourceUnreadable)
 
 
 def is_refusal(error: BaseException | None) -> bool:

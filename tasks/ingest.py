@@ -17,6 +17,7 @@ from bincount.data.ingest import (
     ingest_chunk,
     plan_ingest,
     read_key_list,
+    settle_ingest_pending,
     summarize_ingest,
 )
 from tasks.runtime import current_run_id, locations, timed_task
@@ -69,13 +70,15 @@ def ingest_metadata_chunk(
         concurrency=settings.max_concurrency,
         limits=settings.metadata_limits(),
         run_id=current_run_id(),
+        fault_share=settings.read_fault_share,
     )
     seconds = time.perf_counter() - started
     get_run_logger().info(
-        "part %s: %d ingested, %d quarantined (%.0f objects/s)",
+        "part %s: %d ingested, %d quarantined, %d pending (%.0f objects/s)",
         outcome.part,
         outcome.ingested,
         outcome.quarantined,
+        outcome.pending,
         objects.num_rows / seconds if seconds else 0.0,
     )
     return outcome
@@ -88,6 +91,7 @@ def publish_ingest_summary(
     """The run's figures, in the log and as the ``ingest-summary`` artifact."""
     _, source_location, output_location = locations(source, output)
     seconds = (datetime.now(UTC) - plan.started_at).total_seconds()
+    settle_ingest_pending(output_location)
     summary = summarize_ingest(plan, outcomes, run_id=current_run_id(), seconds=seconds)
     get_run_logger().info("ingest summary: %s", summary.as_dict())
     rows = "\n".join(f"| {name} | {value} |" for name, value in summary.as_dict().items())

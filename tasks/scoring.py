@@ -15,7 +15,7 @@ from bincount.core.sources import sources_to_list
 from bincount.core.storage import Location
 from bincount.model.registry import resolve_version
 from bincount.nightly.monitoring import DriftCheck
-from bincount.nightly.plan import ScoringPlan, combined_plan, plan_scoring
+from bincount.nightly.plan import ScoringPlan, combined_plan, plan_scoring, settle_score_pending
 from bincount.nightly.scorer import Scorer, load_scorer
 from bincount.nightly.scoring import REVIEW_LIST_SIZE, score_chunk
 from bincount.nightly.summary import ChunkResult, ScoringSummary, summarize
@@ -109,12 +109,14 @@ def score_image_chunk(
         concurrency=settings.max_concurrency,
         limits=settings.image_limits(),
         run_id=current_run_id(),
+        fault_share=settings.read_fault_share,
     )
     get_run_logger().info(
-        "part %s: %d scored, %d quarantined, %d records judged (%.1f images/s)",
+        "part %s: %d scored, %d quarantined, %d pending, %d records judged (%.1f images/s)",
         result.part,
         result.scored,
         result.quarantined,
+        result.pending,
         result.judged,
         (result.scored + result.quarantined) / result.seconds if result.seconds else 0.0,
     )
@@ -155,6 +157,7 @@ def publish_scoring_summary(
     """The run's figures, the night's predicted counts (beside the model's test set) and the
     top of its review queue with thumbnails, as the ``scoring-summary`` artifact."""
     settings, _, output_location = locations(None, output)
+    settle_score_pending(output_location)
     plan = combined_plan(plans)
     seconds = (datetime.now(UTC) - plan.started_at).total_seconds()
     summary = summarize(

@@ -17,7 +17,13 @@ from bincount.core.limits import ImageLimits
 from bincount.images.decode import UndecodableImage, decode_image, decode_or_reason
 from tests.builders import flat_jpeg, flat_png, image_bytes
 
-CODES = {"undecodable_image", "image_too_large", "image_too_many_pixels", "unreadable_image"}
+CODES = {
+    "undecodable_image",
+    "image_too_large",
+    "image_too_many_pixels",
+    "unreadable_image",
+    "read_gone",
+}
 
 
 def _fault(result) -> UndecodableImage:
@@ -66,7 +72,7 @@ def test_bytes_limit_fetch_errors_and_formats_outside_the_list():
     fault = _fault(decode_or_reason(ObjectTooLarge("s3://b/bin-images/1.jpg", 10), 32))
     assert (fault.code, fault.exception_type) == ("image_too_large", "ObjectTooLarge")
     fault = _fault(decode_or_reason(FileNotFoundError("s3://b/bin-images/1.jpg"), 32))
-    assert (fault.code, fault.exception_type) == ("unreadable_image", "FileNotFoundError")
+    assert (fault.code, fault.exception_type) == ("read_gone", "FileNotFoundError")
     ppm = image_bytes(Image.new("RGB", (8, 8)), "PPM")  # Pillow reads it; scoring does not
     fault = _fault(decode_or_reason(ppm, 32))
     assert (fault.code, fault.exception_type) == ("undecodable_image", "UnidentifiedImageError")

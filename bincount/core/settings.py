@@ -39,6 +39,15 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         8, ge=1, le=50, description="Tries per S3 request when a fault is transient."
     )
+    # A source that refuses most reads (not public, wrong credentials) stops the run at once
+    # instead of leaving every object of the bucket pending.
+    read_fault_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of a chunk's objects that may fail to read (403, gone) for one "
+        "reason before the run stops; fewer stay pending and are read again next run.",
+    )
     # Every step times out: a hung run of a flow allowed one run at a time (the nightly score)
     # would block every later one. Each task reads its limit when it starts.
     step_timeout_s: float = Field(

@@ -9,7 +9,11 @@ Exactly-once by construction:
   ``quarantine`` first and ``bins`` last: the ``bins`` part (empty if every object of the chunk
   was quarantined) is the chunk's commit marker;
 * a run killed between those writes leaves ``items``/``quarantine`` parts without their ``bins``
-  part; the next run deletes them before it reads the watermark, then fetches the chunk again.
+  part; the next run deletes them before it reads the watermark, then fetches the chunk again;
+* an object that could not be read (access denied, gone since listed) is no verdict: it becomes
+  a ``pending`` row, outside the watermark, and the next run reads it again
+  (:mod:`bincount.core.pending`); when most of a chunk cannot be read for one fault the run
+  stops (:class:`~bincount.core.faults.SourceUnreadable`) before the chunk commits.
 """
 
 from __future__ import annotations
@@ -35,13 +39,15 @@ from bincount.core.chunks import (
     part_name,
     totals,
 )
+from bincount.core.faults import check_faults, raise_if_tripped, read_fault
 from bincount.core.limits import MetadataLimits
+from bincount.core.pending import pending_keys, pending_row, record_pending, settle_pending
 from bincount.core.storage import Location
 from bincount.core.tables import BINS, ITEMS
 from bincount.data.metadata import (
     METADATA_PREFIX,
 )
-from bincount.data.records import rows_from_objects
+from bincount.data.records import image_id_or_none, rows_from_objects
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +69,7 @@ class IngestSummary:
     parts: list[str] = field(default_factory=list)
     requested_missing: int = 0
     discarded_orphan_parts: int = 0
+    pending: int = 0
 
     @property
     def objects_per_second(self) -> float:
@@ -76,6 +83,7 @@ class IngestSummary:
             "new": self.new,
             "ingested": self.ingested,
             "quarantined": self.quarantined,
+            "pending": self.pending,
             "requested_missing": self.requested_missing,
             "discarded_orphan_parts": self.discarded_orphan_parts,
             "seconds": round(self.seconds, 3),
@@ -101,11 +109,13 @@ class IngestPlan:
 
 @dataclass(frozen=True)
 class ChunkOutcome:
-    """One committed chunk: its part name and how many objects became bins or quarantine."""
+    """One committed chunk: its part name and how many objects became bins or quarantine, or
+    stay pending (not read)."""
 
     part: str
     ingested: int
     quarantined: int
+    pending: int = 0
 
 
 def plan_ingest(
@@ -122,6 +132,8 @@ def plan_ingest(
     check_plan_arguments(limit=limit, chunk_size=chunk_size)
     started_at = clock()
     orphans = INGEST.discard_uncommitted(output)
+    done = ingested_versions(output)
+    settle_pending(output, Stage.INGEST, done.rename_columns(["object_key", "etag"]))
     listing = source.list(METADATA_PREFIX, partitions=partitions)
     listed = listing.num_rows
     requested_missing = 0
@@ -129,9 +141,7 @@ def plan_ingest(
         wanted = pa.array(sorted(set(keys)), pa.string())
         requested_missing = len(wanted) - pc.sum(pc.is_in(wanted, listing.column("key"))).as_py()
         listing = listing.filter(pc.is_in(listing.column("key"), wanted))
-    new = listing.join(
-        ingested_versions(output), keys=["key", "etag"], join_type="left anti"
-    ).sort_by("key")
+    new = listing.join(done, keys=["key", "etag"], join_type="left anti").sort_by("key")
     already = listing.num_rows - new.num_rows
     # Slices of the Arrow listing: a chunk becomes Python objects only when it is ingested.
     chunks = cut(new, chunk_size, limit=limit)
@@ -160,23 +170,71 @@ def ingest_chunk(
     concurrency: int = 64,
     limits: MetadataLimits | None = None,
     run_id: str = "",
+    fault_share: float = 0.5,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ChunkOutcome:
     """Fetch, parse and commit one chunk of listed objects (safe to retry: same part name).
 
     No object is read past ``limits.max_bytes``; every object that cannot become a bin row
-    becomes a quarantine row, so only a fault of the platform (reading, writing) fails it.
+    becomes a quarantine row, and every object that could not be read a pending row. More than
+    ``fault_share`` of the chunk unread for one fault raises
+    :class:`~bincount.core.faults.SourceUnreadable` before anything is committed.
     """
+    raise_if_tripped(Stage.INGEST, source.url, run_id)
     limits = limits or MetadataLimits()
     chunk = objects.to_pylist()
     payloads = source.fetch_many(
         [obj["key"] for obj in chunk], concurrency=concurrency, max_bytes=limits.max_bytes
     )
+    now = clock()
+    read, faults = [], []
+    for obj, payload in zip(chunk, payloads, strict=True):
+        fault = read_fault(payload, source.uri(obj["key"]))
+        if fault is None:
+            read.append((obj, payload))
+        else:
+            faults.append((obj, fault))
+    part = chunk_id(chunk, source.url)
+    # Read before this chunk's own pending rows are written: which faults are retries.
+    retried = {source.uri(key) for key in pending_keys(output, Stage.INGEST)} if faults else ()
+    record_pending(
+        output,
+        Stage.INGEST,
+        part,
+        [
+            pending_row(
+                Stage.INGEST,
+                obj["key"],
+                fault,
+                image_id=image_id_or_none(obj["key"]),
+                etag=obj["etag"],
+                run_id=run_id,
+                now=now,
+            )
+            for obj, fault in faults
+        ],
+    )
+    check_faults(
+        Stage.INGEST,
+        [(source.uri(obj["key"]), fault) for obj, fault in faults],
+        len(chunk),
+        share=fault_share,
+        pending=retried,
+        source=source.url,
+        run_id=run_id,
+    )
     bins, items, rejects = rows_from_objects(
-        chunk, payloads, run_id=run_id, now=clock(), limits=limits, source=source.url
+        [obj for obj, _ in read],
+        [payload for _, payload in read],
+        run_id=run_id,
+        now=now,
+        limits=limits,
+        source=source.url,
     )
     part = commit_chunk(output, chunk, bins, items, rejects, source=source.url)
-    return ChunkOutcome(part=part, ingested=len(bins), quarantined=len(rejects))
+    return ChunkOutcome(
+        part=part, ingested=len(bins), quarantined=len(rejects), pending=len(faults)
+    )
 
 
 def summarize_ingest(
@@ -188,7 +246,7 @@ def summarize_ingest(
         listed=plan.listed,
         already_ingested=plan.already_ingested,
         new=plan.new,
-        **totals(outcomes, "ingested", "quarantined"),
+        **totals(outcomes, "ingested", "quarantined", "pending"),
         seconds=seconds,
         parts=[o.part for o in outcomes],
         requested_missing=plan.requested_missing,
@@ -207,6 +265,7 @@ def ingest_metadata(
     chunk_size: int = 5000,
     limits: MetadataLimits | None = None,
     run_id: str | None = None,
+    fault_share: float = 0.5,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> IngestSummary:
     """Ingest every metadata object of ``source`` not ingested yet into ``output``'s tables."""
@@ -225,11 +284,13 @@ def ingest_metadata(
                 concurrency=concurrency,
                 limits=limits,
                 run_id=run_id,
+                fault_share=fault_share,
                 clock=clock,
             )
         )
-        done = totals(outcomes, "ingested", "quarantined")
+        done = totals(outcomes, "ingested", "quarantined", "pending")
         logger.info("ingested %d of %d objects", sum(done.values()), plan.new)
+    settle_ingest_pending(output)
     return summarize_ingest(plan, outcomes, run_id=run_id, seconds=time.perf_counter() - started)
 
 
@@ -239,6 +300,12 @@ def ingested_versions(output: Location) -> pa.Table:
     listed (a copied or moved bucket), and keeps the source it was first ingested from."""
     done = INGEST.done(output, ["metadata_key", "etag"], ["object_key", "etag"])
     return done.rename_columns(["key", "etag"])
+
+
+def settle_ingest_pending(output: Location) -> int:
+    """Fold the ingest's pending rows, one per object, without those ingested since."""
+    done = ingested_versions(output).rename_columns(["object_key", "etag"])
+    return settle_pending(output, Stage.INGEST, done)
 
 
 def discard_uncommitted_parts(output: Location) -> int:

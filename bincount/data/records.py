@@ -120,14 +120,14 @@ def _reject(obj: dict, why: Reason, run_id: str, now: datetime) -> dict:
         Stage.INGEST,
         obj["key"],
         why,
-        image_id=_image_id_or_none(obj["key"]),
+        image_id=image_id_or_none(obj["key"]),
         etag=obj["etag"],
         run_id=run_id,
         now=now,
     )
 
 
-def _image_id_or_none(key: str) -> str | None:
+def image_id_or_none(key: str) -> str | None:
     try:
         return image_id_from_key(key)
     except MalformedMetadata:

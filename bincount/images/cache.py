@@ -25,7 +25,9 @@ import numpy as np
 import pyarrow as pa
 
 from bincount.core.chunks import ChunkProtocol, Parts, Stage, cut, part_name, quarantine_row
+from bincount.core.faults import FAULT_CODES, check_faults
 from bincount.core.limits import ImageLimits
+from bincount.core.pending import pending_row, record_pending, settle_pending
 from bincount.core.progress import Progress
 from bincount.core.sources import fetch_uris, open_sources
 from bincount.core.storage import Location
@@ -138,6 +140,9 @@ def build_image_cache(
     stale = set(protocol.quarantine.keys(output)) - set(names)
     output.delete([protocol.quarantine.key(name) for name in sorted(stale)])
     output.write_parquet(f"{folder}/index.parquet", index)
+    # Every shard is committed: each image is in the index or the quarantine, none pending.
+    cached = [row["image_uri"] for chunk in chunks for row in chunk]
+    settle_pending(output, Stage.IMAGES, pa.table({"object_key": pa.array(cached, pa.string())}))
     summary = CacheSummary(
         uri=output.uri(folder),
         manifest_version=manifest_version,
@@ -200,6 +205,32 @@ def _cache_shard(
     n = len(batches)
     results = pool.map(_decode_batch, batches, [size] * n, [limits] * n)
     decoded = [item for batch in results for item in batch]
+    unread = [
+        (row, result)
+        for row, result in zip(rows, decoded, strict=True)
+        if isinstance(result, UndecodableImage) and result.code in FAULT_CODES
+    ]
+    if unread:
+        # A cache is complete or it is not one: a shard with an image not read is left
+        # uncommitted (its images pending), the build fails, and the next build resumes here.
+        record_pending(
+            output,
+            Stage.IMAGES,
+            name,
+            [
+                pending_row(
+                    Stage.IMAGES,
+                    row["image_uri"],
+                    fault,
+                    image_id=row["image_id"],
+                    run_id=run_id,
+                    now=now,
+                )
+                for row, fault in unread
+            ],
+        )
+        faults = [(row["image_uri"], fault) for row, fault in unread]
+        check_faults(Stage.IMAGES, faults, len(rows), share=0.0)
     index, arrays, rejects = [], [], []
     for row, result in zip(rows, decoded, strict=True):
         if isinstance(result, UndecodableImage):

@@ -9,6 +9,7 @@ import io
 import numpy as np
 from PIL import Image, JpegImagePlugin
 
+from bincount.core.faults import read_fault
 from bincount.core.fetch import ObjectTooLarge
 from bincount.core.limits import ImageLimits
 
@@ -115,7 +116,12 @@ def _decodes_row_by_row(payload: bytes) -> bool:
 def decode_or_reason(
     payload: bytes | Exception, size: int, limits: ImageLimits | None = None
 ) -> np.ndarray | UndecodableImage:
-    """The decoded image, or why there is none (a fetch error, the limits, undecodable bytes)."""
+    """The decoded image, or why there is none (a fetch error, the limits, undecodable bytes).
+    A fault of reading keeps its fault code (:data:`~bincount.core.faults.FAULT_CODES`): the
+    image is left pending, not quarantined."""
+    fault = read_fault(payload)
+    if fault is not None:
+        return UndecodableImage(fault.code, fault.reason, fault.exception_type)
     if isinstance(payload, ObjectTooLarge):
         return UndecodableImage("image_too_large", str(payload), type(payload).__name__)
     if isinstance(payload, Exception):

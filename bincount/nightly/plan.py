@@ -22,6 +22,7 @@ from bincount.core.chunks import (
     part_name,
     totals,
 )
+from bincount.core.pending import settle_pending
 from bincount.core.storage import Location
 from bincount.core.tables import (
     SCORES,
@@ -70,13 +71,14 @@ def plan_scoring(
     check_plan_arguments(limit=limit, chunk_size=chunk_size)
     started_at = clock()
     orphans = SCORING.discard_uncommitted(output)
+    done = settle_score_pending(output)
     folder, starting_with = _split_prefix(prefix)
     listing = source.list(folder, partitions=partitions, starting_with=starting_with)
     lowered = pc.utf8_lower(listing.column("key"))
     is_image = functools.reduce(pc.or_, (pc.ends_with(lowered, s) for s in IMAGE_SUFFIXES))
     images = listing.filter(is_image)
     uris = pa.array([source.uri(key) for key in images.column("key").to_pylist()], pa.string())
-    fresh = pc.invert(pc.is_in(uris, value_set=scored_uris(output)))
+    fresh = pc.invert(pc.is_in(uris, value_set=done))
     new = images.filter(fresh).column("key").to_pylist()
     already = images.num_rows - len(new)
     chunks = cut(new, chunk_size, limit=limit)
@@ -114,6 +116,14 @@ def scored_uris(output: Location) -> pa.Array:
     """The watermark: every image URI scored, or quarantined by scoring."""
     done = SCORING.done(output, ["image_uri"], ["object_key"]).column("image_uri")
     return done.combine_chunks() if done.num_chunks else pa.array([], pa.string())
+
+
+def settle_score_pending(output: Location) -> pa.Array:
+    """Fold the scoring's pending rows, one per image, without those scored since; the
+    watermark (:func:`scored_uris`) it was settled against."""
+    done = scored_uris(output)
+    settle_pending(output, Stage.SCORE, pa.table({"object_key": done}))
+    return done
 
 
 def discard_uncommitted_score_parts(output: Location) -> int:

@@ -10,7 +10,11 @@ as ingestion is:
   last, atomically: the scores part (empty if nothing in the chunk decoded) is its commit
   marker;
 * a run killed midway leaves at most a quarantine part without its scores part; the next run
-  deletes it before reading the watermark and scores that chunk again.
+  deletes it before reading the watermark and scores that chunk again;
+* an image that could not be read (access denied, gone) is no verdict: it becomes a
+  ``pending`` row, outside the watermark, and the next run scores it
+  (:mod:`bincount.core.pending`); most of a chunk unread for one fault stops the run before
+  the chunk commits.
 
 A chunk's rows carry how likely the model finds each record (``p_recorded``,
 :mod:`bincount.review.ranking`); once every chunk is in, :mod:`bincount.review.queue` ranks
@@ -37,7 +41,9 @@ from bincount.core.chunks import (
     Stage,
     quarantine_row,
 )
+from bincount.core.faults import FAULT_CODES, check_faults, raise_if_tripped
 from bincount.core.limits import ImageLimits
+from bincount.core.pending import pending_keys, pending_row, record_pending
 from bincount.core.progress import Progress
 from bincount.core.sources import of_source
 from bincount.core.storage import Location
@@ -53,6 +59,7 @@ from bincount.nightly.plan import (
     chunk_part_name,
     image_id_from_image_key,
     plan_scoring,
+    settle_score_pending,
 )
 from bincount.nightly.scorer import Scorer, decoded_batches, load_scorer
 from bincount.nightly.summary import ChunkResult, ScoringSummary, summarize
@@ -79,9 +86,13 @@ def score_chunk(
     concurrency: int = 64,
     limits: ImageLimits | None = None,
     run_id: str = "",
+    fault_share: float = 0.5,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ChunkResult:
-    """Score one chunk of image keys and commit it: quarantine part first, scores part last."""
+    """Score one chunk of image keys and commit it: quarantine part first, scores part last.
+    Images not read are left pending; more than ``fault_share`` of the chunk unread for one
+    fault raises :class:`~bincount.core.faults.SourceUnreadable` before the chunk commits."""
+    raise_if_tripped(Stage.SCORE, source.url, run_id)
     started = time.perf_counter()
     expected = expected_quantities(
         output, [image_id_from_image_key(k) for k in keys], source=source.url
@@ -124,6 +135,35 @@ def score_chunk(
         scored_at=now,
     )
     part = chunk_part_name([source.uri(key) for key in keys])
+    unread = [(key, fault) for key, fault in failures if fault.code in FAULT_CODES]
+    failures = [(key, fault) for key, fault in failures if fault.code not in FAULT_CODES]
+    # Read before this chunk's own pending rows are written: which faults are retries.
+    retried = pending_keys(output, Stage.SCORE) if unread else ()
+    record_pending(
+        output,
+        Stage.SCORE,
+        part,
+        [
+            pending_row(
+                Stage.SCORE,
+                source.uri(key),
+                fault,
+                image_id=image_id_from_image_key(key),
+                run_id=run_id,
+                now=now,
+            )
+            for key, fault in unread
+        ],
+    )
+    check_faults(
+        Stage.SCORE,
+        [(source.uri(key), fault) for key, fault in unread],
+        len(keys),
+        share=fault_share,
+        pending=retried,
+        source=source.url,
+        run_id=run_id,
+    )
     rejects = [
         quarantine_row(
             Stage.SCORE,
@@ -150,6 +190,7 @@ def score_chunk(
         model_seconds=model_seconds,
         worker=f"{socket.gethostname()}:{os.getpid()}",
         part_key=part_key,
+        pending=len(unread),
     )
 
 
@@ -245,6 +286,7 @@ def score_images(
     device: str | None = None,
     limits: ImageLimits | None = None,
     run_id: str = "",
+    fault_share: float = 0.5,
 ) -> ScoringSummary:
     """Score every image under ``prefix`` not scored yet and rank the night's review queue
     (the whole run, in one process; ``model`` a version, or a scorer already loaded)."""
@@ -269,6 +311,7 @@ def score_images(
             concurrency=concurrency,
             limits=limits,
             run_id=run_id,
+            fault_share=fault_share,
         )
         for chunk in plan.chunks
     ]
@@ -279,5 +322,6 @@ def score_images(
         run_parts={r.part_key for r in results},
         top=REVIEW_LIST_SIZE,
     )
+    settle_score_pending(output)
     seconds = time.perf_counter() - started
     return summarize(plan, source, output, results, queue, seconds, limits=limits)

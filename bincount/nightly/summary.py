@@ -46,6 +46,7 @@ class ScoringSummary:
     queue: dict
     review: list[dict]
     discarded_orphan_parts: int = 0
+    pending: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -67,6 +68,7 @@ class ScoringSummary:
             ("already scored (skipped)", self.already_scored),
             ("scored now", self.scored),
             ("undecodable (quarantined)", self.quarantined),
+            ("not read: access denied or gone (pending, read again next run)", self.pending),
             ("no metadata ingested (record unknown)", self.unknown_expected),
             ("ranked tonight (records the model can judge)", self.queue.get("judged", 0)),
             ("carried over from a run stopped before ranking", self.queue.get("carried_over", 0)),
@@ -148,6 +150,7 @@ def summarize(
             "judged",
             "unknown_expected",
             "model_seconds",
+            "pending",
         ),
         needs_review=queue.flagged,
         seconds=seconds,
@@ -174,3 +177,4 @@ class ChunkResult:
     model_seconds: float
     worker: str = ""
     part_key: str = ""
+    pending: int = 0

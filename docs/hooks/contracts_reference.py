@@ -13,7 +13,7 @@ from markup import REPO, cell
 
 log = logging.getLogger("mkdocs.plugins.bincount")
 # Classes whose first argument is a reason code (the ``Reason`` protocol's ``code``).
-REASON_CLASSES = ("MalformedMetadata", "UndecodableImage", "Rejection")
+REASON_CLASSES = ("MalformedMetadata", "UndecodableImage", "Rejection", "ReadFault")
 
 
 # -- data contracts ------------------------------------------------------------------------------
