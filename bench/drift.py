@@ -86,7 +86,8 @@ def main() -> None:
     for (name, *_, fault), night in zip(plan[1:], nights[1:], strict=True):
         row = _row(night, reference, recent[-7:])
         reasons = input_reasons(row, policy.max_input_psi)
-        psi = [max(a, b or 0) for a, b in zip(row["input_psi_reference"], row["input_psi_recent"])]
+        pairs = zip(row["input_psi_reference"], row["input_psi_recent"], strict=True)
+        psi = [max(a, b or 0) for a, b in pairs]
         top = int(np.argmax(psi))
         events[fault].append(bool(reasons))
         if not reasons:
