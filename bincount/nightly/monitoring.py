@@ -21,6 +21,11 @@ The statistics:
 * **review rate**: the share of tonight's judged bins the queue flagged, beside the rate the
   same policy gives the test set's (right) records and the recent nights' median.
 
+* **input drift** (:mod:`.inputdrift`): the PSI of each photo statistic kept while scoring
+  (brightness, contrast, colour balance, sharpness, size, bytes per pixel) against the model's
+  reference images and the recent undrifted nights: a failed lamp shows here whatever the model
+  predicts.
+
 A night is a drift when one of ``DriftPolicy``'s thresholds is passed; nights with fewer than
 ``min_bins`` scored bins are recorded but not judged (too few for a share to mean anything).
 """
