@@ -8,6 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from bincount.model.registry import model_folder
+from bincount.nightly.inputdrift import keep_input_reference
 from bincount.nightly.monitoring import DRIFT_EVENT, DriftCheck, DriftPolicy, monitor_night
 from bincount.reports.drift import drift_markdown
 from bincount.review.ranking import ReviewPolicy
@@ -58,6 +59,19 @@ def monitor_drift(
             _figure(check.row["psi_recent"]),
         )
     return check
+
+
+@timed_task("long_timeout_s", name="keep-input-reference", cache_policy=NO_CACHE)
+def keep_model_input_reference(output: str | None, model_version: str, evaluation_set: str) -> int:
+    """Compute (once) the image statistics of the model's evaluation photos, kept with it."""
+    reference = keep_input_reference(resolve_output(output), model_version, evaluation_set)
+    get_run_logger().info(
+        "input reference of %s: %d images of set %s",
+        model_version,
+        reference.num_rows,
+        evaluation_set,
+    )
+    return reference.num_rows
 
 
 def _figure(value: float | None) -> str:

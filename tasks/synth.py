@@ -6,7 +6,7 @@ from prefect.cache_policies import NO_CACHE
 
 from bincount.core.settings import get_settings
 from bincount.core.storage import Location
-from bincount.synth import SynthSummary, synthesize
+from bincount.synth import CameraFault, SynthSummary, synthesize
 from tasks.runtime import timed_task
 
 
@@ -21,6 +21,7 @@ def synthesize_bucket(
     mismatch_rate: float = 0.0,
     truth: str | None = None,
     exposure: float = 1.0,
+    camera: str | None = None,
 ) -> SynthSummary:
     """Write synthetic bins (photos and metadata) in the real bucket's layout."""
     settings = get_settings()
@@ -34,4 +35,5 @@ def synthesize_bucket(
         mismatch_rate=mismatch_rate,
         truth=Location.output(settings, truth) if truth else None,
         exposure=exposure,
+        camera=CameraFault.parse(camera) if camera else None,
     )

@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import yaml
 
 from bincount.core.storage import Location
@@ -175,8 +176,6 @@ def test_every_declared_parameter_validates_against_its_flow():
     import importlib
     import inspect
 
-    from bincount.model.config import TrainConfig
-
     for name, spec in _declared().items():
         path, _, function = spec["entrypoint"].partition(":")
         module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
@@ -185,5 +184,27 @@ def test_every_declared_parameter_validates_against_its_flow():
         validated = flow.validate_parameters(declared)  # raises on an unknown or invalid one
         assert set(declared) <= set(inspect.signature(flow.fn).parameters), name
         assert set(declared) <= set(validated), name
-    config = TrainConfig.model_validate(_declared()["weekly-retrain"]["parameters"]["config"])
-    assert config == TrainConfig(arch="resnet34", image_size=224, epochs=30, batch_size=128)
+
+
+def test_the_weekly_retrain_trains_the_gpu_recipe_and_refuses_a_cpu(prefect_api, tmp_path):
+    import torch
+
+    from bincount.model.config import RECIPES, TrainConfig
+    from flows.retrain import retrain
+
+    declared = _declared()["weekly-retrain"]
+    parameters = retrain.validate_parameters(declared["parameters"])
+    config = parameters["config"]
+    assert config == TrainConfig(recipe="gpu")  # every field the measured recipe's
+    assert config.model_dump(include=set(RECIPES["gpu"])) == RECIPES["gpu"]
+    assert config.for_device("cpu") == config  # no device swaps it for the cpu recipe
+    assert parameters["require_gpu"] is True and declared["work_pool"]["name"] == "bincount-gpu"
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal shows only where there is none")
+
+    output = tmp_path / "out"
+    state = retrain(**{**parameters, "output": str(output)}, return_state=True)
+    assert state.is_failed(), state
+    with pytest.raises(RuntimeError, match=r"Expected a CUDA GPU .*require_gpu=true.*refusing"):
+        state.result()
+    assert not output.exists()  # failed before any work: no manifest, no model

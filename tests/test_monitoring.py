@@ -358,3 +358,62 @@ def test_darker_synthetic_photos_are_the_same_bins_in_less_light():
     assert brightness[1] == pytest.approx(0.35 * brightness[0], rel=0.1)
     with pytest.raises(ValueError, match=r"Expected exposure in \(0, 4\], but got 0"):
         synthesize(Location("/nowhere"), bins=1, seed=0, exposure=0)
+
+
+# -- input drift: what the photos look like, whatever the model predicts ----------------------
+def _faulty(jpeg: bytes, fault: str) -> bytes:
+    """A camera fault applied to a photo: the lamp at a third of its light, a blurred lens, or
+    a camera at half the resolution."""
+    from bincount.synth import CameraFault
+
+    if fault == "dark":
+        with Image.open(io.BytesIO(jpeg)) as image:
+            dark = image.convert("RGB").point(lambda v: round(v * 0.35))
+        buffer = io.BytesIO()
+        dark.save(buffer, format="JPEG", quality=92)
+        return buffer.getvalue()
+    if fault == "blur":
+        return CameraFault("blur", 3.0).apply(jpeg)
+    return CameraFault("resize", 0.5).apply(jpeg) if fault == "resize" else jpeg
+
+
+@pytest.mark.parametrize(
+    ("fault", "statistic"),
+    [
+        ("clean", ()),
+        ("dark", ("brightness",)),
+        ("blur", ("sharpness", "bytes_per_pixel")),  # a blurred JPEG also compresses smaller
+        ("resize", ("width", "height")),
+    ],
+)
+def test_input_drift_names_the_statistic_of_a_dark_blurred_or_resized_night(
+    output, tmp_path, fault, statistic
+):
+    from bincount.nightly.scoring import score_images
+
+    bucket = tmp_path / "bucket"
+    write_clean_bucket(bucket, 40, start=300)  # new bins, photographed like the trained-on ones
+    for photo in (bucket / "bin-images").glob("*.jpg"):
+        photo.write_bytes(_faulty(photo.read_bytes(), fault))
+    score_images(Location(str(bucket)), output, run_id=f"night-{fault}")
+    version = champion(output)["version"]
+    check = monitor_night(
+        output, run_id=f"night-{fault}", model_version=version, review=ReviewPolicy(), policy=POLICY
+    )
+
+    row = check.row
+    assert row["bins"] == 40 and row["reference_images"] == 40  # the test set, topped up
+    assert output.exists(f"models/{version}/input-reference.parquet")  # kept with the model
+    inputs = check.event_payload()["inputs"]
+    assert set(inputs) == set(row["input_statistics"]) and len(inputs) == 7
+    moved = [r for r in check.reasons if r.startswith("input ")]
+    if not statistic:
+        assert not check.drift and check.reasons == [], check.reasons
+        assert max(f["psi_reference"] for f in inputs.values()) < POLICY.max_input_psi
+    else:
+        assert check.drift  # one row, so one event, whatever the tiny model predicts
+        assert any(r.split()[1] in statistic for r in moved), moved  # the fault's own figure
+        assert all(r.split()[2:4] == ["moved:", "PSI"] for r in moved), moved
+        assert max(inputs[name]["psi_reference"] for name in statistic) > POLICY.max_input_psi
+    scored = read_table(output, SCORES, columns=["brightness", "width", "bytes_per_pixel"])
+    assert scored.column("brightness").null_count == 0 and scored.num_rows == 40

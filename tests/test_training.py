@@ -62,6 +62,9 @@ def test_train_evaluate_promote_through_the_flows(prefect_api, settings_env, man
     decision = promote(output=output, model=first["version"])
     assert decision["promote"] and decision["reason"] == "no champion yet"
     assert champion(Location(output))["version"] == first["version"]
+    # The new champion's input-drift reference, computed once at promotion, kept with it.
+    kept = Location(output).read_parquet(f"models/{first['version']}/input-reference.parquet")
+    assert kept.num_rows > 0 and kept.column("brightness").null_count == 0
 
     report = evaluate(output=output, model="champion")
     assert report["evaluation_set"]["manifest_version"] == manifest

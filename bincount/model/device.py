@@ -53,3 +53,20 @@ def resolve_runtime(device: str | None = None) -> Runtime:
         world_size=world_size,
         autocast_dtype=torch.bfloat16 if resolved.type == "cuda" else None,
     )
+
+
+class NoGpu(RuntimeError):
+    """A run that was promised a GPU found none: it stops before any work, never on a CPU."""
+
+
+def require_gpu(device: str | None = None) -> None:
+    """Raise :class:`NoGpu` unless training would run on CUDA (``device`` or the default)."""
+    if device is not None and not device.startswith("cuda"):
+        raise NoGpu(f"Expected a CUDA device for a run that requires a GPU, but got {device!r}")
+    if not torch.cuda.is_available():
+        raise NoGpu(
+            "Expected a CUDA GPU (the run requires one: require_gpu=true), but torch sees none "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); refusing "
+            "to train the gpu recipe on a CPU. Run it on the GPU pool, or pass "
+            "require_gpu=false to accept a CPU"
+        )

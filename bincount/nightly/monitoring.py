@@ -21,6 +21,11 @@ The statistics:
 * **review rate**: the share of tonight's judged bins the queue flagged, beside the rate the
   same policy gives the test set's (right) records and the recent nights' median.
 
+* **input drift** (:mod:`.inputdrift`): the PSI of each photo statistic kept while scoring
+  (brightness, contrast, colour balance, sharpness, size, bytes per pixel) against the model's
+  reference images and the recent undrifted nights: a failed lamp shows here whatever the model
+  predicts.
+
 A night is a drift when one of ``DriftPolicy``'s thresholds is passed; nights with fewer than
 ``min_bins`` scored bins are recorded but not judged (too few for a share to mean anything).
 """
@@ -42,12 +47,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from bincount.core.storage import Location
 from bincount.core.tables import SCORES, read_table, write_part
 from bincount.model.registry import champion, model_folder, read_model_record
+from bincount.nightly.inputdrift import input_figures, input_reasons, keep_input_reference
+from bincount.nightly.stability import population_stability_index
 from bincount.review.ranking import ReviewPolicy, rank_queue, record_probability
 
 MONITORING = "monitoring"
 DRIFT_EVENT = "bincount.drift.detected"
 TREND_NIGHTS = 30  # nights in the trend chart
-_SHARE_FLOOR = 1e-4  # an empty class counts as this share: finite, and tiny beside a real one
 
 
 class DriftPolicy(BaseModel):
@@ -72,6 +78,12 @@ class DriftPolicy(BaseModel):
         3, ge=1, description="the review rate is compared with recent nights from this many on"
     )
     min_bins: int = Field(100, ge=1, description="nights with fewer scored bins are not judged")
+    max_input_psi: float = Field(
+        0.5,
+        gt=0,
+        description="alert when an image statistic's PSI against the model's reference images "
+        "or recent nights is above",
+    )
 
 
 @dataclass(frozen=True)
@@ -121,36 +133,25 @@ class DriftCheck:
             "recent_review_rate",
             "recent_nights",
         )
+        names = self.row.get("input_statistics") or []
+        inputs = {
+            name: {
+                key: self.row[column][i] if self.row.get(column) else None
+                for key, column in (
+                    ("median", "input_medians"),
+                    ("reference_median", "reference_input_medians"),
+                    ("psi_reference", "input_psi_reference"),
+                    ("psi_recent", "input_psi_recent"),
+                )
+            }
+            for i, name in enumerate(names)
+        }
         return {
             **{key: self.row[key] for key in keys},
+            "inputs": inputs,
             "reasons": self.reasons,
             "policy": json.loads(self.row["policy"]),
         }
-
-
-def population_stability_index(night: Sequence[int], reference: Sequence[int]) -> float:
-    """PSI between two histograms over the same classes (bin counts, not shares), each share
-    floored at 0.0001.
-
-    >>> population_stability_index([50, 50], [5, 5])
-    0.0
-    >>> round(population_stability_index([90, 10], [50, 50]), 3)
-    0.879
-    """
-    if len(night) != len(reference) or not len(night):
-        raise ValueError(
-            f"Expected two histograms over the same classes, but got {len(night)} and "
-            f"{len(reference)} classes"
-        )
-    p = np.asarray(night, dtype=np.float64)
-    q = np.asarray(reference, dtype=np.float64)
-    if (p < 0).any() or (q < 0).any() or not p.sum() or not q.sum():
-        raise ValueError(
-            f"Expected non-negative bin counts, some bins in each, but got {night} and {reference}"
-        )
-    p = np.maximum(p / p.sum(), _SHARE_FLOOR)
-    q = np.maximum(q / q.sum(), _SHARE_FLOOR)
-    return float(np.sum((p - q) * np.log(p / q)))
 
 
 def histogram(predicted_counts: Sequence[int], classes: int) -> list[int]:
@@ -248,7 +249,10 @@ def monitor_night(
     flagged = sum(bool(flag) for flag in judged.column("needs_review").to_pylist())
     confidence = night.column("confidence").to_numpy(zero_copy_only=False)
     earlier = earlier_nights(output, model_version, before_run=run_id)
-    recent = [r for r in earlier if r["bins"] >= policy.min_bins][: policy.recent_nights]
+    # A drifted night is no yardstick: beside it, the night after a lamp failed looks normal.
+    recent = [r for r in earlier if r["bins"] >= policy.min_bins and not r["drift"]][
+        : policy.recent_nights
+    ]
     row = {
         "run_id": run_id,
         "monitored_at": clock(),
@@ -267,6 +271,20 @@ def monitor_night(
         "recent_review_rate": _median([r["review_rate"] for r in recent]),
         "policy": policy.model_dump_json(),
     }
+    row.update(
+        input_figures(
+            output,
+            run_id=run_id,
+            model_version=model_version,
+            reference=(
+                keep_input_reference(output, model_version, reference.evaluation_set)
+                if reference is not None
+                else None
+            ),
+            recent_runs=[r["run_id"] for r in recent],
+            min_images=policy.min_bins,
+        )
+    )
     row.update(_judge(row, reference, recent, policy))
     write_part(output, MONITORING, run_id, [row])
     return DriftCheck(
@@ -330,6 +348,7 @@ def _judge(row: dict, reference: Reference | None, recent: list[dict], policy: D
                 f"{100 * (row['review_rate'] - recent_rate):.1f} points above recent nights' "
                 f"{100 * recent_rate:.1f}% (> {100 * policy.max_review_rate_rise:g})"
             )
+        reasons += input_reasons(row, policy.max_input_psi)
     return {
         "psi_reference": psi_reference,
         "psi_recent": psi_recent,

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from bincount.core.limits import ImageLimits
@@ -17,6 +18,7 @@ from bincount.core.storage import Location
 from bincount.images.decode import UndecodableImage, decode_image, decode_or_reason
 from bincount.images.devicedecode import decode_on_device
 from bincount.images.prefetch import Prefetched
+from bincount.images.stats import statistics_table
 from bincount.model.config import TrainConfig
 from bincount.model.device import Runtime, resolve_runtime
 from bincount.model.inputs import input_normalization, to_model_input
@@ -82,6 +84,7 @@ class DecodedBatch:
     keys: list[str]
     images: np.ndarray | torch.Tensor  # uint8 (N, S, S, 3); a tensor when decoded on a device
     failures: list[tuple[str, UndecodableImage]]
+    statistics: pa.Table  # bincount.images.stats.INPUT_STATISTICS of each decoded image
 
 
 def decoded_batches(
@@ -127,23 +130,33 @@ def decoded_batches(
                             [limits] * len(payloads),
                         )
                     )
-                yield _batch_of(window, results, size)
+                yield _batch_of(window, results, size, payloads)
 
     return iter(Prefetched(decoded(), depth=depth, name="image-decode"))
 
 
 def _batch_of(
-    keys: list[str], results: list[np.ndarray | torch.Tensor | UndecodableImage], size: int
+    keys: list[str],
+    results: list[np.ndarray | torch.Tensor | UndecodableImage],
+    size: int,
+    payloads: list[bytes | Exception],
 ) -> DecodedBatch:
-    pairs = list(zip(keys, results, strict=True))
-    good = [(key, image) for key, image in pairs if not isinstance(image, UndecodableImage)]
-    images = [image for _, image in good]
-    return DecodedBatch(
-        keys=[key for key, _ in good],
-        images=(torch.stack(images) if isinstance(images[0], torch.Tensor) else np.stack(images))
+    triples = list(zip(keys, results, payloads, strict=True))
+    good = [t for t in triples if not isinstance(t[1], UndecodableImage)]
+    images = [image for _, image, _ in good]
+    batch = (
+        (torch.stack(images) if isinstance(images[0], torch.Tensor) else np.stack(images))
         if good
-        else np.zeros((0, size, size, 3), np.uint8),
-        failures=[(key, fault) for key, fault in pairs if isinstance(fault, UndecodableImage)],
+        else np.zeros((0, size, size, 3), np.uint8)
+    )
+    # Input drift's statistics, taken on the pixels the model gets (a device batch comes back
+    # to the host for it: a few MB per batch, small beside the decode).
+    pixels = batch.cpu().numpy() if isinstance(batch, torch.Tensor) else batch
+    return DecodedBatch(
+        keys=[key for key, _, _ in good],
+        images=batch,
+        failures=[(key, fault) for key, fault, _ in triples if isinstance(fault, UndecodableImage)],
+        statistics=statistics_table(pixels, [payload for _, _, payload in good]),
     )
 
 

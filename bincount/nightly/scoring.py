@@ -54,6 +54,7 @@ from bincount.core.tables import (
 )
 from bincount.data.metadata import IMAGE_PREFIX
 from bincount.images.decode import UndecodableImage
+from bincount.images.stats import INPUT_STATISTICS, STATISTIC_TYPES
 from bincount.nightly.plan import (
     SCORING,
     chunk_part_name,
@@ -100,6 +101,7 @@ def score_chunk(
     scored_keys: list[str] = []
     probabilities: list[np.ndarray] = []
     failures: list[tuple[str, UndecodableImage]] = []
+    statistics: list[pa.Table] = []
     model_seconds = 0.0
     progress = Progress(logger, f"scored images of chunk {keys[0] if keys else ''}..", len(keys))
     for batch in decoded_batches(
@@ -117,6 +119,7 @@ def score_chunk(
             probabilities.append(scorer.probabilities(batch.images))
             model_seconds += time.perf_counter() - tick
             scored_keys.extend(batch.keys)
+            statistics.append(batch.statistics)
         progress.advance(len(batch.keys) + len(batch.failures))
 
     now = clock()
@@ -133,6 +136,7 @@ def score_chunk(
         model_version=scorer.version,
         run_id=run_id,
         scored_at=now,
+        statistics=pa.concat_tables(statistics) if statistics else None,
     )
     part = chunk_part_name([source.uri(key) for key in keys])
     unread = [(key, fault) for key, fault in failures if fault.code in FAULT_CODES]
@@ -206,9 +210,11 @@ def score_table(
     model_version: str,
     run_id: str,
     scored_at: datetime,
+    statistics: pa.Table | None = None,
 ) -> pa.Table:
     """Scores rows (pure: no I/O), with the contract's columns and the partition column; the
-    night's ``review_rank`` and ``needs_review`` stay null until the queue is ranked."""
+    night's ``review_rank`` and ``needs_review`` stay null until the queue is ranked, and the
+    image statistics (:mod:`bincount.images.stats`, one row per key) null when not given."""
     ids = [image_id_from_image_key(key) for key in keys]
     counts = counts.astype(np.int32)
     confidence = (
@@ -239,11 +245,20 @@ def score_table(
             ),
             "review_rank": pa.nulls(n, pa.int32()),
             "needs_review": pa.nulls(n, pa.bool_()),
+            **_statistics_columns(statistics, n),
             "model_version": pa.array([model_version] * n, pa.string()),
             "run_id": pa.array([run_id] * n, pa.string()),
             "scored_at": pa.array([scored_at] * n, pa.timestamp("us", tz="UTC")),
         }
     )
+
+
+def _statistics_columns(statistics: pa.Table | None, n: int) -> dict[str, pa.Array]:
+    if statistics is None:
+        return {name: pa.nulls(n, STATISTIC_TYPES[name]) for name in INPUT_STATISTICS}
+    if statistics.num_rows != n:
+        raise ValueError(f"Expected image statistics for {n} images, but got {statistics.num_rows}")
+    return {name: statistics.column(name) for name in INPUT_STATISTICS}
 
 
 def expected_quantities(

@@ -34,6 +34,7 @@ def drift_markdown(check: DriftCheck, policy: DriftPolicy) -> str:
         f"{_pct(row['recent_review_rate'])} |",
         "",
     ]
+    lines += input_table(row, policy)
     if reference is None:
         lines += [
             "The model has no evaluation with saved predictions: evaluate it "
@@ -53,6 +54,35 @@ def drift_markdown(check: DriftCheck, policy: DriftPolicy) -> str:
         "`monitoring/` (one per run).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def input_table(row: dict, policy: DriftPolicy) -> list[str]:
+    """Markdown lines: each image statistic tonight beside the model's reference images, and its
+    PSI against them and the recent nights (alert above ``policy.max_input_psi``)."""
+    names = row.get("input_statistics") or []
+    if not names:
+        return []
+    lines = [
+        f"| photo statistic (PSI alert above {policy.max_input_psi:g}) | tonight's median | "
+        f"reference median ({_count(row.get('reference_images'))} images) | PSI vs reference | "
+        "PSI vs recent nights |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for i, name in enumerate(names):
+        psi = [
+            _num(values[i] if values else None)
+            for values in (row.get("input_psi_reference"), row.get("input_psi_recent"))
+        ]
+        lines.append(
+            f"| {name} | {_stat(row['input_medians'][i])} | "
+            f"{_stat((row.get('reference_input_medians') or [None] * len(names))[i])} | "
+            f"{psi[0]} | {psi[1]} |"
+        )
+    return [*lines, ""]
+
+
+def _stat(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def prediction_chart(check: DriftCheck) -> list[str]:

@@ -33,7 +33,14 @@ from bincount.synth.bucket import (
     synthesize,
     truth_table,
 )
-from bincount.synth.defects import DEFECT_KINDS, inject_defect, mismatch_offset, mismatched_record
+from bincount.synth.defects import (
+    CAMERA_FAULTS,
+    DEFECT_KINDS,
+    CameraFault,
+    inject_defect,
+    mismatch_offset,
+    mismatched_record,
+)
 from bincount.synth.ids import MAX_BINS, bin_id, ordinal_of, plan_ids
 from bincount.synth.labels import bin_count, count_probabilities, draw_count, label_distribution
 from bincount.synth.metadata import encode_metadata, metadata_document, sku_document
@@ -52,6 +59,7 @@ from bincount.synth.sprites import item_sprite
 from bincount.synth.textures import Pools, texture_pools
 
 __all__ = [
+    "CAMERA_FAULTS",
     "DEFECT_KINDS",
     "IMAGE_PREFIX",
     "MAX_BINS",
@@ -63,6 +71,7 @@ __all__ = [
     "MIN_HEIGHT",
     "MIN_WIDTH",
     "BinRecord",
+    "CameraFault",
     "Look",
     "Pools",
     "Product",

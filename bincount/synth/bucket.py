@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from bincount.core.progress import Progress
 from bincount.core.storage import Location
-from bincount.synth.defects import DEFECT_KINDS, inject_defect
+from bincount.synth.defects import DEFECT_KINDS, CameraFault, inject_defect
 from bincount.synth.ids import plan_ids
 from bincount.synth.labels import bin_count
 from bincount.synth.metadata import encode_metadata, metadata_document
@@ -66,6 +66,7 @@ def synthesize(
     truth: Location | None = None,
     workers: int | None = None,
     exposure: float = 1.0,
+    camera: CameraFault | None = None,
 ) -> SynthSummary:
     """Write ``bins`` synthetic bins (image + metadata) into ``dest`` and summarise them.
 
@@ -73,7 +74,8 @@ def synthesize(
     the other bins, records that disagree with their photo (``record_mismatch``). ``truth``,
     a place outside the bucket, receives :func:`truth_table` of the bins written, so quality
     can be measured against what the photos really show while no flow can read it.
-    ``exposure`` below 1 darkens every photo (a camera with less light: a drift to detect).
+    ``exposure`` below 1 darkens every photo (a camera with less light: a drift to detect);
+    ``camera`` blurs or resizes every photo (a lens out of focus, another camera).
     """
     _validate(bins=bins, seed=seed, max_count=max_count, defect_rate=defect_rate, workers=workers)
     if not 0.0 <= mismatch_rate <= 1.0:
@@ -98,6 +100,7 @@ def synthesize(
         defect_rate=defect_rate,
         mismatch_rate=mismatch_rate,
         exposure=exposure,
+        camera=camera,
     )
     records = _run(dest, job, plan, workers=workers or os.cpu_count() or 1)
     truth_uri = None
@@ -163,6 +166,7 @@ class _Job:
     defect_rate: float
     mismatch_rate: float = 0.0
     exposure: float = 1.0
+    camera: CameraFault | None = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,7 @@ def _write_batch(dest: Location, job: _Job, part: Sequence[tuple[int, str]]) -> 
             defect_rate=job.defect_rate,
             mismatch_rate=job.mismatch_rate,
             exposure=job.exposure,
+            camera=job.camera,
         )
         # Image first: a reader that sees the metadata object finds its image already there.
         if image is not None:
@@ -227,6 +232,7 @@ def make_bin(
     defect_rate: float = 0.0,
     mismatch_rate: float = 0.0,
     exposure: float = 1.0,
+    camera: CameraFault | None = None,
 ) -> tuple[BinRecord, bytes | None, bytes]:
     """One bin's record, JPEG bytes (None when the image is withheld) and metadata bytes."""
     content_rng, scene_rng, defect_rng, mismatch_rng = (
@@ -237,6 +243,8 @@ def make_bin(
     lines = pick_lines(content_rng, count=count, catalogue=products)
     document = metadata_document(lines, bin_id=bin_id)
     image = render_bin(scene_rng, lines, pools=texture_pools(seed), exposure=exposure).jpeg
+    if camera is not None:
+        image = camera.apply(image)
     defect, rng = None, defect_rng
     if defect_rate > 0 and defect_rng.random() < defect_rate:
         defect = DEFECT_KINDS[int(defect_rng.integers(len(DEFECT_KINDS)))]

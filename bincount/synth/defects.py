@@ -1,10 +1,14 @@
-"""Defects injected into a bin: broken or wrong metadata, a withheld image, a mismatched record."""
+"""Defects injected into a bin: broken or wrong metadata, a withheld image, a mismatched record;
+and faults of the camera that took a whole batch (blurred, resized photos)."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image, ImageFilter
 
 from bincount.synth.metadata import encode_metadata, sku_document
 from bincount.synth.products import Product
@@ -89,3 +93,56 @@ def mismatched_record(
         "BIN_FCSKU_DATA": skus,
         "EXPECTED_QUANTITY": sum(e["quantity"] for e in skus.values()),
     }
+
+
+# -- camera faults: every photo of a batch taken by a camera that went wrong --------------------
+CAMERA_FAULTS = {
+    # kind: (what strength means, its valid range)
+    "blur": ("the Gaussian blur radius in pixels of the original (a lens out of focus)", 0.5, 20.0),
+    "resize": ("the new resolution over the old (another camera or setting)", 0.2, 4.0),
+}
+
+
+@dataclass(frozen=True)
+class CameraFault:
+    """A fault of the camera: ``kind`` one of :data:`CAMERA_FAULTS` at ``strength`` (a darker
+    lamp is ``exposure``, applied while the photo is rendered)."""
+
+    kind: str
+    strength: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in CAMERA_FAULTS:
+            raise ValueError(
+                f"Expected a camera fault in {sorted(CAMERA_FAULTS)}, but got {self.kind!r}"
+            )
+        _, low, high = CAMERA_FAULTS[self.kind]
+        if not low <= self.strength <= high:
+            raise ValueError(
+                f"Expected a {self.kind} strength in [{low:g}, {high:g}], but got {self.strength!r}"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> CameraFault:
+        """``"blur:2.5"`` → CameraFault("blur", 2.5)."""
+        kind, _, strength = text.partition(":")
+        try:
+            return cls(kind, float(strength))
+        except ValueError as error:
+            raise ValueError(
+                f"Expected a camera fault as KIND:STRENGTH, but got {text!r}: {error}"
+            ) from None
+
+    def apply(self, jpeg: bytes) -> bytes:
+        """The photo as the faulty camera takes it, re-encoded as a JPEG of quality 92."""
+        with Image.open(io.BytesIO(jpeg)) as opened:
+            image = opened.convert("RGB")
+        if self.kind == "blur":
+            image = image.filter(ImageFilter.GaussianBlur(self.strength))
+        else:
+            width, height = image.size
+            size = (max(1, round(width * self.strength)), max(1, round(height * self.strength)))
+            image = image.resize(size, Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=92)
+        return buffer.getvalue()
