@@ -77,7 +77,7 @@ def test_the_reference_has_every_setting_table_column_and_code(site):
     for expectation in expectation_suite("bins")["expectations"]:
         assert expectation["meta"]["code"] in codes
     # A code raised in the library, found by reading the code.
-    assert "undecodable_image" in codes and "bincount/images/cache.py" in codes
+    assert "undecodable_image" in codes and "bincount/images/decode.py" in codes
 
 
 def test_the_command_reference_is_the_cli_s_own_help(site):

@@ -300,36 +300,30 @@ def test_a_clean_night_raises_no_event_and_a_dark_night_exactly_one(
     assert sorted(row["drift"] for row in monitored) == [False, True]
 
 
-def _readme_automation() -> dict:
-    """The Automation the README tells operators to create, as its YAML says."""
-    import yaml
+def _guide_automation_code() -> str:
+    """The Python the operators' drift guide tells them to run to create the Automation."""
+    guide = Path(__file__).resolve().parents[1] / "docs" / "operators" / "drift.md"
+    found = re.search(
+        r"```python\n(from prefect.automations import .*?)```", guide.read_text("utf-8"), re.DOTALL
+    )
+    assert found, "the drift guide's Automation is gone"
+    return found.group(1)
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    found = re.search(r"```yaml\n(name: bincount drift\n.*?)```", readme, re.DOTALL)
-    assert found, "the README's drift Automation is gone"
-    return yaml.safe_load(found.group(1))
 
-
-def test_the_readme_automation_is_created_by_the_api_and_covers_the_drift_event(prefect_api):
-    from prefect.blocks.notifications import SlackWebhook
+def test_the_guide_automation_is_created_by_the_api_and_covers_the_drift_event(prefect_api):
     from prefect.client.orchestration import get_client
-    from prefect.events.schemas.automations import AutomationCore
     from prefect.server.events.schemas.automations import EventTrigger
     from prefect.server.events.schemas.events import ReceivedEvent
 
-    spec = _readme_automation()
-    block = SlackWebhook(
-        url="https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX"
-    )
-    spec["actions"][0]["block_document_id"] = str(block.save("bincount-drift-test", overwrite=True))
+    namespace: dict = {}
+    exec(compile(_guide_automation_code(), "drift.md", "exec"), namespace)  # as an operator runs it
     with get_client(sync_client=True) as client:
-        created = client.read_automation(
-            client.create_automation(AutomationCore.model_validate(spec))
-        )
+        created = client.read_automation(namespace["automation"].id)
     assert created.name == "bincount drift" and created.trigger.expect == {DRIFT_EVENT}
+    assert created.actions[0].block_document_id == namespace["block_id"]
 
     # The trigger fires on the event the monitoring emits, whatever the output and model.
-    trigger = EventTrigger.model_validate(spec["trigger"])
+    trigger = EventTrigger.model_validate(created.trigger.model_dump())
     event = ReceivedEvent(
         id=uuid.uuid4(),
         event=DRIFT_EVENT,
