@@ -101,7 +101,11 @@ def no_process_left_behind():
     import psutil
 
     me = psutil.Process()
-    _, alive = psutil.wait_procs(me.children(recursive=True), timeout=10)
+    # Python's own helpers (multiprocessing's resource tracker, forkserver) end with this process.
+    children = [
+        p for p in me.children(recursive=True) if "multiprocessing." not in " ".join(p.cmdline())
+    ]
+    _, alive = psutil.wait_procs(children, timeout=10)
     left = [f"{p.pid} {' '.join(p.cmdline()[:4])}" for p in alive if p.is_running()]
     for process in alive:
         process.kill()

@@ -106,7 +106,7 @@ def keep_input_reference(
     evaluated = report["evaluation_set"]
     manifest, details = load_manifest(output, evaluated["manifest_version"])
     rows = _reference_rows(manifest, evaluated["split"])
-    locations = open_sources(output, details.all_sources())
+    locations = open_sources(output, details.all_sources)
     payloads = fetch_uris(
         locations,
         rows.column("image_uri").to_pylist(),
