@@ -33,6 +33,7 @@ A night is a drift when one of ``DriftPolicy``'s thresholds is passed; nights wi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -54,6 +55,8 @@ from bincount.review.ranking import ReviewPolicy, rank_queue, record_probability
 MONITORING = "monitoring"
 DRIFT_EVENT = "bincount.drift.detected"
 TREND_NIGHTS = 30  # nights in the trend chart
+
+logger = logging.getLogger(__name__)
 
 
 class DriftPolicy(BaseModel):
@@ -276,11 +279,7 @@ def monitor_night(
             output,
             run_id=run_id,
             model_version=model_version,
-            reference=(
-                keep_input_reference(output, model_version, reference.evaluation_set)
-                if reference is not None
-                else None
-            ),
+            reference=_input_reference(output, model_version, reference),
             recent_runs=[r["run_id"] for r in recent],
             min_images=policy.min_bins,
         )
@@ -293,6 +292,19 @@ def monitor_night(
         history=[*reversed(earlier[: TREND_NIGHTS - 1]), row],
         open_top=classes > 0 and _count_range(output, model_version, classes)[1],
     )
+
+
+def _input_reference(output: Location, model_version: str, reference: Reference | None):
+    """The champion's reference photos' statistics, or None where they cannot be built here
+    (an output holding the registry alone, without the manifest the model was evaluated on):
+    the night is then compared with recent nights only, never failed for it."""
+    if reference is None:
+        return None
+    try:
+        return keep_input_reference(output, model_version, reference.evaluation_set)
+    except (FileNotFoundError, ValueError) as error:
+        logger.warning("input drift without the model's reference photos: %s", error)
+        return None
 
 
 def _classes(night: pa.Table, reference: Reference | None) -> int:
