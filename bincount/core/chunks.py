@@ -75,6 +75,12 @@ class Rejection:
     expectation: str | None = None
 
 
+def stored_reason(why: Reason) -> str:
+    """A reason's text as a table keeps it: a reason may quote hostile text (a lone surrogate),
+    and must still be valid UTF-8."""
+    return why.reason.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def quarantine_row(
     stage: Stage,
     object_key: str,
@@ -92,8 +98,7 @@ def quarantine_row(
         "image_id": image_id,
         "etag": etag,
         "reason_code": why.code,
-        # A reason may quote hostile text (a lone surrogate): it must still be valid UTF-8.
-        "reason": why.reason.encode("utf-8", "backslashreplace").decode("utf-8"),
+        "reason": stored_reason(why),
         "exception_type": why.exception_type,
         "expectation": getattr(why, "expectation", None),
         "run_id": run_id,

@@ -17,7 +17,7 @@ from datetime import datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bincount.core.chunks import Reason, Stage, part_name
+from bincount.core.chunks import Reason, Stage, part_name, stored_reason
 from bincount.core.contracts import table_contract
 from bincount.core.storage import Location
 from bincount.core.tables import part_key, read_table, write_part
@@ -45,7 +45,7 @@ def pending_row(
         "image_id": image_id,
         "etag": etag,
         "reason_code": why.code,
-        "reason": why.reason.encode("utf-8", "backslashreplace").decode("utf-8"),
+        "reason": stored_reason(why),
         "exception_type": why.exception_type,
         "first_seen": now,
         "last_seen": now,
