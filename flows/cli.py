@@ -45,6 +45,7 @@ COMMANDS = {
     "score": "flows.score:score",
     "review": "flows.review:review",
     "record-verdicts": "flows.verdicts:record_verdicts",
+    "quarantine": "flows.quarantine:quarantine",
     "predict": "flows.commands:predict",
     "models": "flows.commands:models",
     "serve": "flows.commands:serve",
@@ -52,7 +53,7 @@ COMMANDS = {
 }
 
 # What a command's result is printed as, where not JSON.
-PRESENTED = {"demo": "flows.demo:demo_summary"}
+PRESENTED = {"demo": "flows.demo:demo_summary", "quarantine": "flows.quarantine:quarantine_text"}
 
 # A command under torchrun (WORLD_SIZE > 1) that runs otherwise there.
 DISTRIBUTED = {"train": "flows.commands:train_under_torchrun"}
@@ -102,6 +103,10 @@ HELP = {
     "wait_minutes": "how long the paused run waits for verdicts before it fails",
     "verdicts": "CSV or JSON file: bin (id or photo URI), counted (empty when the record is "
     "right), optionally reviewer, source, queue_id, note",
+    "replay_reason": "make the objects quarantined for this reason code pending again, so the "
+    "next run of their stage reads them (default: replay nothing)",
+    "replay_stage": "make the objects quarantined at this stage (ingest, images or score) "
+    "pending again (default: replay nothing, or with --replay-reason every stage)",
     "demo.workdir": "where the demo writes everything",
     "demo.bins": "bins in the bucket",
     "demo.arrivals": "new bins that arrive later",

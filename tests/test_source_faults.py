@@ -238,3 +238,81 @@ def test_an_image_gone_from_the_cache_build_is_pending_and_the_rebuild_equals_a_
     assert again.image_ids == expected.image_ids
     np.testing.assert_array_equal(_all_images(again), _all_images(expected))
     assert read_pending(output).num_rows == 0
+
+
+# -- reads refused midway, after chunks committed: (b) access withdrawn, (d) credentials dying --
+@pytest.mark.parametrize(
+    ("signed", "denials", "answers"),
+    [
+        # (b) anonymous reads of a public bucket, then a policy that refuses them
+        (False, ("AccessDenied", "AccessDenied"), ("access denied", "access denied")),
+        # (d) signed reads of private objects, then a token that expires, a key revoked
+        (
+            True,
+            ("ExpiredToken", "InvalidAccessKeyId"),
+            ("The provided token has expired", "does not exist in our records"),
+        ),
+    ],
+    ids=["access-withdrawn", "credentials-stop-working"],
+)
+def test_reads_refused_midway_keep_the_committed_chunks_and_the_next_run_completes_once(
+    prefect_api, settings_env, drill, s3_server, monkeypatch, capsys, signed, denials, answers
+):
+    """Chunks of four: the first chunk of a night's ingest commits, then every read is refused
+    (the run fails, naming what the source answered); the next night ingests the rest and its
+    scoring is refused after one chunk; the night after, with access back, scores the rest:
+    bins and scores equal a night that could read all along, each photo scored once."""
+    from bincount.core.settings import get_settings
+    from bincount.testing.proxycontrol import fault_proxy
+    from flows.cli import console
+    from flows.score import score
+
+    endpoint, bucket = s3_server.endpoint_url, drill["bucket"]
+    if signed:
+        _upload_private(endpoint, bucket, drill["local"])
+    else:
+        upload_tree(endpoint, bucket, drill["local"])
+    source, output = f"s3://{bucket}", drill["tmp"] / "out"
+    location = Location(str(output))
+    night = ["score", "--source", source, "--output", str(output), "--batch-size", "4"]
+    with fault_proxy(endpoint, latency_ms=0) as proxy:
+        monkeypatch.setenv("BINCOUNT_S3_ENDPOINT_URL", proxy.endpoint_url)
+        monkeypatch.setenv("BINCOUNT_CHUNK_SIZE", "4")
+        monkeypatch.setenv("BINCOUNT_SOURCE_ANONYMOUS", str(not signed).lower())
+        get_settings.cache_clear()
+
+        proxy.deny_reads(denials[0], after=4)  # ingest's first chunk reads, then none
+        assert console(night) == 1
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith("bincount score: ingest: 4 of 4 objects of a chunk could not")
+        assert "read_denied" in error and answers[0] in error and "credentials" in error
+        bins = _of_bucket(_table(output, "bins"), "source", bucket)
+        assert sorted(bins.column("image_id").to_pylist()) == ["00200", "00201", "00202", "00203"]
+        pending = read_pending(location).to_pylist()
+        assert sorted((r["stage"], r["image_id"], r["reason_code"]) for r in pending) == [
+            ("ingest", f"{n:05d}", "read_denied") for n in range(204, 208)
+        ]
+
+        proxy.deny_reads(denials[1], after=8 + 4)  # the rest of ingest, one chunk of scoring
+        assert console(night) == 1
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith("bincount score: score: 4 of 4 objects of a chunk could not")
+        assert answers[1] in error
+        bins = _of_bucket(_table(output, "bins"), "source", bucket)
+        assert sorted(bins.column("image_id").to_pylist()) == [f"{n:05d}" for n in range(200, 212)]
+        scores = _of_bucket(_table(output, "scores"), "image_uri", bucket)
+        assert sorted(scores.column("image_id").to_pylist()) == ["00200", "00201", "00202", "00203"]
+        pending = read_pending(location)
+        assert set(pending.column("stage").to_pylist()) == {"score"} and pending.num_rows == 4
+        assert not _of_bucket(_table(output, "quarantine"), "object_key", bucket).num_rows
+
+        proxy.deny_reads(None)  # access (or a working key) is back
+        assert proxy.stats().denied == 8
+        result = score(source=source, output=str(output), batch_size=4)
+        assert (result["scored"], result["pending"], result["quarantined"]) == (8, 0, 0)
+        assert read_pending(location).num_rows == 0
+        _same_night(_night(output, bucket), _reference(drill))
+        scores = _of_bucket(_table(output, "scores"), "image_uri", bucket)
+        assert len(set(scores.column("image_uri").to_pylist())) == scores.num_rows == 12
+        again = score(source=source, output=str(output))
+        assert (again["scored"], again["already_scored"]) == (0, 12)

@@ -22,6 +22,9 @@ from dataclasses import dataclass
 # The codes of faults of reading: pending rows, never quarantine rows.
 FAULT_CODES = frozenset({"read_denied", "read_gone"})
 
+# Where a read_denied reason quotes the source's own answer (an expired token, an unknown key).
+_DENIED = "but access was denied: "
+
 # How many faults of objects already pending a chunk may have without stopping the run.
 FEW_FAULTS = 10
 
@@ -47,7 +50,7 @@ def read_fault(payload: object, uri: str = "") -> ReadFault | None:
     if isinstance(payload, PermissionError):
         return ReadFault(
             "read_denied",
-            f"Expected to read {uri or 'the object'}, but access was denied: {payload}",
+            f"Expected to read {uri or 'the object'}, {_DENIED}{payload}",
             what,
         )
     if isinstance(payload, FileNotFoundError):
@@ -76,14 +79,23 @@ class SourceUnreadable(RuntimeError):
     marked done, and its objects stay pending for the next run."""
 
     def __init__(
-        self, stage: str, code: str, failed: int, attempted: int, example: str, share: float
+        self,
+        stage: str,
+        code: str,
+        failed: int,
+        attempted: int,
+        example: str,
+        share: float,
+        answer: str = "",
     ) -> None:
         self.stage, self.code, self.failed, self.attempted = stage, code, failed, attempted
+        # What the source said (an expired token, an unknown key) tells a policy from a key.
+        said = f" The source answered: {answer}" if answer else ""
         super().__init__(
             f"{stage}: {failed} of {attempted} objects of a chunk could not be read ({code}, "
             f"e.g. {example}), more than the read_fault_share of {share:g}; the run stopped "
             f"and marked none of them done (they stay pending). Likely cause: "
-            f"{_LIKELY_CAUSE.get(code, 'the source cannot be read')}."
+            f"{_LIKELY_CAUSE.get(code, 'the source cannot be read')}.{said}"
         )
 
     def __reduce__(self):  # crosses Dask workers with its fields
@@ -123,8 +135,9 @@ def check_faults(
     (code, failed), *_ = Counter(fault.code for _, fault in faults).most_common(1)
     first_tries = sum(1 for key, fault in faults if fault.code == code and key not in pending)
     if failed > share * attempted and (first_tries or failed > FEW_FAULTS):
-        example = next(key for key, fault in faults if fault.code == code)
-        error = SourceUnreadable(stage, code, failed, attempted, example, share)
+        example, first = next((key, fault) for key, fault in faults if fault.code == code)
+        answer = first.reason.partition(_DENIED)[2] if code == "read_denied" else ""
+        error = SourceUnreadable(stage, code, failed, attempted, example, share, answer)
         if run_id:
             _TRIPPED[(stage, source, run_id)] = error
         raise error

@@ -17,8 +17,14 @@ while it runs), holds every object GET (not a listing) open: the connection is a
 nothing is ever sent, as from a server that stopped answering mid-read. It is not one of the
 drawn faults: a read that never returns is a drill of its own (timeouts), not a noise level.
 
+Another, ``deny_reads`` (``POST /__proxy__/deny?code=<S3 error code>[&after=N]``, ``code=off``
+to end it), answers every object GET after the next ``N`` with 403 and that S3 error
+(``AccessDenied``, ``InvalidAccessKeyId``, ``ExpiredToken``, ``SignatureDoesNotMatch``), listings
+still answered: a window in which reads are refused, as when a bucket policy changes or the
+run's credentials are rotated away or expire midway through a run.
+
 ``GET /__proxy__/stats`` answers ``{"requests": n, "requests_by_method": {...},
-"faults_by_kind": {...}, "hung": n}`` and
+"faults_by_kind": {...}, "hung": n, "denied": n}`` and
 ``POST /__proxy__/reset`` zeroes the counters and re-seeds the RNG.
 
 Run it as a program (``python -m bincount.testing.faultproxy --upstream URL``) or through
@@ -40,6 +46,15 @@ CONTROL_PREFIX = "/__proxy__/"
 STATS_PATH = "/__proxy__/stats"
 RESET_PATH = "/__proxy__/reset"
 HANG_PATH = "/__proxy__/hang"
+DENY_PATH = "/__proxy__/deny"
+# The 403 answers a read may get when access or credentials go away, with S3's own messages.
+DENIALS = {
+    "AccessDenied": "Access Denied",
+    "InvalidAccessKeyId": "The AWS Access Key Id you provided does not exist in our records.",
+    "ExpiredToken": "The provided token has expired.",
+    "SignatureDoesNotMatch": "The request signature we calculated does not match the signature "
+    "you provided. Check your key and signing method.",
+}
 _FAULTABLE_METHODS = frozenset({"GET", "HEAD"})
 # Per-connection headers (RFC 9110 §7.6.1) and the ones the proxy recomputes for its own hop.
 _HOP_BY_HOP = frozenset(
@@ -94,6 +109,7 @@ class ProxyStats:
     faults_by_kind: dict[str, int] = field(default_factory=dict)
     requests_by_method: dict[str, int] = field(default_factory=dict)
     hung: int = 0
+    denied: int = 0
 
     @property
     def faults(self) -> int:
@@ -138,6 +154,9 @@ class _Proxy:
         self.faults_by_kind = dict.fromkeys(config.faults, 0)
         self.hang_reads = config.hang_reads
         self.hung = 0
+        self.deny_code: str | None = None
+        self.deny_after = 0  # object GETs still forwarded before the denial starts
+        self.denied = 0
         self.session = None  # created inside the running loop
 
     async def start_session(self) -> None:
@@ -168,6 +187,12 @@ class _Proxy:
         if self.hang_reads and _is_object_read(request):
             self.hung += 1
             await asyncio.Event().wait()  # accepted, never answered (until the client hangs up)
+        if self.deny_code is not None and _is_object_read(request):
+            if self.deny_after > 0:
+                self.deny_after -= 1
+            else:
+                self.denied += 1
+                return self._s3_error(403, self.deny_code, DENIALS[self.deny_code])
         fault = self.picker.next() if request.method in _FAULTABLE_METHODS else None
         if fault is not None:
             self.faults_by_kind[fault] += 1
@@ -191,6 +216,7 @@ class _Proxy:
                     "requests_by_method": self.requests_by_method,
                     "faults_by_kind": self.faults_by_kind,
                     "hung": self.hung,
+                    "denied": self.denied,
                 }
             )
         if request.path == HANG_PATH and request.method == "POST":
@@ -202,21 +228,41 @@ class _Proxy:
                 )
             self.hang_reads = reads == "on"
             return web.json_response({"hang_reads": self.hang_reads})
+        if request.path == DENY_PATH and request.method == "POST":
+            return self.deny(request)
         if request.path == RESET_PATH and request.method == "POST":
             self.requests = 0
             self.requests_by_method = {}
             self.faults_by_kind = dict.fromkeys(self.config.faults, 0)
             self.hung = 0
+            self.denied = 0
             self.picker.reset()
             return web.json_response({"reset": True})
         return web.json_response(
             {
-                "error": f"Expected GET {STATS_PATH}, POST {RESET_PATH} or POST {HANG_PATH}, "
-                "but got "
+                "error": f"Expected GET {STATS_PATH}, POST {RESET_PATH}, POST {HANG_PATH} or "
+                f"POST {DENY_PATH}, but got "
                 f"{request.method} {request.path}"
             },
             status=404,
         )
+
+    def deny(self, request):
+        """Start (``code``) or end (``code=off``) the window of refused reads."""
+        from aiohttp import web
+
+        code, after = request.query.get("code"), request.query.get("after", "0")
+        if code not in (*DENIALS, "off") or not after.isdigit():
+            return web.json_response(
+                {
+                    "error": f"Expected {DENY_PATH}?code=one of {sorted(DENIALS)} or off"
+                    f"[&after=N], but got code={code!r} after={after!r}"
+                },
+                status=400,
+            )
+        self.deny_code = None if code == "off" else code
+        self.deny_after = int(after)
+        return web.json_response({"deny_reads": self.deny_code, "after": self.deny_after})
 
     async def forward(self, request, *, truncate: bool):
         """Pass the request upstream and stream the answer back (cut in half if ``truncate``)."""

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from bincount.testing.faultproxy import (
     _READY_LINE,
+    DENY_PATH,
     FAULT_KINDS,
     HANG_PATH,
     RESET_PATH,
@@ -47,12 +49,24 @@ class FaultProxy:
             faults_by_kind=data["faults_by_kind"],
             requests_by_method=data["requests_by_method"],
             hung=data.get("hung", 0),
+            denied=data.get("denied", 0),
         )
 
     def hang_reads(self, on: bool) -> None:
         """Hold every object GET open without an answer (``on``), or answer them again."""
         url = f"{self.endpoint_url}{HANG_PATH}?reads={'on' if on else 'off'}"
         request = urllib.request.Request(url, method="POST", data=b"")
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            answer.read()
+
+    def deny_reads(self, code: str | None, *, after: int = 0) -> None:
+        """Answer every object GET after the next ``after`` with 403 and S3 error ``code``
+        (``AccessDenied``, ``InvalidAccessKeyId``, ``ExpiredToken`` ...), or, with None, let
+        reads through again."""
+        query = urllib.parse.urlencode({"code": code or "off", "after": after})
+        request = urllib.request.Request(
+            f"{self.endpoint_url}{DENY_PATH}?{query}", method="POST", data=b""
+        )
         with urllib.request.urlopen(request, timeout=10) as answer:
             answer.read()
 
