@@ -67,11 +67,12 @@ def test_the_deployments_file_declares_the_three_schedules_on_two_pools():
         "flows/labels.py:refresh_labels",
         "flows/retrain.py:retrain",
         "flows/review.py:review",  # on demand: no schedule
+        "flows/quarantine.py:quarantine",  # on demand: no schedule
     }
     pools = {name: spec["work_pool"]["name"] for name, spec in declared.items()}
     assert pools["weekly-retrain"] == "bincount-gpu"
     assert pools["nightly-scoring"] == pools["daily-ingest-validate"] == "bincount-cpu"
-    assert declared["review-queue"]["schedules"] == []
+    assert declared["review-queue"]["schedules"] == declared["quarantine-view"]["schedules"] == []
     for spec in (spec for spec in declared.values() if spec["schedules"]):
         (schedule,) = spec["schedules"]
         assert schedule["timezone"] == "America/Los_Angeles" and schedule["cron"]
