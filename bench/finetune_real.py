@@ -29,7 +29,6 @@ import argparse
 import json
 import logging
 import tempfile
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +37,9 @@ import numpy as np
 import pyarrow as pa
 
 from bincount.core.storage import Location
-from bincount.data.ingest import ingest_metadata
-from bincount.data.manifest import MANIFESTS, CountPolicy, build_manifest, load_manifest
-from bincount.data.validate import validate_bins
-from bincount.images.cache import build_image_cache
+from bincount.data.manifest import MANIFESTS, load_manifest
 from bincount.model.config import RECIPES, TrainConfig
-from bincount.model.evaluation import evaluate_model
-from bincount.model.training import train_model
+from bincount.testing.pipeline import run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ABID = REPO.parent / "shared" / "abid"
@@ -78,10 +73,8 @@ def ingest_sample(
     if not (sample / "metadata").is_dir():
         raise FileNotFoundError(f"Expected the real ABID sample at {sample}, but it is absent")
     source = Location(str(sample))
-    ingest_metadata(source, output, limit=limit)
-    validate_bins(source, output, max_expected_quantity=250)
-    summary = build_manifest(source, output, policy=CountPolicy.parse(policy))
-    return source, summary.version
+    run = run_pipeline(source, output, policy=policy, limit=limit, until="manifest")
+    return source, run.manifest_version
 
 
 def resplit(
@@ -131,18 +124,9 @@ def finetune_split(
     source: Location, output: Location, version: str, config: TrainConfig, seed: int
 ) -> SplitResult:
     """Cache the split's images, train ``config`` on it, evaluate on its test bins."""
-    rows, details = load_manifest(output, version)
-    build_image_cache(
-        source,
-        output,
-        rows,
-        manifest_version=version,
-        size=config.image_size,
-        sources=details.sources,
-    )
-    started = time.perf_counter()
-    result = train_model(output, config, manifest_version=version)
-    report = evaluate_model(output, result.version, split="test")
+    details = load_manifest(output, version)[1]
+    run = run_pipeline(source, output, config=config, manifest_version=version, until="evaluate")
+    result, report = run.training, run.evaluation
     return SplitResult(
         split_seed=seed,
         pretrained=config.pretrained,
@@ -153,7 +137,7 @@ def finetune_split(
         majority_accuracy=report["majority_baseline"]["accuracy"],
         majority_rmse=report["majority_baseline"]["rmse"],
         best_epoch=result.best_epoch,
-        seconds=time.perf_counter() - started,
+        seconds=run.seconds["train"] + run.seconds["evaluate"],
     )
 
 

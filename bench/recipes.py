@@ -1,12 +1,12 @@
 """Named training recipes end to end on synthetic bins: each epoch's figures, then the test split.
 
 The library's own path, the one ``bincount pipeline`` then ``bincount train --recipe NAME``
-take without Prefect around them: ``synthesize`` → ``ingest_metadata`` → ``validate_bins`` →
-``build_manifest`` (policy ``moderate``, counts 0-5) → ``build_image_cache`` at each recipe's
-image size → ``train_model`` with ``TrainConfig(recipe=NAME)`` → ``evaluate_model`` on the test
-split. Prints one table row per epoch (images/s, the share of the epoch spent waiting for data,
-validation figures) and one line per recipe with the test accuracy and RMSE beside the
-majority class.
+take without Prefect around them, as the test rig runs it (``run_pipeline``): ``synthesize`` →
+``ingest_metadata`` → ``validate_bins`` → ``build_manifest`` (policy ``moderate``, counts 0-5)
+→ ``build_image_cache`` at each recipe's image size → ``train_model`` with
+``TrainConfig(recipe=NAME)`` → ``evaluate_model`` on the test split. Prints one table row per
+epoch (images/s, the share of the epoch spent waiting for data, validation figures) and one
+line per recipe with the test accuracy and RMSE beside the majority class.
 
     python bench/recipes.py --device cuda --bins 20000                  # abid-baseline, exactly
     python bench/recipes.py --device cuda --recipes abid-baseline,gpu --bins 20000
@@ -28,15 +28,11 @@ import time
 import torch
 
 from bincount.core.storage import Location
-from bincount.data.ingest import ingest_metadata
-from bincount.data.manifest import CountPolicy, build_manifest, load_manifest
-from bincount.data.validate import validate_bins
-from bincount.images.cache import build_image_cache
+from bincount.data.manifest import load_manifest
 from bincount.model.config import RECIPES, TrainConfig
-from bincount.model.evaluation import evaluate_model
 from bincount.model.optim import EpochMetrics
-from bincount.model.training import train_model
 from bincount.synth import synthesize
+from bincount.testing.pipeline import run_pipeline
 
 
 def recipe_config(name: str, epochs: int | None) -> TrainConfig:
@@ -53,21 +49,14 @@ def recipe_config(name: str, epochs: int | None) -> TrainConfig:
 def prepare(workdir: str, bins: int, seed: int) -> tuple[Location, Location, str]:
     source, output = Location(f"{workdir}/bucket"), Location(f"{workdir}/out")
     synthesize(source, bins=bins, seed=seed, max_count=5)
-    ingest_metadata(source, output)
-    validate_bins(source, output, max_expected_quantity=250)
-    version = build_manifest(source, output, policy=CountPolicy.parse("moderate")).version
-    return source, output, version
+    run = run_pipeline(source, output, policy="moderate", until="manifest")
+    return source, output, run.manifest_version
 
 
 def run_recipe(
     source: Location, output: Location, version: str, config: TrainConfig, device: str | None
 ) -> dict:
-    rows, details = load_manifest(output, version)
-    started = time.perf_counter()
-    build_image_cache(
-        source, output, rows, manifest_version=version, size=config.image_size, shard_size=4096
-    )
-    cache_seconds = time.perf_counter() - started
+    details = load_manifest(output, version)[1]
 
     def on_epoch(metrics: EpochMetrics, history: list[dict]) -> None:
         print(
@@ -78,19 +67,25 @@ def run_recipe(
             flush=True,
         )
 
-    started = time.perf_counter()
-    result = train_model(output, config, manifest_version=version, on_epoch=on_epoch, device=device)
-    train_seconds = time.perf_counter() - started
-    report = evaluate_model(output, result.version, split="test", device=device)
-    history = result.history
+    run = run_pipeline(
+        source,
+        output,
+        config=config,
+        manifest_version=version,
+        until="evaluate",
+        shard_size=4096,
+        device=device,
+        on_epoch=on_epoch,
+    )
+    result, report, history = run.training, run.evaluation, run.training.history
     return {
         "recipe": config.recipe,
         "arch": config.arch,
         "image_size": config.image_size,
         "epochs": len(history),
         "train_images": sum(details.distribution["train"].values()),
-        "cache_seconds": cache_seconds,
-        "train_seconds": train_seconds,
+        "cache_seconds": run.seconds["cache"],
+        "train_seconds": run.seconds["train"],
         "median_images_per_second": sorted(h["images_per_second"] for h in history)[
             len(history) // 2
         ],

@@ -36,13 +36,9 @@ import pyarrow as pa
 from bincount.core.storage import Location
 from bincount.core.tables import read_table
 from bincount.data.ingest import ingest_metadata
-from bincount.data.manifest import DEFAULT_POLICY, CountPolicy, build_manifest, load_manifest
-from bincount.data.validate import validate_bins
-from bincount.images.cache import build_image_cache
+from bincount.data.manifest import DEFAULT_POLICY
 from bincount.model.config import DEMO_RECIPE, TrainConfig
-from bincount.model.evaluation import evaluate_model
-from bincount.model.registry import decide_promotion, record_decision, resolve_version
-from bincount.model.training import train_model
+from bincount.model.registry import resolve_version
 from bincount.nightly.scoring import score_images
 from bincount.review.ranking import (
     ReviewPolicy,
@@ -52,6 +48,7 @@ from bincount.review.ranking import (
     rank_queue,
 )
 from bincount.synth import synthesize
+from bincount.testing.pipeline import run_pipeline
 
 
 def train_champion(
@@ -60,14 +57,7 @@ def train_champion(
     """A demo-sized champion on a synthetic bucket of its own (seed ``seed``)."""
     source, output = Location(str(workdir / "train-bucket")), Location(str(workdir / "out"))
     synthesize(source, bins=bins, seed=seed, defect_rate=0.01)
-    ingest_metadata(source, output)
-    validate_bins(source, output, max_expected_quantity=250)
-    version = build_manifest(source, output, policy=CountPolicy.parse(policy)).version
-    rows, _ = load_manifest(output, version)
-    config = TrainConfig(**recipe, max_minutes=minutes)
-    build_image_cache(source, output, rows, manifest_version=version, size=config.image_size)
-    result = train_model(output, config, manifest_version=version)
-    record_decision(output, decide_promotion(evaluate_model(output, result.version), None))
+    run_pipeline(source, output, policy=policy, config=TrainConfig(**recipe, max_minutes=minutes))
     return output
 
 

@@ -46,6 +46,7 @@ from bincount.nightly.plan import plan_scoring
 from bincount.nightly.scorer import Scorer
 from bincount.nightly.scoring import score_images
 from bincount.synth import synthesize
+from bincount.testing.pipeline import defaults
 
 GOAL_RATIO = 0.85
 PREFIX = "bin-images/"
@@ -269,8 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--images", type=int, default=768, help="images per repetition")
     parser.add_argument("--rounds", type=int, default=3, help="A/B alternations")
-    parser.add_argument("--chunk-size", type=int, default=5000, help="score_chunk's chunk size")
-    parser.add_argument("--concurrency", type=int, default=64)
+    shipped = defaults()  # a run's own values when nothing is set
+    parser.add_argument(
+        "--chunk-size", type=int, default=shipped.chunk_size, help="score_chunk's chunk size"
+    )
+    parser.add_argument("--concurrency", type=int, default=shipped.max_concurrency)
     parser.add_argument("--goal", type=float, default=GOAL_RATIO, help="end-to-end/bare ratio")
     parser.add_argument("--check", action="store_true", help="exit 1 if a ratio misses --goal")
     parser.add_argument(

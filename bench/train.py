@@ -40,10 +40,7 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 
 from bincount.core.storage import Location
-from bincount.data.ingest import ingest_metadata
-from bincount.data.manifest import CountPolicy, build_manifest, load_manifest
-from bincount.data.validate import validate_bins
-from bincount.images.cache import build_image_cache, cache_folder
+from bincount.images.cache import cache_folder
 from bincount.images.shards import load_cached_splits
 from bincount.model.config import TrainConfig
 from bincount.model.device import Runtime, resolve_runtime
@@ -54,6 +51,7 @@ from bincount.model.prediction import predict_split
 from bincount.model.training import _train_epoch
 from bincount.synth import synthesize
 from bincount.testing.caches import write_generated_cache
+from bincount.testing.pipeline import run_pipeline
 
 GOAL_RATIO = 0.9
 GOAL_MEMORY = 1.5
@@ -163,12 +161,9 @@ def prepare(workdir: str, bins: int, size: int):
     """A cache built the way ``bincount train`` builds it, from synthetic bins."""
     source, output = Location(f"{workdir}/bucket"), Location(f"{workdir}/out")
     synthesize(source, bins=bins, seed=11, max_count=5)
-    ingest_metadata(source, output)
-    validate_bins(source, output, max_expected_quantity=250)
-    version = build_manifest(source, output, policy=CountPolicy.parse("moderate")).version
-    rows, _ = load_manifest(output, version)
-    build_image_cache(source, output, rows, manifest_version=version, size=size)
-    return load_cached_splits(output, version, size, ("train", "val"))
+    config = TrainConfig(image_size=size)
+    run = run_pipeline(source, output, policy="moderate", config=config, until="cache")
+    return load_cached_splits(output, run.manifest_version, size, ("train", "val"))
 
 
 class Cycled:

@@ -25,6 +25,7 @@ def cache_manifest_images(
         rows,
         manifest_version=details.version,
         size=image_size,
+        shard_size=settings.cache_shard_size,
         concurrency=settings.max_concurrency,
         limits=settings.image_limits(),
         run_id=current_run_id(),

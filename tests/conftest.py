@@ -117,25 +117,10 @@ def trained(tmp_path_factory) -> Path:
     """A bucket of 40 real-JPEG bins (0-5 items) and an output with a promoted (tiny) champion
     that counts 0..3 and "more than 3" (policy open:3)."""
     from bincount.core.storage import Location
-    from bincount.data.ingest import ingest_metadata
-    from bincount.data.manifest import CountPolicy, build_manifest, load_manifest
-    from bincount.data.validate import validate_bins
-    from bincount.images.cache import build_image_cache
-    from bincount.model.config import TrainConfig
-    from bincount.model.evaluation import evaluate_model
-    from bincount.model.registry import decide_promotion, record_decision
-    from bincount.model.training import train_model
+    from bincount.testing.pipeline import run_pipeline
     from tests.builders import write_clean_bucket
 
     root = tmp_path_factory.mktemp("trained")
     write_clean_bucket(root / "bucket", 40)
-    source, output = Location(str(root / "bucket")), Location(str(root / "out"))
-    ingest_metadata(source, output)
-    validate_bins(source, output, max_expected_quantity=250)
-    build_manifest(source, output, policy=CountPolicy.parse("open:3"))
-    rows, details = load_manifest(output, None)
-    build_image_cache(source, output, rows, manifest_version=details.version, size=32)
-    config = TrainConfig(arch="mobilenet_v3_small", image_size=32, batch_size=16, epochs=1)
-    result = train_model(output, config, manifest_version=details.version)
-    record_decision(output, decide_promotion(evaluate_model(output, result.version), None))
+    run_pipeline(Location(str(root / "bucket")), Location(str(root / "out")), policy="open:3")
     return root

@@ -9,10 +9,9 @@ import re
 
 from PIL import Image
 
-from bincount.model.config import TrainConfig
+from bincount.testing.pipeline import tiny_config
 from tests.builders import write_clean_bucket
 
-TINY = {"arch": "mobilenet_v3_small", "image_size": 32, "batch_size": 16}
 PNG = re.compile(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)")
 
 
@@ -56,7 +55,7 @@ def test_training_redraws_one_artifact_and_evaluation_draws_three_charts(
     )
     assert distribution.width > 300
 
-    trained = train(output=output, config=TrainConfig(epochs=3, lr=1e-3, **TINY))
+    trained = train(output=output, config=tiny_config(epochs=3, lr=1e-3))
     assert len(trained["history"]) == 3
     (artifact,) = _artifacts_by_key(f"training-{trained['version']}")  # one, not one per epoch
     assert artifact.type == "markdown"

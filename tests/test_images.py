@@ -163,3 +163,60 @@ def test_reasons_cross_process_pools_whole():
     for reason in reasons:
         copy = pickle.loads(pickle.dumps(reason))
         assert (type(copy), vars(copy), str(copy)) == (type(reason), vars(reason), str(reason))
+
+
+def test_a_train_run_killed_while_caching_resumes_the_cache_then_trains(
+    s3_server, bucket, tmp_path, cli_env
+):
+    """The image cache's exactly-once guarantee on the path production runs: ``bincount train``
+    (the flow, on the Prefect API) killed with SIGKILL while it builds the cache, then run
+    again: the cache equals one built without a kill, and the model trains on it."""
+    import json
+    import subprocess
+
+    from bincount.core.storage import Location
+    from bincount.core.tables import read_table
+    from bincount.data.manifest import load_manifest
+    from bincount.images.cache import build_image_cache, cache_folder
+    from bincount.images.shards import load_cached_splits
+    from bincount.model.registry import list_models
+    from bincount.testing.pipeline import TINY, run_pipeline
+    from bincount.testing.processes import bincount_command, kill_midway
+    from bincount.testing.proxycontrol import fault_proxy
+    from bincount.testing.s3server import upload_tree
+    from tests.builders import write_clean_bucket
+
+    write_clean_bucket(tmp_path / "bucket", 40)
+    upload_tree(s3_server.endpoint_url, bucket, tmp_path / "bucket")
+    source = Location(f"s3://{bucket}", endpoint_url=s3_server.endpoint_url, anonymous=True)
+    out = tmp_path / "out"
+    version = run_pipeline(source, Location(str(out)), until="manifest").manifest_version
+    folder = out / cache_folder(version, TINY["image_size"])
+    tiny = [f"--{name.replace('_', '-')}={value}" for name, value in TINY.items()]
+    command = bincount_command("train", "--output", str(out), *tiny)
+    # 40 ms per image, one at a time, 4 images a shard: ten shards over a couple of seconds.
+    with fault_proxy(s3_server.endpoint_url, latency_ms=40) as proxy:
+        env = cli_env(s3_endpoint_url=proxy.endpoint_url, max_concurrency=1, cache_shard_size=4)
+        committed = kill_midway(
+            command, env=env, progress=lambda: len(list((folder / "_shards").glob("part-*")))
+        )
+        assert 2 <= committed < 10, "the kill should land midway"
+        assert not (folder / "_complete.json").exists() and not list_models(Location(str(out)))
+        rerun = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+
+    rows, _ = load_manifest(Location(str(out)), version)
+    whole = Location(str(tmp_path / "whole"))
+    build_image_cache(
+        source, whole, rows, manifest_version=version, size=TINY["image_size"], shard_size=4
+    )
+    splits = ("train", "val", "test")
+    got = load_cached_splits(Location(str(out)), version, TINY["image_size"], splits)
+    expected = load_cached_splits(whole, version, TINY["image_size"], splits)
+    for split in splits:  # every image once, the same pixels as an uninterrupted build
+        assert got[split].image_ids == expected[split].image_ids
+        everything = np.arange(len(got[split]))
+        np.testing.assert_array_equal(got[split].read(everything), expected[split].read(everything))
+    assert sum(len(got[split]) for split in splits) == 40
+    assert read_table(Location(str(out)), "quarantine").num_rows == 0
+    (model,) = list_models(Location(str(out)))
+    assert json.loads(rerun.stdout)["version"] == model["version"]

@@ -4,8 +4,12 @@ runs whose plans differ score every image exactly once."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import threading
 import time
+from contextlib import suppress
 
 import pytest
 
@@ -19,6 +23,7 @@ from bincount.core.lease import (
     create_exclusive,
 )
 from bincount.core.storage import Location
+from bincount.testing.processes import bincount_command
 
 
 def _holder(name: str) -> Holder:
@@ -161,8 +166,6 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 def scoring_environment(endpoint_url: str, **settings: str) -> dict[str, str]:
     """The environment of a ``bincount score`` process: the harness's API, the test's S3
     endpoint and credentials, chunks of 20 fetched one at a time, and ``settings``."""
-    import os
-
     from prefect.settings import PREFECT_API_URL
 
     from bincount.testing.s3server import TEST_CREDENTIALS
@@ -180,19 +183,27 @@ def scoring_environment(endpoint_url: str, **settings: str) -> dict[str, str]:
     }
 
 
-def start_scoring(source: str, output: str, environment: dict, log) -> object:
-    """``bincount score`` in its own process, as a nightly deployment or an operator runs it."""
-    import subprocess
-    import sys
-
-    command = [sys.executable, "-m", "flows.cli", "score", "--source", source, "--output", output]
+def start_scoring(source: str, output: str, environment: dict, log) -> subprocess.Popen:
+    """``bincount score`` in its own process, as a nightly deployment or an operator runs it; in
+    a process group of its own, so ``stop_group`` reaches whatever it started."""
+    command = bincount_command("score", "--source", source, "--output", output)
     return subprocess.Popen(
         [*command, "--batch-size", "4"],
         env=environment,
         cwd=REPO,
+        start_new_session=True,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGKILL the process group of a run still going (a test that failed while it ran): the
+    suite leaves no process behind."""
+    if process.poll() is None:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def wait_for_parts(out, count: int, process, timeout_s: float = 240) -> None:
@@ -231,30 +242,34 @@ def test_two_scoring_runs_whose_plans_differ_score_every_image_once(
     with fault_proxy(s3_server.endpoint_url, latency_ms=80) as proxy:
         environment = scoring_environment(proxy.endpoint_url)
         nightly = start_scoring(f"s3://{bucket}", str(out), environment, log)
-        wait_for_parts(out, 1, nightly)
-        # New bins arrive after the nightly run's first commit: ABID's 6-digit ids sort among
-        # its 5-digit ones (100000 < 10001), so any plan made now differs from the nightly's.
-        new_ids = write_clean_bucket(tmp_path / "new", 60, start=100000)
-        upload_tree(s3_server.endpoint_url, bucket, tmp_path / "new")
-        for name, value in environment.items():
-            monkeypatch.setenv(name, value)
+        try:
+            wait_for_parts(out, 1, nightly)
+            # New bins arrive after the nightly run's first commit: ABID's 6-digit ids sort among
+            # its 5-digit ones (100000 < 10001), so any plan made now differs from the nightly's.
+            new_ids = write_clean_bucket(tmp_path / "new", 60, start=100000)
+            upload_tree(s3_server.endpoint_url, bucket, tmp_path / "new")
+            for name, value in environment.items():
+                monkeypatch.setenv(name, value)
 
-        # An operator's run that will not wait ends naming the nightly run, having scored nothing.
-        monkeypatch.setenv("BINCOUNT_LEASE_WAIT_S", "0")
-        get_settings.cache_clear()
-        before = len(scored_ids(out))
-        with pytest.raises(LeaseHeld) as held:
-            score(source=f"s3://{bucket}", output=str(out), batch_size=4)
-        assert f"run 'score {out} " in str(held.value)
-        assert f"on host {socket.gethostname()}, pid {nightly.pid}" in str(held.value)
-        assert nightly.poll() is None, "the refusal should come while the nightly run scores"
-        assert len(scored_ids(out)) < len(first_ids) and len(scored_ids(out)) >= before
+            # An operator's run that will not wait ends naming the nightly run, scoring nothing.
+            monkeypatch.setenv("BINCOUNT_LEASE_WAIT_S", "0")
+            get_settings.cache_clear()
+            before = len(scored_ids(out))
+            with pytest.raises(LeaseHeld) as held:
+                score(source=f"s3://{bucket}", output=str(out), batch_size=4)
+            assert f"run 'score {out} " in str(held.value)
+            assert f"on host {socket.gethostname()}, pid {nightly.pid}" in str(held.value)
+            assert nightly.poll() is None, "the refusal should come while the nightly run scores"
+            assert len(scored_ids(out)) < len(first_ids) and len(scored_ids(out)) >= before
 
-        # One that waits starts once the nightly run lets go, and scores what is left.
-        monkeypatch.setenv("BINCOUNT_LEASE_WAIT_S", "300")
-        get_settings.cache_clear()
-        manual = score(source=f"s3://{bucket}", output=str(out), batch_size=4)
-        assert nightly.wait(timeout=60) == 0, (tmp_path / "nightly.log").read_text()[-3000:]
+            # One that waits starts once the nightly run lets go, and scores what is left.
+            monkeypatch.setenv("BINCOUNT_LEASE_WAIT_S", "300")
+            get_settings.cache_clear()
+            manual = score(source=f"s3://{bucket}", output=str(out), batch_size=4)
+            assert nightly.wait(timeout=60) == 0, (tmp_path / "nightly.log").read_text()[-3000:]
+        finally:
+            stop_group(nightly)
+            log.close()
     get_settings.cache_clear()
 
     assert manual["scored"] == len(new_ids) and manual["already_scored"] == len(first_ids)

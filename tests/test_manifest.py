@@ -20,13 +20,16 @@ from bincount.data.manifest import (
     split_of,
 )
 from bincount.data.validate import validate_bins
+from bincount.testing.pipeline import defaults
 from tests.builders import write_bin, write_clean_bucket
+
+MAX = defaults().max_expected_quantity  # the contract's maximum when none is set
 
 
 def _prepare(root, output, count, start=1):
     write_clean_bucket(root, count, start=start)
     ingest_metadata(Location(str(root)), output)
-    validate_bins(Location(str(root)), output, max_expected_quantity=250)
+    validate_bins(Location(str(root)), output, max_expected_quantity=MAX)
 
 
 def test_policy_parsing():

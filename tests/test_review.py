@@ -19,9 +19,7 @@ import bincount.model.metrics
 import bincount.review.ranking
 from bincount import synth
 from bincount.core.storage import Location
-from bincount.data.ingest import ingest_metadata
-from bincount.data.manifest import CountPolicy, build_manifest, load_manifest
-from bincount.data.validate import validate_bins
+from bincount.data.manifest import CountPolicy, load_manifest
 from bincount.model.calibration import (
     calibration_report,
     expected_calibration_error,
@@ -41,6 +39,7 @@ from bincount.review.ranking import (
     record_probability,
     simulate_record_errors,
 )
+from bincount.testing.pipeline import run_pipeline
 from tests.builders import write_bin, write_clean_bucket
 
 
@@ -294,11 +293,9 @@ def test_open_policy_keeps_every_bin_and_labels_large_ones_more_than_k(tmp_path)
     root, output = tmp_path / "bucket", Location(str(tmp_path / "out"))
     write_clean_bucket(root, 30)
     write_bin(root, "80002", {"B1": 7, "B2": 5})  # 12 items
-    ingest_metadata(Location(str(root)), output)
-    validate_bins(Location(str(root)), output, max_expected_quantity=250)
     policy = CountPolicy.parse("open:3")
     assert policy == CountPolicy("open:3", 3, open_top=True)
-    summary = build_manifest(Location(str(root)), output, policy=policy)
+    summary = run_pipeline(Location(str(root)), output, policy=policy, until="manifest").manifest
     rows, details = load_manifest(output, summary.version)
     assert rows.num_rows == 31 and details.open_top is True and details.max_count == 3
     metadata = {

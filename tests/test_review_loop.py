@@ -16,9 +16,7 @@ import pytest
 from bincount.core.contracts import table_contract
 from bincount.core.storage import Location
 from bincount.core.tables import read_table
-from bincount.data.ingest import ingest_metadata
 from bincount.data.manifest import CountPolicy, build_manifest, load_manifest
-from bincount.data.validate import validate_bins
 from bincount.nightly.scoring import score_images
 from bincount.review.outcomes import (
     REVIEW_OUTCOMES,
@@ -30,6 +28,7 @@ from bincount.review.outcomes import (
 from bincount.review.precision import queue_precision
 from bincount.review.ranking import ReviewPolicy
 from bincount.review.verdicts import Decided, Verdict, VerdictError, decide, verdict_model
+from bincount.testing.pipeline import run_pipeline
 from tests.test_flows import _artifacts
 
 
@@ -40,9 +39,7 @@ def queued(trained, tmp_path) -> Path:
     shutil.copytree(trained / "bucket", tmp_path / "bucket")
     shutil.copytree(trained / "out" / "models", tmp_path / "out" / "models")
     source, output = Location(str(tmp_path / "bucket")), Location(str(tmp_path / "out"))
-    ingest_metadata(source, output)
-    validate_bins(source, output, max_expected_quantity=250)
-    build_manifest(source, output, policy=CountPolicy.parse("open:3"))
+    run_pipeline(source, output, policy="open:3", until="manifest")
     score_images(source, output, review=ReviewPolicy(budget_percent=50, max_p_recorded=1.0))
     return tmp_path
 

@@ -12,7 +12,10 @@ from bincount.core.tables import current_bins, read_table
 from bincount.data.ingest import ingest_metadata
 from bincount.data.manifest import CountPolicy, build_manifest, load_manifest
 from bincount.data.validate import validate_bins
+from bincount.testing.pipeline import defaults
 from tests.builders import write_bin, write_clean_bucket
+
+MAX = defaults().max_expected_quantity  # the contract's maximum when none is set
 
 
 def test_the_same_keys_in_two_sources_are_two_sets_of_bins(tmp_path):
@@ -31,7 +34,7 @@ def test_the_same_keys_in_two_sources_are_two_sets_of_bins(tmp_path):
     assert recorded_sources(output, "unused") == sorted(
         [Location(str(first)).url, Location(str(second)).url]
     )
-    report = validate_bins(Location(str(first)), output, max_expected_quantity=250)
+    report = validate_bins(Location(str(first)), output, max_expected_quantity=MAX)
     assert report.passed and report.images_listed == 10 and report.images_without_metadata == 0
     build_manifest(Location(str(first)), output, policy=CountPolicy.parse("hard"))
     rows, details = load_manifest(output)
@@ -59,7 +62,7 @@ def test_an_output_without_recorded_sources_reads_with_the_configured_one(tmp_pa
     assert read_table(output, "bins").column("source").null_count == 5
 
     assert ingest_metadata(Location(str(bucket)), output).new == 0
-    report = validate_bins(Location(str(bucket)), output, max_expected_quantity=250)
+    report = validate_bins(Location(str(bucket)), output, max_expected_quantity=MAX)
     assert report.passed and report.images_without_metadata == 0
     build_manifest(Location(str(bucket)), output, policy=CountPolicy.parse("hard"))
     rows, details = load_manifest(output)

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -17,15 +15,13 @@ import pytest
 
 from bincount.core.storage import Location
 from bincount.core.tables import read_table
-from bincount.data.ingest import ingest_metadata
-from bincount.data.manifest import CountPolicy, build_manifest, load_manifest
-from bincount.data.validate import validate_bins
+from bincount.data.manifest import load_manifest
 from bincount.model.config import TrainConfig
 from bincount.model.metrics import counting_metrics
 from bincount.model.registry import champion, decide_promotion, list_models
+from bincount.testing.pipeline import run_pipeline, tiny_config
+from bincount.testing.processes import kill_midway
 from tests.builders import write_bin, write_clean_bucket
-
-TINY = {"arch": "mobilenet_v3_small", "image_size": 32, "batch_size": 16}
 
 
 @pytest.fixture
@@ -36,10 +32,8 @@ def manifest_output(tmp_path):
     write_bin(root, "70001", {"B1": 2})
     (root / "bin-images" / "70001.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     source, output = Location(str(root)), Location(str(tmp_path / "out"))
-    ingest_metadata(source, output)
-    validate_bins(source, output, max_expected_quantity=250)
-    summary = build_manifest(source, output, policy=CountPolicy.parse("max:5"))
-    return str(tmp_path / "out"), summary.version
+    run = run_pipeline(source, output, policy="max:5", until="manifest")
+    return str(tmp_path / "out"), run.manifest_version
 
 
 def test_train_evaluate_promote_through_the_flows(prefect_api, settings_env, manifest_output):
@@ -48,7 +42,7 @@ def test_train_evaluate_promote_through_the_flows(prefect_api, settings_env, man
     from flows.train import train
 
     output, manifest = manifest_output
-    first = train(output=output, config=TrainConfig(epochs=2, lr=1e-3, **TINY))
+    first = train(output=output, config=tiny_config(epochs=2, lr=1e-3))
     assert first["created"] and len(first["history"]) == 2
     for epoch in first["history"]:
         assert {"train_loss", "val_accuracy", "val_rmse", "images_per_second"} <= set(epoch)
@@ -78,10 +72,10 @@ def test_train_evaluate_promote_through_the_flows(prefect_api, settings_env, man
     assert recomputed.rmse == pytest.approx(report["metrics"]["rmse"])
     assert report["evaluation_set"]["size"] == len(predictions)
 
-    again = train(output=output, config=TrainConfig(epochs=2, lr=1e-3, **TINY))
+    again = train(output=output, config=tiny_config(epochs=2, lr=1e-3))
     assert again["version"] == first["version"] and not again["created"]
 
-    second = train(output=output, config=TrainConfig(epochs=1, lr=1e-3, seed=1, **TINY))
+    second = train(output=output, config=tiny_config(lr=1e-3, seed=1))
     gate = promote(output=output, model=second["version"])
     expected = (gate["challenger_figures"]["accuracy"], -gate["challenger_figures"]["rmse"]) > (
         gate["champion_figures"]["accuracy"],
@@ -117,38 +111,29 @@ def test_the_gate_both_ways():
 
 KILLABLE_TRAINING = """
 import sys
-from bincount.model.config import TrainConfig
-from bincount.images.cache import build_image_cache
-from bincount.data.manifest import load_manifest
 from bincount.core.storage import Location
-from bincount.model.training import train_model
+from bincount.data.manifest import load_manifest
+from bincount.testing.pipeline import run_pipeline, tiny_config
 output = Location(sys.argv[1])
-rows, details = load_manifest(output, sys.argv[2])
-build_image_cache(Location(details.source), output, rows, manifest_version=sys.argv[2],
-                  size=32, workers=1)
-config = TrainConfig(
-    arch="mobilenet_v3_small", image_size=32, batch_size=4, epochs=int(sys.argv[3])
-)
-result = train_model(output, config, manifest_version=sys.argv[2])
-print(result.resumed_from_epoch, len(result.history))
+source = Location(load_manifest(output, sys.argv[2])[1].source)
+config = tiny_config(batch_size=4, epochs=int(sys.argv[3]))
+run = run_pipeline(source, output, config=config, manifest_version=sys.argv[2], until="train",
+                   workers=1)
+print(run.training.resumed_from_epoch, len(run.training.history))
 """
 
 
 def test_a_killed_training_resumes_where_it_stopped(manifest_output):
     output, manifest = manifest_output
     command = [sys.executable, "-c", KILLABLE_TRAINING, output, manifest, "6"]
-    process = subprocess.Popen(command)
-    config = TrainConfig(arch="mobilenet_v3_small", image_size=32, batch_size=4, epochs=6)
+    config = tiny_config(batch_size=4, epochs=6)
     version = config.for_manifest(load_manifest(Location(output), manifest)[1]).fingerprint(
         manifest
     )
     checkpoint = os.path.join(output, "models", version, "checkpoint.pt")
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not os.path.exists(checkpoint):
-        assert process.poll() is None, "training ended before the kill"
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_midway(
+        command, progress=lambda: int(os.path.exists(checkpoint)), at_least=1, timeout_s=240
+    )
     assert not os.path.exists(os.path.join(output, "models", version, "_complete.json"))
 
     finished = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -210,7 +195,7 @@ def test_tune_records_every_trial_and_promotes_the_best(prefect_api, settings_en
         output=output,
         space="lr=0.001,0.004;loss=ce,ordinal",
         trials=3,
-        config=TrainConfig(epochs=1, arch="mobilenet_v3_small", image_size=32, batch_size=16),
+        config=tiny_config(),
     )
     table = pq.read_table(
         os.path.join(output, "tuning", f"study={result['study']}", "trials.parquet")
@@ -228,3 +213,51 @@ def test_the_library_epoch_lines_reach_the_runs_logs():
     import tasks.runtime  # noqa: F401  (every task imports it)
 
     assert logging.getLogger("bincount.model.training").isEnabledFor(logging.INFO)
+
+
+def test_the_rig_reads_the_shipped_defaults_and_one_tiny_config(monkeypatch):
+    from bincount.core.settings import Settings
+    from bincount.testing.pipeline import defaults
+
+    monkeypatch.setenv("BINCOUNT_CHUNK_SIZE", "7")  # the environment never moves "the default"
+    for name in ("chunk_size", "max_concurrency", "list_partitions", "max_expected_quantity"):
+        assert getattr(defaults(), name) == Settings.model_fields[name].default
+    assert defaults().chunk_size != 7
+    assert tiny_config(seed=3) == TrainConfig(
+        arch="mobilenet_v3_small", image_size=32, batch_size=16, epochs=1, seed=3
+    )
+    with pytest.raises(ValueError, match="Expected until to be one of manifest, cache"):
+        run_pipeline(Location("unused-source"), Location("unused-output"), until="deploy")
+
+
+def test_the_rig_imports_without_the_dev_extras():
+    # The dev extras (moto's server, boto3, psutil) are refused as if not installed.
+    script = (
+        "import sys\n"
+        "class Absent:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'moto', 'boto3', 'psutil', 'pytest', 'prefect'}:\n"
+        "            raise ImportError(f'{name} is not installed')\n"
+        "sys.meta_path.insert(0, Absent())\n"
+        "from bincount.testing.pipeline import run_pipeline, tiny_config\n"
+        "print(tiny_config().arch)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["mobilenet_v3_small"]
+
+
+def test_the_rig_promotes_only_a_first_champion(trained, tmp_path):
+    import shutil
+
+    shutil.copytree(trained, tmp_path, dirs_exist_ok=True)
+    source, output = Location(str(tmp_path / "bucket")), Location(str(tmp_path / "out"))
+    before = champion(output)
+    manifest = load_manifest(output)[1].version
+    with pytest.raises(ValueError, match="Expected an output without a champion"):
+        run_pipeline(source, output, manifest_version=manifest)
+    assert champion(output) == before  # the refusal moved nothing
+    run = run_pipeline(source, output, manifest_version=manifest, until="evaluate")
+    assert run.model_version == before["version"] and not run.training.created
+    assert run.evaluation is not None and run.decision is None
+    assert set(run.seconds) == {"cache", "train", "evaluate"}

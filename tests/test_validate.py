@@ -11,7 +11,10 @@ from bincount.core.storage import Location
 from bincount.core.tables import read_table
 from bincount.data.ingest import ingest_metadata
 from bincount.data.validate import ContractViolation, latest_validation, validate_bins
+from bincount.testing.pipeline import defaults
 from tests.builders import write_bin, write_clean_bucket
+
+MAX = defaults().max_expected_quantity  # the contract's maximum when none is set
 
 
 @pytest.fixture
@@ -21,7 +24,7 @@ def noisy_bucket(tmp_path):
     write_clean_bucket(root, 200)
     write_bin(root, "80001", {"B1": 2, "B2": 3}, expected=4)  # label noise: 4 != 5
     write_bin(root, "80002", {"B1": 1}, image=False)  # metadata without its image
-    write_bin(root, "80003", {"B1": 300})  # past the configured maximum
+    write_bin(root, "80003", {"B1": MAX + 50})  # past the configured maximum
     (root / "bin-images" / "70001.jpg").write_bytes(b"an image without metadata")
     output = Location(str(tmp_path / "out"))
     ingest_metadata(Location(str(root)), output)
@@ -30,7 +33,7 @@ def noisy_bucket(tmp_path):
 
 def test_each_failing_row_is_quarantined_with_its_expectation(noisy_bucket):
     source, output = noisy_bucket
-    report = validate_bins(source, output, max_expected_quantity=250)
+    report = validate_bins(source, output, max_expected_quantity=MAX)
 
     quarantine = read_table(output, "quarantine").to_pylist()
     by_id = {row["image_id"]: row for row in quarantine}
@@ -74,8 +77,8 @@ def test_thresholds_come_from_the_contract_and_parameters(noisy_bucket):
 
 def test_a_rerun_replaces_the_snapshot_instead_of_adding_rows(noisy_bucket):
     source, output = noisy_bucket
-    validate_bins(source, output, max_expected_quantity=250)
-    validate_bins(source, output, max_expected_quantity=250)
+    validate_bins(source, output, max_expected_quantity=MAX)
+    validate_bins(source, output, max_expected_quantity=MAX)
     assert read_table(output, "quarantine").num_rows == 3
     record = latest_validation(output)
     assert record["rows"] == 203 and record["passed"] is False
@@ -93,6 +96,6 @@ def test_duplicate_current_ids_fail_uniqueness(tmp_path):
         (root / "metadata" / "00001.json").read_bytes()
     )
     ingest_metadata(Location(str(root)), output)
-    report = validate_bins(Location(str(root)), output, max_expected_quantity=250)
+    report = validate_bins(Location(str(root)), output, max_expected_quantity=MAX)
     unique = next(o for o in report.outcomes if o.code == "BC-ID-001")
     assert unique.failed == 2 and not report.passed

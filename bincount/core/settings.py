@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     chunk_size: int = Field(
         5000, ge=1, description="Objects fetched and written per part file (bounds memory)."
     )
+    # Each shard is one commit of the cache build: a killed build resumes at the shard it was in.
+    cache_shard_size: int = Field(
+        2048,
+        ge=1,
+        description="Images decoded and written per image-cache shard (bounds the memory of a "
+        "build); keep it between a killed build and its rerun.",
+    )
     max_attempts: int = Field(
         8, ge=1, le=50, description="Tries per S3 request when a fault is transient."
     )
