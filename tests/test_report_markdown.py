@@ -8,6 +8,7 @@ import pytest
 
 from bincount.reports.evaluation import evaluation_markdown
 from bincount.reports.markdown import num, pct, table
+from tests.builders import evaluation_report
 
 
 def test_a_table_aligns_by_column_and_keeps_an_empty_cell_one_space_wide():
@@ -42,45 +43,9 @@ def test_a_value_not_measured_reads_as_a_dash_everywhere():
     assert num(0.27349) == "0.273" and num(0.5, 4) == "0.5000"
 
 
-def _report(**changes):
-    per_class = [0.5, 0.25, math.nan]
-    metrics = {
-        "accuracy": 0.4,
-        "rmse": 1.2,
-        "per_class_accuracy": per_class,
-        "per_class_rmse": [0.5, 1.0, math.nan],
-        "per_class_n": [2, 4, 0],
-        "confusion": [[1, 1, 0], [2, 1, 1], [0, 0, 0]],
-    }
-    return {
-        "model_version": "m1",
-        "model": {"arch": "a", "loss": "ce", "image_size": 32, "max_count": 1, "open_top": True},
-        "evaluation_set": {
-            "id": "set1",
-            "manifest_version": "v1",
-            "split": "test",
-            "size": 6,
-            "source": "s3://b/",
-            "policy": "open:1",
-            "max_count": 1,
-            "open_top": True,
-            "is_abid_benchmark": False,
-        },
-        "metrics": metrics,
-        "majority_baseline": {**metrics, "accuracy": 0.66},
-        "abid_baseline": {
-            "accuracy": 0.55,
-            "rmse": 0.9,
-            "per_class_accuracy": [0.9],
-            "per_class_rmse": [0.3],
-        },
-        **changes,
-    }
-
-
 def test_the_charts_are_a_section_after_the_headline_table_and_before_the_confusion_matrix():
-    plain = evaluation_markdown(_report())
-    charted = evaluation_markdown(_report(), charts="![chart](data:x)")
+    plain = evaluation_markdown(evaluation_report())
+    charted = evaluation_markdown(evaluation_report(), charts="![chart](data:x)")
 
     headline, confusion = plain.split("\n\nConfusion matrix")
     assert charted == headline + "\n\n![chart](data:x)\n\nConfusion matrix" + confusion

@@ -152,9 +152,6 @@ class CalibrationReport:
     reliability_before: list[dict]
     reliability_after: list[dict]
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def calibration_report(
     probabilities: Callable[[torch.Tensor], torch.Tensor],
