@@ -122,10 +122,12 @@ def per_count_accuracy(
         raise ValueError(f"Expected one name per class ({len(ours)}), but got {len(names)}")
     figure, (axes,) = _figure(max(4.5, 0.5 * len(ours) + 1.5), 3.0)
     x = range(len(ours))
-    axes.bar([i - 0.2 for i in x], [_pct(v) for v in ours], 0.4, color=_OURS, label=ours_label)
+    axes.bar(
+        [i - 0.2 for i in x], [_percent_point(v) for v in ours], 0.4, color=_OURS, label=ours_label
+    )
     axes.bar(
         [i + 0.2 for i in range(len(baseline))],
-        [_pct(v) for v in baseline],
+        [_percent_point(v) for v in baseline],
         0.4,
         color=_OTHER,
         label=baseline_label,
@@ -197,8 +199,12 @@ def drift_trend(nights: Sequence[Mapping], *, max_psi: float) -> str:
         psi.plot(alerts, [t if t == t else 0 for t in tops], "X", ms=10, color="#d62728")
     psi.set_title("prediction drift (PSI)")
     psi.legend(frameon=False, fontsize=8)
-    rates.plot(x, [_pct(n["mean_confidence"]) for n in nights], "o-", ms=4, label="confidence")
-    rates.plot(x, [_pct(n["review_rate"]) for n in nights], "s-", ms=4, label="review rate")
+    rates.plot(
+        x, [_percent_point(n["mean_confidence"]) for n in nights], "o-", ms=4, label="confidence"
+    )
+    rates.plot(
+        x, [_percent_point(n["review_rate"]) for n in nights], "s-", ms=4, label="review rate"
+    )
     latest = nights[-1]  # the reference of the model that scored the latest night
     for key, colour in (("reference_mean_confidence", _OURS), ("reference_review_rate", _OTHER)):
         if latest.get(key) is not None:
@@ -239,7 +245,8 @@ def _png_uri(figure) -> str:
     return "data:image/png;base64," + base64.b64encode(small.getvalue()).decode("ascii")
 
 
-def _pct(value: float | None) -> float:
+def _percent_point(value: float | None) -> float:
+    # A share as a point on a 0-100 axis (a gap where not measured); text goes through pct.
     return math.nan if value is None else 100 * value
 
 
