@@ -16,6 +16,10 @@ import base64
 import io
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bincount.model.calibration import ReliabilityBin
 
 _DPI = 100
 _COLOURS = 48  # palette size of the PNG: charts use few colours, and text stays crisp
@@ -86,13 +90,13 @@ def confusion_heatmap(confusion: Sequence[Sequence[int]], *, names: Sequence[str
     return _png_uri(figure)
 
 
-def reliability_diagram(before: Sequence[Mapping], after: Sequence[Mapping]) -> str:
+def reliability_diagram(before: Sequence[ReliabilityBin], after: Sequence[ReliabilityBin]) -> str:
     """Accuracy against confidence per confidence bin, before and after the temperature, with
     the diagonal a calibrated model follows and the bins' sizes underneath."""
     figure, (axes, counts) = _figure(4.6, 4.4, rows=2, heights=(3, 1))
     axes.plot([0, 1], [0, 1], color=_THIRD, lw=0.8, ls=":", label="calibrated")
     for rows, name, colour in ((before, "before", _OTHER), (after, "after", _OURS)):
-        points = [(r["confidence"], r["accuracy"]) for r in rows if r["n"]]
+        points = [(r.confidence, r.accuracy) for r in rows if r.n]
         axes.plot(*zip(*points, strict=True), "o-", ms=4, color=colour, label=name)
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1)
@@ -100,9 +104,9 @@ def reliability_diagram(before: Sequence[Mapping], after: Sequence[Mapping]) -> 
     axes.set_title("reliability (top label)")
     axes.legend(frameon=False, loc="upper left")
     width = 1 / max(len(after), 1)
-    centres = [(r["low"] + r["high"]) / 2 for r in after]
-    counts.bar([c - width / 4 for c in centres], [r["n"] for r in before], width / 2, color=_OTHER)
-    counts.bar([c + width / 4 for c in centres], [r["n"] for r in after], width / 2, color=_OURS)
+    centres = [(r.low + r.high) / 2 for r in after]
+    counts.bar([c - width / 4 for c in centres], [r.n for r in before], width / 2, color=_OTHER)
+    counts.bar([c + width / 4 for c in centres], [r.n for r in after], width / 2, color=_OURS)
     counts.set_xlim(0, 1)
     counts.set_xlabel("confidence")
     counts.set_ylabel("bins")

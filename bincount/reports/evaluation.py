@@ -138,11 +138,11 @@ def calibration_section(calibration: CalibrationReport) -> str:
     """ECE before and after the temperature, and the reliability table."""
     rows = [
         [
-            f"{before['low']:.1f}-{before['high']:.1f}",
-            before["n"],
-            pct(before["accuracy"]),
-            after["n"],
-            pct(after["accuracy"]),
+            f"{before.low:.1f}-{before.high:.1f}",
+            before.n,
+            pct(before.accuracy),
+            after.n,
+            pct(after.accuracy),
         ]
         for before, after in zip(
             calibration.reliability_before, calibration.reliability_after, strict=True
