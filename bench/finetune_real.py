@@ -130,12 +130,12 @@ def finetune_split(
     return SplitResult(
         split_seed=seed,
         pretrained=config.pretrained,
-        test_bins=report["evaluation_set"]["size"],
+        test_bins=report.evaluation_set.size,
         train_bins=sum(details.distribution["train"].values()),
-        accuracy=report["metrics"]["accuracy"],
-        rmse=report["metrics"]["rmse"],
-        majority_accuracy=report["majority_baseline"]["accuracy"],
-        majority_rmse=report["majority_baseline"]["rmse"],
+        accuracy=report.metrics.accuracy,
+        rmse=report.metrics.rmse,
+        majority_accuracy=report.majority_baseline.accuracy,
+        majority_rmse=report.majority_baseline.rmse,
         best_epoch=result.best_epoch,
         seconds=run.seconds["train"] + run.seconds["evaluate"],
     )

@@ -91,10 +91,10 @@ def run_recipe(
         ],
         "max_data_wait_share": max(h["data_wait_share"] for h in history[1:] or history),
         "best_epoch": result.best_epoch,
-        "accuracy": report["metrics"]["accuracy"],
-        "rmse": report["metrics"]["rmse"],
-        "majority_accuracy": report["majority_baseline"]["accuracy"],
-        "test_bins": report["evaluation_set"]["size"],
+        "accuracy": report.metrics.accuracy,
+        "rmse": report.metrics.rmse,
+        "majority_accuracy": report.majority_baseline.accuracy,
+        "test_bins": report.evaluation_set.size,
     }
 
 

@@ -169,11 +169,18 @@ class Invocation:
         if isinstance(result, str):
             sys.stdout.write(result + "\n")
         else:
-            json.dump(result, sys.stdout, indent=2, default=str)
+            json.dump(result, sys.stdout, indent=2, default=_jsonable)
             sys.stdout.write("\n")
         if self.command == "predict" and any("error" in answer for answer in result):
             return 1
         return 0
+
+
+def _jsonable(value: object) -> object:
+    # A typed record (an evaluation report) prints as the document its file holds.
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    return str(value)
 
 
 def parse(argv: Sequence[str] | None = None) -> Invocation | None:

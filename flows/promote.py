@@ -21,5 +21,5 @@ def promote(
     report = evaluate_registered_model(output, model, split, manifest)
     decision = promotion_gate(output, report)
     if decision.promote:  # the new champion's yardstick for input drift, computed once
-        keep_model_input_reference(output, decision.challenger, decision.evaluation_set["id"])
-    return {**decision.to_dict(), "evaluation": report_headline(report)}
+        keep_model_input_reference(output, decision.challenger, decision.evaluation_set.id)
+    return {**decision.model_dump(mode="json"), "evaluation": report_headline(report)}

@@ -7,13 +7,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from bincount.model.evaluation import evaluate_model
-from bincount.model.registry import (
-    PromotionDecision,
-    champion,
-    decide_promotion,
-    read_evaluation,
-    record_decision,
-)
+from bincount.model.records import EvaluationReport, PromotionDecision
+from bincount.model.registry import champion, decide_promotion, read_evaluation, record_decision
 from bincount.reports.evaluation import (
     decision_markdown,
     evaluation_charts,
@@ -25,19 +20,19 @@ from tasks.runtime import resolve_output, timed_task
 @timed_task("long_timeout_s", name="evaluate-model", cache_policy=NO_CACHE)
 def evaluate_registered_model(
     output: str | None, model: str, split: str, manifest: str | None = None
-) -> dict:
+) -> EvaluationReport:
     """ABID metrics of a model on a frozen evaluation set, beside the ABID baseline."""
     output_location = resolve_output(output)
     report = evaluate_model(output_location, model, split=split, manifest_version=manifest)
     get_run_logger().info(
         "model %s on %s: accuracy %.4f, RMSE %.4f",
-        report["model_version"],
-        report["evaluation_set"]["id"],
-        report["metrics"]["accuracy"],
-        report["metrics"]["rmse"],
+        report.model_version,
+        report.evaluation_set.id,
+        report.metrics.accuracy,
+        report.metrics.rmse,
     )
     create_markdown_artifact(
-        key=f"evaluation-{report['model_version']}",
+        key=f"evaluation-{report.model_version}",
         markdown=evaluation_markdown(report, charts=evaluation_charts(report)),
         description="ABID metrics beside the ResNet-34 baseline and the majority class",
     )
@@ -45,21 +40,20 @@ def evaluate_registered_model(
 
 
 @timed_task("long_timeout_s", name="promotion-gate", cache_policy=NO_CACHE)
-def promotion_gate(output: str | None, challenger_report: dict) -> PromotionDecision:
+def promotion_gate(output: str | None, challenger_report: EvaluationReport) -> PromotionDecision:
     """Promote the challenger only if it beats the champion on the same evaluation set."""
     output_location = resolve_output(output)
     current = champion(output_location)
     incumbent = None
     if current is not None:
-        set_id = challenger_report["evaluation_set"]["id"]
-        incumbent = read_evaluation(output_location, current["version"], set_id)
+        evaluation = challenger_report.evaluation_set
+        incumbent = read_evaluation(output_location, current.version, evaluation.id)
         if incumbent is None:  # judge both on the challenger's set, never on unlike sets
-            evaluation = challenger_report["evaluation_set"]
             incumbent = evaluate_model(
                 output_location,
-                current["version"],
-                split=evaluation["split"],
-                manifest_version=evaluation["manifest_version"],
+                current.version,
+                split=evaluation.split,
+                manifest_version=evaluation.manifest_version,
             )
     decision = decide_promotion(challenger_report, incumbent)
     record_decision(output_location, decision)

@@ -20,6 +20,7 @@ from bincount.data.ingest import (
     settle_ingest_pending,
     summarize_ingest,
 )
+from bincount.reports.ingest import ingest_markdown
 from tasks.runtime import current_run_id, locations, timed_task
 
 
@@ -94,12 +95,10 @@ def publish_ingest_summary(
     settle_ingest_pending(output_location)
     summary = summarize_ingest(plan, outcomes, run_id=current_run_id(), seconds=seconds)
     get_run_logger().info("ingest summary: %s", summary.as_dict())
-    rows = "\n".join(f"| {name} | {value} |" for name, value in summary.as_dict().items())
     create_markdown_artifact(
         key="ingest-summary",
-        markdown=(
-            f"# Ingest of {source_location.uri('metadata')}\n\n"
-            f"Into `{output_location.uri()}`.\n\n| measure | value |\n|---|---|\n{rows}\n"
+        markdown=ingest_markdown(
+            summary, source=source_location.uri("metadata"), output=output_location.uri()
         ),
         description="Metadata objects listed, new, ingested and quarantined",
     )

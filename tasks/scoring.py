@@ -19,7 +19,7 @@ from bincount.nightly.plan import ScoringPlan, combined_plan, plan_scoring, sett
 from bincount.nightly.scorer import Scorer, load_scorer
 from bincount.nightly.scoring import REVIEW_LIST_SIZE, score_chunk
 from bincount.nightly.summary import ChunkResult, ScoringSummary, summarize
-from bincount.reports.drift import prediction_chart
+from bincount.reports.scoring import scoring_markdown
 from bincount.review.queue import NightQueue, measure_against_truth, queue_reviews
 from bincount.review.ranking import ReviewPolicy
 from tasks.runtime import (
@@ -178,33 +178,10 @@ def publish_scoring_summary(
     )
     create_markdown_artifact(
         key="scoring-summary",
-        markdown=with_drift_section(summary.to_markdown(), drift),
+        markdown=scoring_markdown(summary, drift),
         description="Images scored and the top of the night's review queue, with photos",
     )
     return summary
-
-
-def with_drift_section(markdown: str, drift: DriftCheck | None) -> str:
-    """The summary with the night's predicted counts and drift verdict before its queue."""
-    if drift is None or not drift.row["bins"]:
-        return markdown
-    verdict = (
-        "**drift detected** (" + "; ".join(drift.reasons) + ")"
-        if drift.drift
-        else "no drift detected"
-    )
-    lines = [
-        "",
-        "## Tonight's predicted counts",
-        "",
-        f"Against the model's test set and recent nights: {verdict}; the trend is in the "
-        "`drift-monitoring` artifact.",
-        "",
-        *prediction_chart(drift),
-    ]
-    section = "\n".join(lines)
-    at = markdown.find("\n## Review queue")
-    return markdown + section if at < 0 else markdown[:at] + section + markdown[at:]
 
 
 @timed_task("step_timeout_s", name="queue-against-truth", cache_policy=NO_CACHE)

@@ -7,6 +7,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from bincount.data.validate import ValidationReport, validate_bins
+from bincount.reports.validation import validation_markdown
 from tasks.runtime import current_run_id, locations, timed_task
 
 
@@ -29,7 +30,7 @@ def validate_labels(source: str | None, output: str | None) -> ValidationReport:
     )
     create_markdown_artifact(
         key="label-validation",
-        markdown=report.to_markdown(),
+        markdown=validation_markdown(report),
         description="Each expectation of the bins contract: evaluated, failed, percent",
     )
     create_table_artifact(

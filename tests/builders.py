@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -201,3 +202,55 @@ def write_malformed(root: Path) -> dict[str, str]:
     for image_id, (payload, _) in MALFORMED_OBJECTS.items():
         write_bin(root, image_id, {}, raw=payload)
     return {image_id: code for image_id, (_, code) in MALFORMED_OBJECTS.items()}
+
+
+def evaluation_report(
+    version: str = "m1", *, accuracy: float = 0.4, rmse: float = 1.2, set_id: str = "set1"
+):
+    """A small evaluation report as ``evaluate_model`` writes one: an open-top model of counts
+    0, 1 and "more than 1", six bins, none "more than 1" (its per-class figures NaN)."""
+    from bincount.model.records import EvaluationReport
+
+    metrics = {
+        "n": 6,
+        "accuracy": accuracy,
+        "rmse": rmse,
+        "per_class_accuracy": [0.5, 0.25, math.nan],
+        "per_class_rmse": [0.5, 1.0, math.nan],
+        "per_class_n": [2, 4, 0],
+        "confusion": [[1, 1, 0], [2, 1, 1], [0, 0, 0]],
+    }
+    return EvaluationReport.model_validate(
+        {
+            "model_version": version,
+            "model": {
+                "arch": "a",
+                "loss": "ce",
+                "max_count": 1,
+                "image_size": 32,
+                "open_top": True,
+            },
+            "evaluation_set": {
+                "id": set_id,
+                "manifest_version": "v1",
+                "split": "test",
+                "size": 6,
+                "source": "s3://b/",
+                "policy": "open:1",
+                "max_count": 1,
+                "open_top": True,
+                "labels": {"0": 2, "1": 4},
+                "is_abid_benchmark": False,
+            },
+            "images_left_out": 0,
+            "metrics": metrics,
+            "majority_baseline": {**metrics, "accuracy": 0.66},
+            "abid_baseline": {
+                "accuracy": 0.55,
+                "rmse": 0.9,
+                "per_class_accuracy": [0.9],
+                "per_class_rmse": [0.3],
+            },
+            "predictions_uri": f"file:///out/models/{version}/evaluations/{set_id}.parquet",
+        }
+    )

@@ -99,8 +99,8 @@ def _night(
 ) -> None:
     """Write a night's scores as the scoring run ``run_id`` would (score_table, one committed
     part) and rank its queue."""
-    version = version or champion(output)["version"]
-    config = read_model_record(output, version)["config"]
+    version = version or champion(output).version
+    config = read_model_record(output, version).config
     keys = [f"bin-images/{run_id}-{i:05d}.jpg" for i in range(len(probabilities))]
     table = score_table(
         Location("/bucket"),
@@ -108,8 +108,8 @@ def _night(
         probabilities,
         probabilities.argmax(1),
         expected={key.split("/")[1][:-4]: r for key, r in zip(keys, records, strict=True)},
-        max_count=config["max_count"],
-        open_top=probabilities.shape[1] == config["max_count"] + 2,
+        max_count=config.max_count,
+        open_top=probabilities.shape[1] == config.max_count + 2,
         model_version=version,
         run_id=run_id,
         scored_at=at,
@@ -120,8 +120,8 @@ def _night(
 
 def _like_reference(output: Location, n: int, seed: int) -> tuple[np.ndarray, list[int]]:
     """Probabilities and records resampled from the champion's own test-set predictions."""
-    version = champion(output)["version"]
-    set_id = champion(output)["evaluation_set"]["id"]
+    version = champion(output).version
+    set_id = champion(output).evaluation_set.id
     table = output.read_parquet(f"models/{version}/evaluations/{set_id}-predictions.parquet")
     rows = np.random.default_rng(seed).integers(0, table.num_rows, n)
     probabilities = np.array(table.column("count_probabilities").to_pylist(), np.float32)[rows]
@@ -138,12 +138,9 @@ def _dark(n: int, classes: int) -> np.ndarray:
 
 def test_a_night_like_the_test_set_is_no_drift_and_a_dark_one_is(output):
     now = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
-    version = champion(output)["version"]
+    version = champion(output).version
     reference = load_reference(output, version, ReviewPolicy())
-    assert (
-        reference is not None
-        and reference.evaluation_set == champion(output)["evaluation_set"]["id"]
-    )
+    assert reference is not None and reference.evaluation_set == champion(output).evaluation_set.id
     classes = len(reference.distribution)
 
     probabilities, records = _like_reference(output, 60, seed=1)
@@ -201,7 +198,7 @@ def test_a_night_like_the_test_set_is_no_drift_and_a_dark_one_is(output):
 
 def test_small_nights_are_recorded_not_judged_and_a_new_model_starts_afresh(output):
     now = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
-    version = champion(output)["version"]
+    version = champion(output).version
     classes = len(load_reference(output, version, ReviewPolicy()).distribution)
     _night(output, "tiny", _dark(5, classes), records=[0] * 5, at=now)
     tiny = monitor_night(
@@ -269,7 +266,7 @@ def test_a_clean_night_raises_no_event_and_a_dark_night_exactly_one(
     assert "](data:image/png;base64," in artifacts["scoring-summary"]
 
     location = Location(output)
-    version = champion(location)["version"]
+    version = champion(location).version
     classes = len(load_reference(location, version, ReviewPolicy()).distribution)
 
     @flow(name="dark-night")
@@ -390,7 +387,7 @@ def test_input_drift_names_the_statistic_of_a_dark_blurred_or_resized_night(
     for photo in (bucket / "bin-images").glob("*.jpg"):
         photo.write_bytes(_faulty(photo.read_bytes(), fault))
     score_images(Location(str(bucket)), output, run_id=f"night-{fault}")
-    version = champion(output)["version"]
+    version = champion(output).version
     check = monitor_night(
         output, run_id=f"night-{fault}", model_version=version, review=ReviewPolicy(), policy=POLICY
     )

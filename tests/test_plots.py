@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from PIL import Image
 
+from bincount.model.calibration import ReliabilityBin
 from bincount.reports import charts as plots
 
 MAX_URI_BYTES = 60_000  # "tens of KB" per image, as base64 in the artifact
@@ -56,23 +57,23 @@ def test_class_names_end_with_the_open_top():
         ),
         lambda: plots.reliability_diagram(
             [
-                {
-                    "low": b / 10,
-                    "high": (b + 1) / 10,
-                    "n": 10 * b,
-                    "confidence": b / 10 + 0.05,
-                    "accuracy": b / 12,
-                }
+                ReliabilityBin(
+                    low=b / 10,
+                    high=(b + 1) / 10,
+                    n=10 * b,
+                    confidence=b / 10 + 0.05,
+                    accuracy=b / 12,
+                )
                 for b in range(10)
             ],
             [
-                {
-                    "low": b / 10,
-                    "high": (b + 1) / 10,
-                    "n": 0 if b == 9 else 10 * b,
-                    "confidence": b / 10 + 0.05,
-                    "accuracy": b / 10,
-                }
+                ReliabilityBin(
+                    low=b / 10,
+                    high=(b + 1) / 10,
+                    n=0 if b == 9 else 10 * b,
+                    confidence=b / 10 + 0.05,
+                    accuracy=b / 10,
+                )
                 for b in range(10)
             ],
         ),

@@ -4,6 +4,7 @@ synthetic truth it is measured against, and the open top class that keeps large 
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import functools
 import json
@@ -311,4 +312,4 @@ def test_report_round_trips_through_json():
     report = calibration_report(
         lambda x: x.softmax(1), torch.randn(1, 50, 3), torch.randint(0, 3, (50,)), 1.5
     )
-    assert json.loads(json.dumps(report.to_dict()))["temperature"] == 1.5
+    assert json.loads(json.dumps(dataclasses.asdict(report)))["temperature"] == 1.5

@@ -25,6 +25,7 @@ from bincount.data.ingest import ingest_metadata
 from bincount.nightly.plan import plan_scoring
 from bincount.nightly.scorer import load_scorer
 from bincount.nightly.scoring import score_chunk, score_images
+from bincount.reports.scoring import scoring_markdown
 from bincount.review.queue import decide_queue
 from bincount.review.ranking import ReviewPolicy
 from bincount.testing.processes import bincount_command, kill_midway
@@ -132,7 +133,7 @@ def test_scores_follow_the_contract_and_the_record(workdir):
         assert row["link"].startswith("file://")
         thumbnail = Image.open(io.BytesIO(base64.b64decode(row["thumbnail"].split(",", 1)[1])))
         assert row["thumbnail"].startswith("data:image/jpeg;base64,") and max(thumbnail.size) <= 96
-    markdown = summary.to_markdown()
+    markdown = scoring_markdown(summary)
     assert markdown.count("](data:image/jpeg;base64,") == len(review)
 
     again = score_images(source, output)

@@ -21,7 +21,7 @@ from bincount.model.metrics import counting_metrics
 from bincount.model.registry import champion, decide_promotion, list_models
 from bincount.testing.pipeline import run_pipeline, tiny_config
 from bincount.testing.processes import kill_midway
-from tests.builders import write_bin, write_clean_bucket
+from tests.builders import evaluation_report, write_bin, write_clean_bucket
 
 
 @pytest.fixture
@@ -55,22 +55,22 @@ def test_train_evaluate_promote_through_the_flows(prefect_api, settings_env, man
 
     decision = promote(output=output, model=first["version"])
     assert decision["promote"] and decision["reason"] == "no champion yet"
-    assert champion(Location(output))["version"] == first["version"]
+    assert champion(Location(output)).version == first["version"]
     # The new champion's input-drift reference, computed once at promotion, kept with it.
     kept = Location(output).read_parquet(f"models/{first['version']}/input-reference.parquet")
     assert kept.num_rows > 0 and kept.column("brightness").null_count == 0
 
     report = evaluate(output=output, model="champion")
-    assert report["evaluation_set"]["manifest_version"] == manifest
-    predictions = pq.read_table(report["predictions_uri"]).to_pylist()
+    assert report.evaluation_set.manifest_version == manifest
+    predictions = pq.read_table(report.predictions_uri).to_pylist()
     recomputed = counting_metrics(
         [p["predicted_count"] for p in predictions],
         [p["label"] for p in predictions],
         num_classes=6,
     )
-    assert recomputed.accuracy == pytest.approx(report["metrics"]["accuracy"])
-    assert recomputed.rmse == pytest.approx(report["metrics"]["rmse"])
-    assert report["evaluation_set"]["size"] == len(predictions)
+    assert recomputed.accuracy == pytest.approx(report.metrics.accuracy)
+    assert recomputed.rmse == pytest.approx(report.metrics.rmse)
+    assert report.evaluation_set.size == len(predictions)
 
     again = train(output=output, config=tiny_config(epochs=2, lr=1e-3))
     assert again["version"] == first["version"] and not again["created"]
@@ -82,7 +82,7 @@ def test_train_evaluate_promote_through_the_flows(prefect_api, settings_env, man
         -gate["champion_figures"]["rmse"],
     )
     assert gate["promote"] == expected
-    assert champion(Location(output))["version"] == (
+    assert champion(Location(output)).version == (
         second["version"] if expected else first["version"]
     )
     assert {m["version"] for m in list_models(Location(output))} == {
@@ -92,11 +92,7 @@ def test_train_evaluate_promote_through_the_flows(prefect_api, settings_env, man
 
 
 def _report(version, accuracy, rmse, set_id="s1"):
-    return {
-        "model_version": version,
-        "evaluation_set": {"id": set_id, "size": 10, "split": "test", "manifest_version": "m"},
-        "metrics": {"accuracy": accuracy, "rmse": rmse},
-    }
+    return evaluation_report(version, accuracy=accuracy, rmse=rmse, set_id=set_id)
 
 
 def test_the_gate_both_ways():
@@ -204,7 +200,7 @@ def test_tune_records_every_trial_and_promotes_the_best(prefect_api, settings_en
     best = max(table.to_pylist(), key=lambda r: (r["val_accuracy"], -r["val_rmse"]))
     assert result["best"]["model_version"] == best["model_version"]
     assert result["promotion"]["challenger"] == best["model_version"]
-    assert champion(Location(output))["version"] == best["model_version"]
+    assert champion(Location(output)).version == best["model_version"]
 
 
 def test_the_library_epoch_lines_reach_the_runs_logs():

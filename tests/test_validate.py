@@ -11,6 +11,7 @@ from bincount.core.storage import Location
 from bincount.core.tables import read_table
 from bincount.data.ingest import ingest_metadata
 from bincount.data.validate import ContractViolation, latest_validation, validate_bins
+from bincount.reports.validation import validation_markdown
 from bincount.testing.pipeline import defaults
 from tests.builders import write_bin, write_clean_bucket
 
@@ -63,14 +64,14 @@ def test_each_failing_row_is_quarantined_with_its_expectation(noisy_bucket):
     with pytest.raises(ContractViolation, match="BC-EQ-003") as caught:
         report.raise_for_thresholds()
     assert "BC-EQ-004" not in str(caught.value)
-    markdown = report.to_markdown()
+    markdown = validation_markdown(report)
     assert "| BC-EQ-004 |" in markdown and "| 203 | 1 | 0.49 | 2 | yes |" in markdown
 
 
 def test_thresholds_come_from_the_contract_and_parameters(noisy_bucket):
     source, output = noisy_bucket
     report = validate_bins(source, output, max_expected_quantity=400)
-    assert report.passed, report.to_markdown()
+    assert report.passed, validation_markdown(report)
     codes = {r["reason_code"] for r in read_table(output, "quarantine").to_pylist()}
     assert codes == {"BC-EQ-004", "BC-IMG-001"}
 

@@ -107,26 +107,6 @@ class ValidationReport:
             row["within_threshold"] = outcome.within_threshold
         return data
 
-    def to_markdown(self) -> str:
-        status = "passed" if self.passed else "FAILED"
-        lines = [
-            f"# Label validation: {status}",
-            "",
-            f"Suite `{self.suite}` over {self.rows:,} current bins "
-            f"(fingerprint `{self.bins_fingerprint}`); {self.quarantined_rows:,} rows quarantined; "
-            f"{self.images_without_metadata:,} of {self.images_listed:,} images have no metadata.",
-            "",
-            "| code | expectation | column | evaluated | failed | failed % | threshold % | ok |",
-            "|---|---|---|---:|---:|---:|---:|---|",
-        ]
-        for o in self.outcomes:
-            ok = "yes" if o.within_threshold else ("ERROR: " + o.error if o.error else "no")
-            lines.append(
-                f"| {o.code} | {o.description} | `{o.column}` | {o.evaluated:,} | {o.failed:,} "
-                f"| {o.failed_percent:.2f} | {o.max_failed_percent:g} | {ok} |"
-            )
-        return "\n".join(lines) + "\n"
-
 
 def validate_bins(
     source: Location,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -149,11 +149,8 @@ class CalibrationReport:
     nll_after: float
     ece_before: float
     ece_after: float
-    reliability_before: list[dict]
-    reliability_after: list[dict]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    reliability_before: list[ReliabilityBin]
+    reliability_after: list[ReliabilityBin]
 
 
 def calibration_report(
@@ -174,6 +171,6 @@ def calibration_report(
         nll_after=negative_log_likelihood(after, labels),
         ece_before=expected_calibration_error(before, labels),
         ece_after=expected_calibration_error(after, labels),
-        reliability_before=[asdict(r) for r in reliability_table(before, labels, bins=bins)],
-        reliability_after=[asdict(r) for r in reliability_table(after, labels, bins=bins)],
+        reliability_before=reliability_table(before, labels, bins=bins),
+        reliability_after=reliability_table(after, labels, bins=bins),
     )

@@ -21,10 +21,16 @@ from bincount.data.manifest import load_manifest
 from bincount.data.manifestdetails import ManifestDetails
 from bincount.images.shards import load_cached_splits
 from bincount.model.calibration import calibration_report
-from bincount.model.config import TrainConfig
 from bincount.model.device import resolve_runtime
 from bincount.model.metrics import ABID_BASELINE, counting_metrics, majority_baseline
 from bincount.model.prediction import predict_split
+from bincount.model.records import (
+    Baseline,
+    EvaluationReport,
+    EvaluationSet,
+    ModelSummary,
+    ReviewDetection,
+)
 from bincount.model.registry import load_model, model_folder, save_evaluation
 from bincount.review.ranking import (
     detection_quality,
@@ -42,7 +48,7 @@ SIMULATED_ERROR_RATE = 0.05
 SIMULATION_SEED = 20261122
 
 
-def evaluation_set(manifest: pa.Table, details: ManifestDetails, split: str) -> dict:
+def evaluation_set(manifest: pa.Table, details: ManifestDetails, split: str) -> EvaluationSet:
     """The identity and description of one manifest split as an evaluation set."""
     if split not in SPLIT_NAMES:
         raise ValueError(f"Expected split in {SPLIT_NAMES}, but got {split!r}")
@@ -59,19 +65,18 @@ def evaluation_set(manifest: pa.Table, details: ManifestDetails, split: str) -> 
     ):
         digest.update(f"{image_id}:{label};".encode())
     labels = rows["label"].to_pylist()
-    return {
-        "id": digest.hexdigest()[:12],
-        "manifest_version": details.version,
-        "split": split,
-        "size": rows.num_rows,
-        "source": ", ".join(details.all_sources),
-        "policy": details.policy,
-        "max_count": details.max_count,
-        "open_top": details.open_top,
-        "labels": {str(k): labels.count(k) for k in sorted(set(labels))},
-        "is_abid_benchmark": bool(benchmark) and split in ("test", "benchmark"),
-        "benchmark": benchmark and benchmark.model_dump(mode="json"),
-    }
+    return EvaluationSet(
+        id=digest.hexdigest()[:12],
+        manifest_version=details.version,
+        split=split,
+        size=rows.num_rows,
+        source=", ".join(details.all_sources),
+        policy=details.policy,
+        max_count=details.max_count,
+        open_top=details.open_top,
+        labels={str(k): labels.count(k) for k in sorted(set(labels))},
+        is_abid_benchmark=bool(benchmark) and split in ("test", "benchmark"),
+    )
 
 
 def _manifest_split(split: str) -> str:
@@ -85,13 +90,13 @@ def evaluate_model(
     split: str = "test",
     manifest_version: str | None = None,
     device: str | None = None,
-) -> dict:
+) -> EvaluationReport:
     """Predict a split with model ``version`` (or ``champion``); store and return the report."""
     model, record = load_model(output, version)
-    manifest_version = manifest_version or record["lineage"]["manifest_version"]
+    manifest_version = manifest_version or record.lineage.manifest_version
     manifest, details = load_manifest(output, manifest_version)
     evaluated = evaluation_set(manifest, details, split)
-    config = TrainConfig.model_validate(record["config"])
+    config = record.config
     size = config.image_size
     cached = load_cached_splits(output, manifest_version, size, ("train", _manifest_split(split)))
     target = cached[_manifest_split(split)]
@@ -116,7 +121,7 @@ def evaluate_model(
         float(model.temperature),
     )
 
-    key = f"{model_folder(record['version'])}/evaluations/{evaluated['id']}-predictions.parquet"
+    key = f"{model_folder(record.version)}/evaluations/{evaluated.id}-predictions.parquet"
     output.write_parquet(
         key,
         pa.table(
@@ -128,39 +133,39 @@ def evaluate_model(
             }
         ),
     )
-    report = {
-        "model_version": record["version"],
-        "model": {
+    report = EvaluationReport(
+        model_version=record.version,
+        model=ModelSummary(
             **config.model_dump(include={"arch", "loss", "image_size", "max_count"}),
-            "open_top": model.open_top,
-        },
-        "evaluation_set": {k: v for k, v in evaluated.items() if k != "benchmark"},
-        "images_left_out": evaluated["size"] - len(target),
-        "metrics": metrics.to_dict(),
-        "majority_baseline": majority.to_dict(),
-        "abid_baseline": ABID_BASELINE,
+            open_top=model.open_top,
+        ),
+        evaluation_set=evaluated,
+        images_left_out=evaluated.size - len(target),
+        metrics=metrics,
+        majority_baseline=majority,
+        abid_baseline=Baseline(**ABID_BASELINE),
         # A model that also predicts counts above 5 (or "more than K") is compared with ABID's
         # moderate task on the bins recorded 0-5, its predictions as they are.
-        "metrics_moderate": counting_metrics(
+        metrics_moderate=counting_metrics(
             [predictions[i] for i in moderate],
             [labels[i] for i in moderate],
             num_classes=num_classes,
-        ).to_dict()
+        )
         if model.num_classes > MODERATE_MAX + 1 and moderate
         else None,
-        "calibration": calibration.to_dict(),
-        "review_detection": review_detection(
+        calibration=calibration,
+        review_detection=review_detection(
             probabilities.numpy(), np.array(labels), predictions, model=model
         ),
-        "predictions_uri": output.uri(key),
-    }
-    save_evaluation(output, record["version"], report)
+        predictions_uri=output.uri(key),
+    )
+    save_evaluation(output, record.version, report)
     return report
 
 
 def review_detection(
     probabilities: np.ndarray, labels: np.ndarray, predictions: list[int], *, model
-) -> dict:
+) -> ReviewDetection:
     """How well the review queue would find wrong records on this set: 5% of its records moved
     as a mismatched record is (``simulate_record_errors``), ranked by ``p_recorded`` and, for
     comparison, by "predicted count differs from the record"."""
@@ -174,27 +179,27 @@ def review_detection(
     known = [int(r) for r in records]
     p = record_probability(probabilities, known, max_count=model.max_count, open_top=model.open_top)
     differs = disagrees(predictions, known, max_count=model.max_count, open_top=model.open_top)
-    return {
-        "simulated_error_rate": SIMULATED_ERROR_RATE,
-        "seed": SIMULATION_SEED,
-        "p_recorded": detection_quality(discrepancy_score(p), errors).to_dict(),
-        "predicted_differs": detection_quality(np.array(differs, float), errors).to_dict(),
-    }
+    return ReviewDetection(
+        simulated_error_rate=SIMULATED_ERROR_RATE,
+        seed=SIMULATION_SEED,
+        p_recorded=detection_quality(discrepancy_score(p), errors),
+        predicted_differs=detection_quality(np.array(differs, float), errors),
+    )
 
 
-def report_headline(report: dict) -> dict:
+def report_headline(report: EvaluationReport) -> dict:
     """The few figures a summary line needs: accuracy and RMSE (over every class, and on ABID's
     moderate task when the model predicts beyond it), calibration, and the queue's AP."""
-    moderate = report.get("metrics_moderate") or report["metrics"]
-    calibration = report.get("calibration") or {}
-    detection = (report.get("review_detection") or {}).get("p_recorded") or {}
+    moderate = report.metrics_moderate or report.metrics
+    calibration = report.calibration
+    detection = report.review_detection.p_recorded if report.review_detection else None
     return {
-        "accuracy": report["metrics"]["accuracy"],
-        "rmse": report["metrics"]["rmse"],
-        "moderate_accuracy": moderate["accuracy"],
-        "moderate_rmse": moderate["rmse"],
-        "temperature": calibration.get("temperature"),
-        "ece_before": calibration.get("ece_before"),
-        "ece_after": calibration.get("ece_after"),
-        "review_average_precision": detection.get("average_precision"),
+        "accuracy": report.metrics.accuracy,
+        "rmse": report.metrics.rmse,
+        "moderate_accuracy": moderate.accuracy,
+        "moderate_rmse": moderate.rmse,
+        "temperature": calibration and calibration.temperature,
+        "ece_before": calibration and calibration.ece_before,
+        "ece_after": calibration and calibration.ece_after,
+        "review_average_precision": detection and detection.average_precision,
     }

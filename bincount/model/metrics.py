@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 # The ABID ResNet-34 baseline on the moderate validation set (counts 0-5), from the challenge.
 ABID_BASELINE = {
@@ -40,9 +40,6 @@ class CountingMetrics:
     per_class_rmse: list[float]
     per_class_n: list[int]
     confusion: list[list[int]]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def counting_metrics(

@@ -16,13 +16,22 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import torch
+from pydantic import BaseModel
 
 from bincount.core.storage import Location
+from bincount.model.config import TrainConfig
+from bincount.model.records import (
+    Champion,
+    EvaluationReport,
+    Figures,
+    ModelRecord,
+    PromotionDecision,
+    TrainingMetrics,
+)
 
 MODELS = "models"
 CHAMPION = f"{MODELS}/_champion.json"
@@ -38,9 +47,9 @@ class ModelFiles:
 
     version: str
     state_dict: dict
-    config: dict
+    config: TrainConfig
     manifest_version: str
-    metrics: dict
+    metrics: TrainingMetrics
     lineage: dict
 
 
@@ -64,17 +73,20 @@ def save_model(output: Location, files: ModelFiles) -> None:
     )
 
 
-def read_model_record(output: Location, version: str) -> dict | None:
+def read_model_record(output: Location, version: str) -> ModelRecord | None:
     """A finished model's config, metrics and lineage; None when it is not (yet) finished."""
     folder = model_folder(version)
     if not output.exists(f"{folder}/_complete.json"):
         return None
-    record = {
-        name: json.loads(output.read_bytes(f"{folder}/{name}.json"))
-        for name in ("config", "metrics", "lineage", "_complete")
-    }
-    record["version"] = version
-    return record
+    return ModelRecord.model_validate(
+        {
+            "version": version,
+            **{
+                name: json.loads(output.read_bytes(f"{folder}/{name}.json"))
+                for name in ("config", "metrics", "lineage", "_complete")
+            },
+        }
+    )
 
 
 def resolve_version(output: Location, version: str) -> str:
@@ -83,7 +95,7 @@ def resolve_version(output: Location, version: str) -> str:
         current = champion(output)
         if current is None:
             raise LookupError(f"Expected a champion in {output.uri(MODELS)}, but none is promoted")
-        return current["version"]
+        return current.version
     if read_model_record(output, version) is None:
         raise LookupError(f"Expected a finished model {version} in {output.uri(MODELS)}")
     return version
@@ -91,12 +103,11 @@ def resolve_version(output: Location, version: str) -> str:
 
 def load_model(output: Location, version: str):
     """The model and its record (``version`` may be ``champion``)."""
-    from bincount.model.config import TrainConfig
     from bincount.model.networks import build_model
 
     version = resolve_version(output, version)
     record = read_model_record(output, version)
-    model = build_model(TrainConfig.model_validate(record["config"]))
+    model = build_model(record.config)
     state = torch.load(
         io.BytesIO(output.read_bytes(f"{model_folder(version)}/model.pt")),
         map_location="cpu",
@@ -109,105 +120,91 @@ def load_model(output: Location, version: str):
 
 def list_models(output: Location) -> list[dict]:
     """Every finished model, newest first, with its best validation figures."""
-    from bincount.model.config import TrainConfig
-
     current = champion(output)
     rows = []
     for key in output.list(MODELS).column("key").to_pylist():
         parts = key.split("/")
         if len(parts) == 3 and parts[2] == "_complete.json":
             record = read_model_record(output, parts[1])
-            config = TrainConfig.model_validate(record["config"])
-            best = record["metrics"]["best_epoch"]
+            config, best = record.config, record.metrics.best_epoch
             rows.append(
                 {
                     "version": parts[1],
-                    "champion": bool(current and current["version"] == parts[1]),
+                    "champion": bool(current and current.version == parts[1]),
                     "arch": config.arch,
                     "loss": config.loss,
                     "image_size": config.image_size,
-                    "manifest": record["lineage"]["manifest_version"],
-                    "val_accuracy": best["val_accuracy"],
-                    "val_rmse": best["val_rmse"],
-                    "created_at": record["_complete"]["created_at"],
+                    "manifest": record.lineage.manifest_version,
+                    "val_accuracy": best.val_accuracy,
+                    "val_rmse": best.val_rmse,
+                    "created_at": record.complete.created_at,
                 }
             )
     return sorted(rows, key=lambda row: row["created_at"], reverse=True)
 
 
-def champion(output: Location) -> dict | None:
+def champion(output: Location) -> Champion | None:
     if not output.exists(CHAMPION):
         return None
-    return json.loads(output.read_bytes(CHAMPION))
+    return Champion.model_validate(json.loads(output.read_bytes(CHAMPION)))
 
 
-def save_evaluation(output: Location, version: str, report: dict) -> str:
-    key = f"{model_folder(version)}/evaluations/{report['evaluation_set']['id']}.json"
+def save_evaluation(output: Location, version: str, report: EvaluationReport) -> str:
+    key = f"{model_folder(version)}/evaluations/{report.evaluation_set.id}.json"
     _write_json(output, key, report)
     return key
 
 
-def read_evaluation(output: Location, version: str, evaluation_set_id: str) -> dict | None:
+def read_evaluation(
+    output: Location, version: str, evaluation_set_id: str
+) -> EvaluationReport | None:
     key = f"{model_folder(version)}/evaluations/{evaluation_set_id}.json"
-    return json.loads(output.read_bytes(key)) if output.exists(key) else None
+    if not output.exists(key):
+        return None
+    return EvaluationReport.model_validate(json.loads(output.read_bytes(key)))
 
 
-@dataclass(frozen=True)
-class PromotionDecision:
-    """Whether a challenger replaces the champion, and the figures that decided it."""
-
-    promote: bool
-    reason: str
-    challenger: str
-    champion: str | None
-    evaluation_set: dict
-    challenger_figures: dict
-    champion_figures: dict | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def decide_promotion(challenger: dict, incumbent: dict | None) -> PromotionDecision:
+def decide_promotion(
+    challenger: EvaluationReport, incumbent: EvaluationReport | None
+) -> PromotionDecision:
     """The gate: higher accuracy wins, ties broken by lower RMSE, on the same evaluation set."""
     figures = _figures(challenger)
     if incumbent is None:
         return PromotionDecision(
             promote=True,
             reason="no champion yet",
-            challenger=challenger["model_version"],
+            challenger=challenger.model_version,
             champion=None,
-            evaluation_set=challenger["evaluation_set"],
+            evaluation_set=challenger.evaluation_set,
             challenger_figures=figures,
             champion_figures=None,
         )
-    if incumbent["evaluation_set"]["id"] != challenger["evaluation_set"]["id"]:
+    if incumbent.evaluation_set.id != challenger.evaluation_set.id:
         raise ValueError(
             f"Expected both models evaluated on the same set, but got "
-            f"{challenger['evaluation_set']['id']} and {incumbent['evaluation_set']['id']}"
+            f"{challenger.evaluation_set.id} and {incumbent.evaluation_set.id}"
         )
     theirs = _figures(incumbent)
-    better = (figures["accuracy"], -figures["rmse"]) > (theirs["accuracy"], -theirs["rmse"])
-    if challenger["model_version"] == incumbent["model_version"]:
+    better = (figures.accuracy, -figures.rmse) > (theirs.accuracy, -theirs.rmse)
+    if challenger.model_version == incumbent.model_version:
         better, reason = False, "the challenger is the champion"
-    elif better and figures["accuracy"] > theirs["accuracy"]:
-        reason = f"accuracy {figures['accuracy']:.4f} > {theirs['accuracy']:.4f}"
+    elif better and figures.accuracy > theirs.accuracy:
+        reason = f"accuracy {figures.accuracy:.4f} > {theirs.accuracy:.4f}"
     elif better:
         reason = (
-            f"accuracy tied at {figures['accuracy']:.4f}; "
-            f"RMSE {figures['rmse']:.4f} < {theirs['rmse']:.4f}"
+            f"accuracy tied at {figures.accuracy:.4f}; RMSE {figures.rmse:.4f} < {theirs.rmse:.4f}"
         )
     else:
         reason = (
-            f"accuracy {figures['accuracy']:.4f} / RMSE {figures['rmse']:.4f} does not beat "
-            f"the champion's {theirs['accuracy']:.4f} / {theirs['rmse']:.4f}"
+            f"accuracy {figures.accuracy:.4f} / RMSE {figures.rmse:.4f} does not beat "
+            f"the champion's {theirs.accuracy:.4f} / {theirs.rmse:.4f}"
         )
     return PromotionDecision(
         promote=better,
         reason=reason,
-        challenger=challenger["model_version"],
-        champion=incumbent["model_version"],
-        evaluation_set=challenger["evaluation_set"],
+        challenger=challenger.model_version,
+        champion=incumbent.model_version,
+        evaluation_set=challenger.evaluation_set,
         challenger_figures=figures,
         champion_figures=theirs,
     )
@@ -219,25 +216,27 @@ def record_decision(output: Location, decision: PromotionDecision) -> None:
     _write_json(
         output,
         f"{MODELS}/_decisions/{now:%Y%m%dT%H%M%S%f}-{decision.challenger}.json",
-        {**decision.to_dict(), "decided_at": now.isoformat()},
+        decision.model_copy(update={"decided_at": now.isoformat()}),
     )
     if decision.promote:
         _write_json(
             output,
             CHAMPION,
-            {
-                "version": decision.challenger,
-                "promoted_at": now.isoformat(),
-                "evaluation_set": decision.evaluation_set,
-                "figures": decision.challenger_figures,
-                "previous": decision.champion,
-            },
+            Champion(
+                version=decision.challenger,
+                promoted_at=now.isoformat(),
+                evaluation_set=decision.evaluation_set,
+                figures=decision.challenger_figures,
+                previous=decision.champion,
+            ),
         )
 
 
-def _figures(report: dict) -> dict:
-    return {"accuracy": report["metrics"]["accuracy"], "rmse": report["metrics"]["rmse"]}
+def _figures(report: EvaluationReport) -> Figures:
+    return Figures(accuracy=report.metrics.accuracy, rmse=report.metrics.rmse)
 
 
-def _write_json(output: Location, key: str, document: dict) -> None:
+def _write_json(output: Location, key: str, document: dict | BaseModel) -> None:
+    if isinstance(document, BaseModel):
+        document = document.model_dump()  # Python values, as dumped before (see records.py)
     output.write_bytes(key, json.dumps(document, indent=2, default=str).encode())

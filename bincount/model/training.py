@@ -41,6 +41,7 @@ from bincount.model.networks import (
 )
 from bincount.model.optim import EpochMetrics, Schedule, TrainState, build_optimizer
 from bincount.model.prediction import evaluate_split, predict_split
+from bincount.model.records import TrainingMetrics
 from bincount.model.registry import ModelFiles, model_folder, read_model_record, save_model
 
 logger = logging.getLogger(__name__)
@@ -173,13 +174,11 @@ def train_model(
             ModelFiles(
                 version=version,
                 state_dict=model.state_dict(),
-                config=config.model_dump(),
+                config=config,
                 manifest_version=manifest_version,
-                metrics={
-                    "best_epoch": best,
-                    "history": state.history,
-                    "calibration": calibration.to_dict(),
-                },
+                metrics=TrainingMetrics(
+                    best_epoch=best, history=state.history, calibration=calibration
+                ),
                 lineage={
                     **(lineage or {}),
                     "device": str(runtime.device),
@@ -310,13 +309,13 @@ def _finished(output: Location, version: str) -> TrainResult | None:
     record = read_model_record(output, version)
     if record is None:
         return None
-    best = record["metrics"]["best_epoch"]
+    best = record.metrics.best_epoch
     return TrainResult(
         version=version,
         uri=output.uri(model_folder(version)),
-        best_epoch=best["epoch"],
-        val_accuracy=best["val_accuracy"],
-        val_rmse=best["val_rmse"],
-        history=record["metrics"]["history"],
+        best_epoch=best.epoch,
+        val_accuracy=best.val_accuracy,
+        val_rmse=best.val_rmse,
+        history=record.metrics.history,
         created=False,
     )

@@ -34,7 +34,6 @@ from bincount.core.tables import SCORES, read_table
 from bincount.data.manifest import load_manifest
 from bincount.images.decode import UndecodableImage, decode_or_reason
 from bincount.images.stats import INPUT_STATISTICS, statistics_table
-from bincount.model.config import TrainConfig
 from bincount.model.registry import model_folder, read_evaluation, read_model_record
 from bincount.nightly.stability import population_stability_index
 
@@ -103,9 +102,9 @@ def keep_input_reference(
             f"Expected model {model_version} with an evaluation on set {evaluation_set_id}, "
             "but found none: evaluate it first"
         )
-    evaluated = report["evaluation_set"]
-    manifest, details = load_manifest(output, evaluated["manifest_version"])
-    rows = _reference_rows(manifest, evaluated["split"])
+    evaluated = report.evaluation_set
+    manifest, details = load_manifest(output, evaluated.manifest_version)
+    rows = _reference_rows(manifest, evaluated.split)
     locations = open_sources(output, details.all_sources)
     payloads = fetch_uris(
         locations,
@@ -113,7 +112,7 @@ def keep_input_reference(
         concurrency=_FETCH_CONCURRENCY,
         max_bytes=(limits or ImageLimits()).max_bytes,
     )
-    size = TrainConfig.model_validate(record["config"]).image_size
+    size = record.config.image_size
     ids, images, payloads_kept = [], [], []
     for image_id, payload in zip(rows.column("image_id").to_pylist(), payloads, strict=True):
         decoded = decode_or_reason(payload, size, limits)

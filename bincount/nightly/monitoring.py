@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bincount.core.storage import Location
 from bincount.core.tables import SCORES, read_table, write_part
+from bincount.model.records import EvaluationReport
 from bincount.model.registry import champion, model_folder, read_model_record
 from bincount.nightly.inputdrift import input_figures, input_reasons, keep_input_reference
 from bincount.nightly.stability import population_stability_index
@@ -193,16 +194,17 @@ def load_reference(output: Location, model_version: str, review: ReviewPolicy) -
 
 def _reference_set(output: Location, model_version: str) -> str | None:
     current = champion(output)
-    if current is not None and current["version"] == model_version:
-        return current["evaluation_set"]["id"]
+    if current is not None and current.version == model_version:
+        return current.evaluation_set.id
     # Another model (scored by name): its newest evaluation on a test split.
     folder = f"{model_folder(model_version)}/evaluations"
     found = []
     for key in output.list_files(folder):
         if key.endswith(".json"):
-            report = json.loads(output.read_bytes(key))
-            if report["evaluation_set"]["split"] in ("test", "benchmark"):
-                found.append((key, report["evaluation_set"]["id"]))
+            report = EvaluationReport.model_validate(json.loads(output.read_bytes(key)))
+            evaluated = report.evaluation_set
+            if evaluated.split in ("test", "benchmark"):
+                found.append((key, evaluated.id))
     predictions = [
         set_id
         for key, set_id in sorted(found)
@@ -214,9 +216,9 @@ def _reference_set(output: Location, model_version: str) -> str | None:
 def _count_range(output: Location, model_version: str, classes: int) -> tuple[int, bool]:
     """The model's largest exact count K, and whether its last class is "more than K"."""
     record = read_model_record(output, model_version)
-    if record is None or record["config"].get("max_count") is None:
+    if record is None or record.config.max_count is None:
         return classes - 1, False
-    max_count = int(record["config"]["max_count"])
+    max_count = record.config.max_count
     return max_count, classes == max_count + 2
 
 

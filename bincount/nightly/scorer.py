@@ -19,7 +19,6 @@ from bincount.images.decode import UndecodableImage, decode_image, decode_or_rea
 from bincount.images.devicedecode import decode_on_device
 from bincount.images.prefetch import Prefetched
 from bincount.images.stats import statistics_table
-from bincount.model.config import TrainConfig
 from bincount.model.device import Runtime, resolve_runtime
 from bincount.model.inputs import input_normalization, to_model_input
 from bincount.model.networks import CountingModel
@@ -66,7 +65,7 @@ def load_scorer(output: Location, model: str = "champion", *, device: str | None
     network, record = load_model(output, version)
     runtime = resolve_runtime(device)
     network = network.to(runtime.device, memory_format=torch.channels_last).eval()
-    config = TrainConfig.model_validate(record["config"])
+    config = record.config
     return Scorer(
         model=network,
         version=version,

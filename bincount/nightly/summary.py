@@ -1,4 +1,4 @@
-"""What a scoring run did, in figures and markdown for its artifact."""
+"""What a scoring run did, in figures (its artifact's markdown: ``bincount.reports.scoring``)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,6 @@ from bincount.nightly.plan import (
 )
 from bincount.review.photos import with_thumbnails
 from bincount.review.queue import NightQueue
-from bincount.review.ranking import (
-    probability_text,
-)
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -60,66 +57,6 @@ class ScoringSummary:
             "review": review,
             "images_per_second": round(self.images_per_second, 1),
         }
-
-    def to_markdown(self) -> str:
-        policy = self.queue.get("policy", {})
-        measures = [
-            ("images listed", self.listed),
-            ("already scored (skipped)", self.already_scored),
-            ("scored now", self.scored),
-            ("undecodable (quarantined)", self.quarantined),
-            ("not read: access denied or gone (pending, read again next run)", self.pending),
-            ("no metadata ingested (record unknown)", self.unknown_expected),
-            ("ranked tonight (records the model can judge)", self.queue.get("judged", 0)),
-            ("carried over from a run stopped before ranking", self.queue.get("carried_over", 0)),
-            ("review budget", self.queue.get("budget", 0)),
-            ("flagged for review", self.needs_review),
-            ("predicted count differs from the record (not the queue)", self.discrepancies),
-            ("images/s", f"{self.images_per_second:.1f}"),
-            ("seconds", f"{self.seconds:.1f}"),
-        ]
-        lines = [
-            f"# Scoring with model {self.model_version}",
-            "",
-            f"Images from `{self.source}`, scores in `{self.output}/scores/`, the queue in "
-            f"`{self.output}/review_queue/`.",
-            "",
-            "| measure | value |",
-            "|---|---:|",
-            *(
-                f"| {name} | {value:,} |" if isinstance(value, int) else f"| {name} | {value} |"
-                for name, value in measures
-            ),
-            "",
-            f"## Review queue: the top {len(self.review)} of {self.needs_review:,}",
-            "",
-            f"Policy: at most {policy.get('budget_percent', '?')}% of the night's judged bins"
-            + (
-                f" and at most {policy['budget_count']}"
-                if policy.get("budget_count") is not None
-                else ""
-            )
-            + f", each with a recorded count the model gives at most "
-            f"{100 * policy.get('max_p_recorded', 0):g}% (`p_recorded`). Ranked from the least "
-            "likely record.",
-            "",
-        ]
-        if self.review:
-            lines += [
-                "| rank | photo | bin | recorded | predicted | p_recorded |",
-                "|---:|---|---|---:|---:|---:|",
-            ]
-            lines += [
-                f"| {row['review_rank']} | "
-                + (f"![{row['image_id']}]({row['thumbnail']})" if row.get("thumbnail") else "-")
-                + f" | [{row['image_id']}]({row['link']}) | {row['expected_quantity']} | "
-                f"{row['predicted_count']}{'+' if row['predicted_overflow'] else ''} | "
-                f"{probability_text(row['p_recorded'])} |"
-                for row in self.review
-            ]
-        else:
-            lines.append("Nothing to review tonight: no record is unlikely enough.")
-        return "\n".join(lines) + "\n"
 
 
 def summarize(

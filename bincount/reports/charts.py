@@ -16,6 +16,10 @@ import base64
 import io
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bincount.model.calibration import ReliabilityBin
 
 _DPI = 100
 _COLOURS = 48  # palette size of the PNG: charts use few colours, and text stays crisp
@@ -86,13 +90,13 @@ def confusion_heatmap(confusion: Sequence[Sequence[int]], *, names: Sequence[str
     return _png_uri(figure)
 
 
-def reliability_diagram(before: Sequence[Mapping], after: Sequence[Mapping]) -> str:
+def reliability_diagram(before: Sequence[ReliabilityBin], after: Sequence[ReliabilityBin]) -> str:
     """Accuracy against confidence per confidence bin, before and after the temperature, with
     the diagonal a calibrated model follows and the bins' sizes underneath."""
     figure, (axes, counts) = _figure(4.6, 4.4, rows=2, heights=(3, 1))
     axes.plot([0, 1], [0, 1], color=_THIRD, lw=0.8, ls=":", label="calibrated")
     for rows, name, colour in ((before, "before", _OTHER), (after, "after", _OURS)):
-        points = [(r["confidence"], r["accuracy"]) for r in rows if r["n"]]
+        points = [(r.confidence, r.accuracy) for r in rows if r.n]
         axes.plot(*zip(*points, strict=True), "o-", ms=4, color=colour, label=name)
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1)
@@ -100,9 +104,9 @@ def reliability_diagram(before: Sequence[Mapping], after: Sequence[Mapping]) -> 
     axes.set_title("reliability (top label)")
     axes.legend(frameon=False, loc="upper left")
     width = 1 / max(len(after), 1)
-    centres = [(r["low"] + r["high"]) / 2 for r in after]
-    counts.bar([c - width / 4 for c in centres], [r["n"] for r in before], width / 2, color=_OTHER)
-    counts.bar([c + width / 4 for c in centres], [r["n"] for r in after], width / 2, color=_OURS)
+    centres = [(r.low + r.high) / 2 for r in after]
+    counts.bar([c - width / 4 for c in centres], [r.n for r in before], width / 2, color=_OTHER)
+    counts.bar([c + width / 4 for c in centres], [r.n for r in after], width / 2, color=_OURS)
     counts.set_xlim(0, 1)
     counts.set_xlabel("confidence")
     counts.set_ylabel("bins")
@@ -122,10 +126,12 @@ def per_count_accuracy(
         raise ValueError(f"Expected one name per class ({len(ours)}), but got {len(names)}")
     figure, (axes,) = _figure(max(4.5, 0.5 * len(ours) + 1.5), 3.0)
     x = range(len(ours))
-    axes.bar([i - 0.2 for i in x], [_pct(v) for v in ours], 0.4, color=_OURS, label=ours_label)
+    axes.bar(
+        [i - 0.2 for i in x], [_percent_point(v) for v in ours], 0.4, color=_OURS, label=ours_label
+    )
     axes.bar(
         [i + 0.2 for i in range(len(baseline))],
-        [_pct(v) for v in baseline],
+        [_percent_point(v) for v in baseline],
         0.4,
         color=_OTHER,
         label=baseline_label,
@@ -197,8 +203,12 @@ def drift_trend(nights: Sequence[Mapping], *, max_psi: float) -> str:
         psi.plot(alerts, [t if t == t else 0 for t in tops], "X", ms=10, color="#d62728")
     psi.set_title("prediction drift (PSI)")
     psi.legend(frameon=False, fontsize=8)
-    rates.plot(x, [_pct(n["mean_confidence"]) for n in nights], "o-", ms=4, label="confidence")
-    rates.plot(x, [_pct(n["review_rate"]) for n in nights], "s-", ms=4, label="review rate")
+    rates.plot(
+        x, [_percent_point(n["mean_confidence"]) for n in nights], "o-", ms=4, label="confidence"
+    )
+    rates.plot(
+        x, [_percent_point(n["review_rate"]) for n in nights], "s-", ms=4, label="review rate"
+    )
     latest = nights[-1]  # the reference of the model that scored the latest night
     for key, colour in (("reference_mean_confidence", _OURS), ("reference_review_rate", _OTHER)):
         if latest.get(key) is not None:
@@ -239,7 +249,8 @@ def _png_uri(figure) -> str:
     return "data:image/png;base64," + base64.b64encode(small.getvalue()).decode("ascii")
 
 
-def _pct(value: float | None) -> float:
+def _percent_point(value: float | None) -> float:
+    # A share as a point on a 0-100 axis (a gap where not measured); text goes through pct.
     return math.nan if value is None else 100 * value
 
 

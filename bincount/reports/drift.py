@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bincount.nightly.monitoring import DriftCheck, DriftPolicy
+from bincount.reports.markdown import num, pct, table
 
 
 # -- the artifact --------------------------------------------------------------------------------
@@ -20,20 +21,33 @@ def drift_markdown(check: DriftCheck, policy: DriftPolicy) -> str:
         lines += [f"Not judged: {row['bins']} bins scored, fewer than {policy.min_bins}.", ""]
     else:
         lines += ["No drift: every figure within its threshold.", ""]
-    lines += [
-        "| measure | tonight | test set | recent nights |",
-        "|---|---:|---:|---:|",
-        f"| bins | {row['bins']:,} | {_count(row['reference_bins'])} | {row['recent_nights']} "
-        "nights |",
-        f"| PSI of the predicted counts (alert above {policy.max_psi:g}) | | "
-        f"{_num(row['psi_reference'])} | {_num(row['psi_recent'])} |",
-        f"| mean confidence (alert {policy.max_confidence_drop:g} below the test set) | "
-        f"{_pct(row['mean_confidence'])} | {_pct(row['reference_mean_confidence'])} | |",
-        f"| review rate (alert {100 * policy.max_review_rate_rise:g} points above recent nights) | "
-        f"{_pct(row['review_rate'])} | {_pct(row['reference_review_rate'])} | "
-        f"{_pct(row['recent_review_rate'])} |",
-        "",
+    rows = [
+        [
+            "bins",
+            f"{row['bins']:,}",
+            _count(row["reference_bins"]),
+            f"{row['recent_nights']} nights",
+        ],
+        [
+            f"PSI of the predicted counts (alert above {policy.max_psi:g})",
+            "",
+            num(row["psi_reference"]),
+            num(row["psi_recent"]),
+        ],
+        [
+            f"mean confidence (alert {policy.max_confidence_drop:g} below the test set)",
+            pct(row["mean_confidence"], 1),
+            pct(row["reference_mean_confidence"], 1),
+            "",
+        ],
+        [
+            f"review rate (alert {100 * policy.max_review_rate_rise:g} points above recent nights)",
+            pct(row["review_rate"], 1),
+            pct(row["reference_review_rate"], 1),
+            pct(row["recent_review_rate"], 1),
+        ],
     ]
+    lines += [table(["measure", "tonight", "test set", "recent nights"], rows, "lrrr"), ""]
     lines += input_table(row, policy)
     if reference is None:
         lines += [
@@ -62,23 +76,27 @@ def input_table(row: dict, policy: DriftPolicy) -> list[str]:
     names = row.get("input_statistics") or []
     if not names:
         return []
-    lines = [
-        f"| photo statistic (PSI alert above {policy.max_input_psi:g}) | tonight's median | "
-        f"reference median ({_count(row.get('reference_images'))} images) | PSI vs reference | "
-        "PSI vs recent nights |",
-        "|---|---:|---:|---:|---:|",
+    header = [
+        f"photo statistic (PSI alert above {policy.max_input_psi:g})",
+        "tonight's median",
+        f"reference median ({_count(row.get('reference_images'))} images)",
+        "PSI vs reference",
+        "PSI vs recent nights",
     ]
-    for i, name in enumerate(names):
-        psi = [
-            _num(values[i] if values else None)
-            for values in (row.get("input_psi_reference"), row.get("input_psi_recent"))
+    references = row.get("reference_input_medians") or [None] * len(names)
+    rows = [
+        [
+            name,
+            _stat(row["input_medians"][i]),
+            _stat(references[i]),
+            *(
+                num(values[i] if values else None)
+                for values in (row.get("input_psi_reference"), row.get("input_psi_recent"))
+            ),
         ]
-        lines.append(
-            f"| {name} | {_stat(row['input_medians'][i])} | "
-            f"{_stat((row.get('reference_input_medians') or [None] * len(names))[i])} | "
-            f"{psi[0]} | {psi[1]} |"
-        )
-    return [*lines, ""]
+        for i, name in enumerate(names)
+    ]
+    return [table(header, rows, "lrrrr"), ""]
 
 
 def _stat(value: float | None) -> str:
@@ -111,11 +129,3 @@ def _shares(counts: Sequence[int]) -> list[float]:
 
 def _count(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"

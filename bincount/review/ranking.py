@@ -181,9 +181,6 @@ class DetectionQuality:
     average_precision: float
     budgets: list[BudgetFigures]
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def error_size_label(error: int) -> str:
     """Buckets of the size of a record's error: ``1``, ``2``, ``3+``."""

@@ -23,7 +23,8 @@ from bincount.data.validate import validate_bins
 from bincount.images.cache import build_image_cache
 from bincount.model.config import TrainConfig
 from bincount.model.evaluation import evaluate_model
-from bincount.model.registry import PromotionDecision, champion, decide_promotion, record_decision
+from bincount.model.records import EvaluationReport, PromotionDecision
+from bincount.model.registry import champion, decide_promotion, record_decision
 from bincount.model.training import TrainResult, train_model
 
 # The chain's steps in order; ``until`` names the last one run.
@@ -57,7 +58,7 @@ class PipelineRun:
     manifest_version: str
     manifest: ManifestSummary | None = None
     training: TrainResult | None = None
-    evaluation: Any = None
+    evaluation: EvaluationReport | None = None
     decision: PromotionDecision | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
