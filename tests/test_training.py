@@ -254,6 +254,6 @@ def test_the_rig_promotes_only_a_first_champion(trained, tmp_path):
         run_pipeline(source, output, manifest_version=manifest)
     assert champion(output) == before  # the refusal moved nothing
     run = run_pipeline(source, output, manifest_version=manifest, until="evaluate")
-    assert run.model_version == before["version"] and not run.training.created
+    assert run.model_version == before.version and not run.training.created
     assert run.evaluation is not None and run.decision is None
     assert set(run.seconds) == {"cache", "train", "evaluate"}
