@@ -17,6 +17,14 @@ from bincount.core.tables import read_table
 from tests.test_lease import scored_ids, scoring_environment, start_scoring, wait_for_parts
 
 
+def flow_run_state(run_id: str):
+    """The flow run's state as the Prefect API shows it (and the UI)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id).state
+
+
 def test_a_killed_scoring_run_s_lease_expires_and_the_next_run_completes_the_night(
     prefect_api, trained, s3_server, bucket, tmp_path, monkeypatch
 ):
@@ -48,6 +56,9 @@ def test_a_killed_scoring_run_s_lease_expires_and_the_next_run_completes_the_nig
         with pytest.raises(LeaseHeld) as held:
             score(source=f"s3://{bucket}", output=str(out), batch_size=4, ingest_first=False)
         assert f"on host {socket.gethostname()}, pid {killed.pid}" in str(held.value)
+        # Nothing watched the killed process: the API still shows its run Running.
+        dead_run = held.value.holder.holder.run_id
+        assert flow_run_state(dead_run).is_running()
         assert len(list(out.rglob("scores/*/part-*"))) == committed  # it wrote nothing
 
         # The next run waits out the time to live, takes the lease over, finishes the night.
@@ -55,6 +66,12 @@ def test_a_killed_scoring_run_s_lease_expires_and_the_next_run_completes_the_nig
         get_settings.cache_clear()
         night = score(source=f"s3://{bucket}", output=str(out), batch_size=4)
     get_settings.cache_clear()
+
+    # The run that took the expired lease over marked the killed one Crashed, saying why.
+    crashed = flow_run_state(dead_run)
+    assert crashed.is_crashed(), crashed
+    assert "score lease" in crashed.message and "expired" in crashed.message
+    assert f"pid {killed.pid} stopped" in crashed.message
 
     assert (
         night["already_scored"] >= 2 * 20 and night["scored"] == len(ids) - night["already_scored"]
