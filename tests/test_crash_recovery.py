@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+from contextlib import suppress
 
 import pytest
 
@@ -88,3 +89,154 @@ def test_a_killed_scoring_run_s_lease_expires_and_the_next_run_completes_the_nig
     queued = read_table(Location(str(out)), "review_queue")
     assert queued.num_rows == len(set(queued.column("image_id").to_pylist()))
     assert set(queued.column("queue_id").to_pylist()) <= {night["queue"]["queue_id"]}
+
+
+# -- a worker's flow process killed: the deployment as production runs it -------------------------
+def _deploy_nightly_scoring() -> None:
+    """deployments/prefect.yaml's nightly scoring, deployed to the session's API as an operator
+    deploys it, with the process pool it names."""
+    import subprocess
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    from tests.test_deployments import BIN, PREFECT_FILE, REPO, _environment
+
+    # The pool may have been created by an earlier test of the session.
+    with get_client(sync_client=True) as client, suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(name="bincount-cpu", type="process"))
+    command = [BIN / "prefect", "--no-prompt", "deploy", "--name", "nightly-scoring"]
+    deployed = subprocess.run(
+        [*command, "--prefect-file", PREFECT_FILE],
+        cwd=REPO,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+
+def _start_worker(environment: dict, log_path) -> object:
+    """``prefect worker start --pool bincount-cpu --run-once``: it takes the run waiting in the
+    pool, runs it in a flow process of its own, reports how that process ended, and exits."""
+    import subprocess
+
+    from tests.test_deployments import BIN
+
+    return subprocess.Popen(
+        [BIN / "prefect", "worker", "start", "--pool", "bincount-cpu", "--run-once"],
+        cwd=log_path.parent,
+        env=environment,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its group: the clean-up reaches its flow process too
+    )
+
+
+def _flow_process(worker, run_id, timeout_s: float = 120):
+    """The worker's child process that runs flow run ``run_id`` (``python -m prefect.engine``)."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert worker.poll() is None, "the worker ended before it started the flow run"
+        for child in psutil.Process(worker.pid).children(recursive=True):
+            try:
+                if child.environ().get("PREFECT__FLOW_RUN_ID") == str(run_id):
+                    return child
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        time.sleep(0.2)
+    raise AssertionError(f"Expected a flow process for {run_id} within {timeout_s} s")
+
+
+def _lease_records(out, stage: str) -> list:
+    from bincount.core.lease import LeaseRecord
+
+    folder = out / "_leases" / stage
+    return [LeaseRecord.from_bytes(path.read_bytes()) for path in sorted(folder.glob("*.json"))]
+
+
+def _assert_the_night_completed_once(out, bucket: str, ids: list[str]) -> None:
+    assert scored_ids(out) == sorted(ids)  # every image exactly once (the trained 40 are not)
+    scores = read_table(Location(str(out)), "scores", columns=["needs_review"])
+    assert scores.column("needs_review").null_count == 0  # every bin ranked
+    assert not list((out / "scores" / "_queues").glob("*.parquet"))  # no queue left pending
+    queued = read_table(Location(str(out)), "review_queue").column("image_id").to_pylist()
+    assert len(queued) == len(set(queued))  # no bin queued twice
+
+
+def test_a_worker_s_flow_process_killed_mid_scoring_is_crashed_and_the_next_run_completes(
+    prefect_api, trained, s3_server, bucket, tmp_path
+):
+    import time
+
+    from prefect.deployments import run_deployment
+
+    from bincount.testing.proxycontrol import fault_proxy
+    from bincount.testing.s3server import upload_tree
+    from tests.builders import write_clean_bucket
+    from tests.test_deployments import _environment
+
+    ids = write_clean_bucket(tmp_path / "bucket", 120, start=30000)
+    upload_tree(s3_server.endpoint_url, bucket, tmp_path / "bucket")
+    out = tmp_path / "out"
+    shutil.copytree(trained / "out", out)
+    _deploy_nightly_scoring()
+    parameters = {"source": f"s3://{bucket}", "output": str(out), "batch_size": 4}
+    with fault_proxy(s3_server.endpoint_url, latency_ms=80) as proxy:
+        # The workers' environment, as the pool's machines would have it; a short lease.
+        settings = scoring_environment(proxy.endpoint_url, lease_ttl_s="6", lease_wait_s="120")
+        environment = _environment(**settings)
+        first = run_deployment("score/nightly-scoring", parameters=parameters, timeout=0)
+        worker = _start_worker(environment, tmp_path / "worker-1.log")
+        try:
+            flow_process = _flow_process(worker, first.id)
+            deadline = time.monotonic() + 240
+            while len(list(out.rglob("scores/*/part-*"))) < 2:
+                assert flow_process.is_running() and time.monotonic() < deadline, (
+                    tmp_path / "worker-1.log"
+                ).read_text()[-3000:]
+                time.sleep(0.05)
+            flow_process.send_signal(signal.SIGKILL)  # the flow's process alone, not the worker
+            assert worker.wait(timeout=120) == 0  # the worker lives on to report it
+        finally:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+        committed = len(list(out.rglob("scores/*/part-*")))
+        assert 2 <= committed < len(ids) // 20, "the kill should land midway"
+
+        # The worker saw its flow process die and said so in the API.
+        crashed = flow_run_state(first.id)
+        assert crashed.is_crashed(), (tmp_path / "worker-1.log").read_text()[-3000:]
+        assert "exited with status code: -9" in crashed.message and "SIGKILL" in crashed.message
+        (dead,) = [r for r in _lease_records(out, "score") if r.holder.run_id == str(first.id)]
+        assert not dead.released  # it never let go: its lease can only expire
+
+        # The next run of the deployment waits out the dead run's lease and finishes the night.
+        second = run_deployment("score/nightly-scoring", parameters=parameters, timeout=0)
+        worker = _start_worker(environment, tmp_path / "worker-2.log")
+        try:
+            assert worker.wait(timeout=400) == 0
+        finally:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+    finished = flow_run_state(second.id)
+    assert finished.is_completed(), (tmp_path / "worker-2.log").read_text()[-3000:]
+    assert "took over the score lease" in (tmp_path / "worker-2.log").read_text()
+    holders = [(r.holder.run_id, r.released) for r in _lease_records(out, "score")]
+    assert holders == [(str(first.id), False), (str(second.id), True)]
+    assert flow_run_state(first.id).is_crashed()  # the worker's verdict stands
+    _assert_the_night_completed_once(out, bucket, ids)
+    scores = read_table(Location(str(out)), "scores", columns=["image_id", "run_id"])
+    by_run = {run: 0 for run in scores.column("run_id").to_pylist()}
+    for run in scores.column("run_id").to_pylist():
+        by_run[run] += 1
+    assert by_run[str(first.id)] == 20 * committed
+    assert by_run[str(second.id)] == len(ids) - 20 * committed
