@@ -240,3 +240,141 @@ def test_a_worker_s_flow_process_killed_mid_scoring_is_crashed_and_the_next_run_
         by_run[run] += 1
     assert by_run[str(first.id)] == 20 * committed
     assert by_run[str(second.id)] == len(ids) - 20 * committed
+
+
+# -- the Prefect server restarted mid-run ---------------------------------------------------------
+class PrefectServer:
+    """``prefect server start`` as an operator runs it, on a port and a SQLite database of its
+    own, which a test stops and starts again (same port, same database) mid-run."""
+
+    def __init__(self, home, port: int) -> None:
+        self.home, self.port = home, port
+        self.api_url = f"http://127.0.0.1:{port}/api"
+        self.process = None
+        self.starts = 0
+
+    def start(self, timeout_s: float = 180) -> None:
+        import subprocess
+        import time
+        import urllib.request
+
+        from tests.test_deployments import BIN
+
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("BINCOUNT_")}
+        environment.update(
+            PREFECT_HOME=str(self.home),
+            PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{self.home}/prefect.db",
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_SERVER_UI_ENABLED="false",
+        )
+        environment.pop("PREFECT_API_URL", None)
+        self.starts += 1
+        log = (self.home / f"server-{self.starts}.log").open("w")
+        self.process = subprocess.Popen(
+            [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log()
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError(f"Expected the server up within {timeout_s} s: {self.log()}")
+
+    def stop(self) -> None:
+        """SIGTERM, as a restart by an operator or systemd sends it (SIGKILL after 30 s)."""
+        import subprocess
+
+        if self.process is None or self.process.poll() is not None:
+            return
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def log(self) -> str:
+        return (self.home / f"server-{self.starts}.log").read_text()[-3000:]
+
+    def flow_run(self, run_id: str):
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with (
+            temporary_settings({PREFECT_API_URL: self.api_url}),
+            get_client(sync_client=True) as client,
+        ):
+            return client.read_flow_run(run_id)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_scoring_run_across_a_prefect_server_restart_and_the_next_run_complete_the_night(
+    trained, s3_server, bucket, tmp_path
+):
+    import time
+
+    from bincount.testing.proxycontrol import fault_proxy
+    from bincount.testing.s3server import upload_tree
+    from tests.builders import write_clean_bucket
+
+    ids = write_clean_bucket(tmp_path / "bucket", 120, start=40000)
+    upload_tree(s3_server.endpoint_url, bucket, tmp_path / "bucket")
+    out = tmp_path / "out"
+    shutil.copytree(trained / "out", out)
+    (tmp_path / "prefect").mkdir()
+    server = PrefectServer(tmp_path / "prefect", _free_port())
+    server.start()
+    try:
+        with fault_proxy(s3_server.endpoint_url, latency_ms=80) as proxy:
+            environment = {
+                **scoring_environment(proxy.endpoint_url, lease_ttl_s="6", lease_wait_s="120"),
+                "PREFECT_API_URL": server.api_url,
+            }
+            log = open(tmp_path / "first.log", "w")  # noqa: SIM115 (open while the run lasts)
+            first = start_scoring(f"s3://{bucket}", str(out), environment, log)
+            wait_for_parts(out, 2, first)
+            (holding,) = [r for r in _lease_records(out, "score") if not r.released]
+            server.stop()
+            stopped_at = time.monotonic()
+            time.sleep(5)  # down for a while, as a restart on a loaded machine is
+            server.start()
+            down_s = time.monotonic() - stopped_at
+            try:
+                exit_code = first.wait(timeout=400)
+            finally:
+                if first.poll() is None:
+                    first.kill()
+                    first.wait()
+            first_log = (tmp_path / "first.log").read_text()
+            state = server.flow_run(holding.holder.run_id).state
+            print(f"server down {down_s:.0f} s; run exit {exit_code}; state {state!r}")
+            # Whatever the run did across the restart, it ended and the API says how.
+            assert state.is_final(), (state, first_log[-3000:])
+            assert state.is_completed() == (exit_code == 0), (state, first_log[-3000:])
+            (record,) = [r for r in _lease_records(out, "score") if r.token == holding.token]
+            assert record.released  # it ended in its own time: it let its lease go
+
+            # The next run finishes the night (or finds it finished) against the same server.
+            log = open(tmp_path / "next.log", "w")  # noqa: SIM115 (open while the run lasts)
+            following = start_scoring(f"s3://{bucket}", str(out), environment, log)
+            assert following.wait(timeout=400) == 0, (tmp_path / "next.log").read_text()[-3000:]
+        last = _lease_records(out, "score")[-1]
+        assert last.token != holding.token and last.released
+        assert server.flow_run(last.holder.run_id).state.is_completed()
+    finally:
+        server.stop()
+    _assert_the_night_completed_once(out, bucket, ids)
