@@ -20,6 +20,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from bincount.core.lease import Holder, Lease, LeaseHeartbeat, LeaseRecord, LeaseTerms
 from bincount.core.settings import Settings, get_settings
 from bincount.core.storage import Location
+from tasks.crashes import report_crashed_holder
 
 # Chunks run in worker threads, processes or Dask workers, where Prefect's own timeout cannot
 # interrupt a blocking read: tasks timed by this setting carry their own watchdog instead.
@@ -135,7 +136,9 @@ def output_lease(output: str | None, stage: str) -> Iterator[LeaseRecord]:
         wait_s=settings.lease_wait_s,
         poll_s=min(5.0, settings.lease_ttl_s / 4),
     )
-    with LeaseHeartbeat(Lease(location, stage, holder, terms)) as record:
+    lease = Lease(location, stage, holder, terms)
+    with LeaseHeartbeat(lease) as record:
+        report_crashed_holder(lease.outnumbered(), holder, location.uri())
         get_run_logger().info(
             "holding the %s lease on %s (generation %d, renewed every %.0f s)",
             stage,

@@ -1,6 +1,9 @@
-"""Crash recovery: a ``bincount score`` process killed with SIGKILL mid-scoring stops renewing
-its lease; until it expires a new run is told who holds it, after it the next run takes the
-lease over and completes the night, every image scored once and the queue decided once."""
+"""Crash recovery, as production runs it: a scoring run killed with SIGKILL midway (a
+``bincount score`` process, or the flow process a deployment's worker started) or cut off from
+its Prefect server (restarted mid-run, or down at the run's end). Each ends in a state that says
+so in the Prefect API, its lease is released or expires, and the next run completes the night:
+every image scored once and the queue decided once. What an operator sees is in
+docs/operators/leases.md."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+from contextlib import suppress
 
 import pytest
 
@@ -15,6 +19,14 @@ from bincount.core.lease import LeaseHeld
 from bincount.core.storage import Location
 from bincount.core.tables import read_table
 from tests.test_lease import scored_ids, scoring_environment, start_scoring, wait_for_parts
+
+
+def flow_run_state(run_id: str):
+    """The flow run's state as the Prefect API shows it (and the UI)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id).state
 
 
 def test_a_killed_scoring_run_s_lease_expires_and_the_next_run_completes_the_night(
@@ -48,6 +60,9 @@ def test_a_killed_scoring_run_s_lease_expires_and_the_next_run_completes_the_nig
         with pytest.raises(LeaseHeld) as held:
             score(source=f"s3://{bucket}", output=str(out), batch_size=4, ingest_first=False)
         assert f"on host {socket.gethostname()}, pid {killed.pid}" in str(held.value)
+        # Nothing watched the killed process: the API still shows its run Running.
+        dead_run = held.value.holder.holder.run_id
+        assert flow_run_state(dead_run).is_running()
         assert len(list(out.rglob("scores/*/part-*"))) == committed  # it wrote nothing
 
         # The next run waits out the time to live, takes the lease over, finishes the night.
@@ -55,6 +70,12 @@ def test_a_killed_scoring_run_s_lease_expires_and_the_next_run_completes_the_nig
         get_settings.cache_clear()
         night = score(source=f"s3://{bucket}", output=str(out), batch_size=4)
     get_settings.cache_clear()
+
+    # The run that took the expired lease over marked the killed one Crashed, saying why.
+    crashed = flow_run_state(dead_run)
+    assert crashed.is_crashed(), crashed
+    assert "score lease" in crashed.message and "expired" in crashed.message
+    assert f"pid {killed.pid} stopped" in crashed.message
 
     assert (
         night["already_scored"] >= 2 * 20 and night["scored"] == len(ids) - night["already_scored"]
@@ -71,3 +92,311 @@ def test_a_killed_scoring_run_s_lease_expires_and_the_next_run_completes_the_nig
     queued = read_table(Location(str(out)), "review_queue")
     assert queued.num_rows == len(set(queued.column("image_id").to_pylist()))
     assert set(queued.column("queue_id").to_pylist()) <= {night["queue"]["queue_id"]}
+
+
+# -- a worker's flow process killed: the deployment as production runs it -------------------------
+def _deploy_nightly_scoring() -> None:
+    """deployments/prefect.yaml's nightly scoring, deployed to the session's API as an operator
+    deploys it, with the process pool it names."""
+    import subprocess
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    from tests.test_deployments import BIN, PREFECT_FILE, REPO, _environment
+
+    # The pool may have been created by an earlier test of the session.
+    with get_client(sync_client=True) as client, suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(name="bincount-cpu", type="process"))
+    command = [BIN / "prefect", "--no-prompt", "deploy", "--name", "nightly-scoring"]
+    deployed = subprocess.run(
+        [*command, "--prefect-file", PREFECT_FILE],
+        cwd=REPO,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+
+def _start_worker(environment: dict, log_path) -> object:
+    """``prefect worker start --pool bincount-cpu --run-once``: it takes the run waiting in the
+    pool, runs it in a flow process of its own, reports how that process ended, and exits."""
+    import subprocess
+
+    from tests.test_deployments import BIN
+
+    return subprocess.Popen(
+        [BIN / "prefect", "worker", "start", "--pool", "bincount-cpu", "--run-once"],
+        cwd=log_path.parent,
+        env=environment,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its group: the clean-up reaches its flow process too
+    )
+
+
+def _flow_process(worker, run_id, timeout_s: float = 120):
+    """The worker's child process that runs flow run ``run_id`` (``python -m prefect.engine``)."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert worker.poll() is None, "the worker ended before it started the flow run"
+        for child in psutil.Process(worker.pid).children(recursive=True):
+            try:
+                if child.environ().get("PREFECT__FLOW_RUN_ID") == str(run_id):
+                    return child
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        time.sleep(0.2)
+    raise AssertionError(f"Expected a flow process for {run_id} within {timeout_s} s")
+
+
+def _lease_records(out, stage: str) -> list:
+    from bincount.core.lease import LeaseRecord
+
+    folder = out / "_leases" / stage
+    return [LeaseRecord.from_bytes(path.read_bytes()) for path in sorted(folder.glob("*.json"))]
+
+
+def _assert_the_night_completed_once(out, bucket: str, ids: list[str]) -> None:
+    assert scored_ids(out) == sorted(ids)  # every image exactly once (the trained 40 are not)
+    scores = read_table(Location(str(out)), "scores", columns=["needs_review"])
+    assert scores.column("needs_review").null_count == 0  # every bin ranked
+    assert not list((out / "scores" / "_queues").glob("*.parquet"))  # no queue left pending
+    queued = read_table(Location(str(out)), "review_queue").column("image_id").to_pylist()
+    assert len(queued) == len(set(queued))  # no bin queued twice
+
+
+def test_a_worker_s_flow_process_killed_mid_scoring_is_crashed_and_the_next_run_completes(
+    prefect_api, trained, s3_server, bucket, tmp_path
+):
+    import time
+
+    from prefect.deployments import run_deployment
+
+    from bincount.testing.proxycontrol import fault_proxy
+    from bincount.testing.s3server import upload_tree
+    from tests.builders import write_clean_bucket
+    from tests.test_deployments import _environment
+
+    ids = write_clean_bucket(tmp_path / "bucket", 120, start=30000)
+    upload_tree(s3_server.endpoint_url, bucket, tmp_path / "bucket")
+    out = tmp_path / "out"
+    shutil.copytree(trained / "out", out)
+    _deploy_nightly_scoring()
+    parameters = {"source": f"s3://{bucket}", "output": str(out), "batch_size": 4}
+    with fault_proxy(s3_server.endpoint_url, latency_ms=80) as proxy:
+        # The workers' environment, as the pool's machines would have it; a short lease.
+        settings = scoring_environment(proxy.endpoint_url, lease_ttl_s="6", lease_wait_s="120")
+        environment = _environment(**settings)
+        first = run_deployment("score/nightly-scoring", parameters=parameters, timeout=0)
+        worker = _start_worker(environment, tmp_path / "worker-1.log")
+        try:
+            flow_process = _flow_process(worker, first.id)
+            deadline = time.monotonic() + 240
+            while len(list(out.rglob("scores/*/part-*"))) < 2:
+                assert flow_process.is_running() and time.monotonic() < deadline, (
+                    tmp_path / "worker-1.log"
+                ).read_text()[-3000:]
+                time.sleep(0.05)
+            flow_process.send_signal(signal.SIGKILL)  # the flow's process alone, not the worker
+            assert worker.wait(timeout=120) == 0  # the worker lives on to report it
+        finally:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+        committed = len(list(out.rglob("scores/*/part-*")))
+        assert 2 <= committed < len(ids) // 20, "the kill should land midway"
+
+        # The worker saw its flow process die and said so in the API.
+        crashed = flow_run_state(first.id)
+        assert crashed.is_crashed(), (tmp_path / "worker-1.log").read_text()[-3000:]
+        assert "exited with status code: -9" in crashed.message and "SIGKILL" in crashed.message
+        (dead,) = [r for r in _lease_records(out, "score") if r.holder.run_id == str(first.id)]
+        assert not dead.released  # it never let go: its lease can only expire
+
+        # The next run of the deployment waits out the dead run's lease and finishes the night.
+        second = run_deployment("score/nightly-scoring", parameters=parameters, timeout=0)
+        worker = _start_worker(environment, tmp_path / "worker-2.log")
+        try:
+            assert worker.wait(timeout=400) == 0
+        finally:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+    finished = flow_run_state(second.id)
+    assert finished.is_completed(), (tmp_path / "worker-2.log").read_text()[-3000:]
+    assert "took over the score lease" in (tmp_path / "worker-2.log").read_text()
+    holders = [(r.holder.run_id, r.released) for r in _lease_records(out, "score")]
+    assert holders == [(str(first.id), False), (str(second.id), True)]
+    assert flow_run_state(first.id).is_crashed()  # the worker's verdict stands
+    _assert_the_night_completed_once(out, bucket, ids)
+    scores = read_table(Location(str(out)), "scores", columns=["image_id", "run_id"])
+    by_run = {run: 0 for run in scores.column("run_id").to_pylist()}
+    for run in scores.column("run_id").to_pylist():
+        by_run[run] += 1
+    assert by_run[str(first.id)] == 20 * committed
+    assert by_run[str(second.id)] == len(ids) - 20 * committed
+
+
+# -- the Prefect server restarted mid-run ---------------------------------------------------------
+class PrefectServer:
+    """``prefect server start`` as an operator runs it, on a port and a SQLite database of its
+    own, which a test stops and starts again (same port, same database) mid-run."""
+
+    def __init__(self, home, port: int) -> None:
+        self.home, self.port = home, port
+        self.api_url = f"http://127.0.0.1:{port}/api"
+        self.process = None
+        self.starts = 0
+
+    def start(self, timeout_s: float = 180) -> None:
+        import subprocess
+        import time
+        import urllib.request
+
+        from tests.test_deployments import BIN
+
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("BINCOUNT_")}
+        environment.update(
+            PREFECT_HOME=str(self.home),
+            PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{self.home}/prefect.db",
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_SERVER_UI_ENABLED="false",
+        )
+        environment.pop("PREFECT_API_URL", None)
+        self.starts += 1
+        log = (self.home / f"server-{self.starts}.log").open("w")
+        self.process = subprocess.Popen(
+            [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log()
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError(f"Expected the server up within {timeout_s} s: {self.log()}")
+
+    def stop(self) -> None:
+        """SIGTERM, as a restart by an operator or systemd sends it (SIGKILL after 30 s)."""
+        import subprocess
+
+        if self.process is None or self.process.poll() is not None:
+            return
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def log(self) -> str:
+        return (self.home / f"server-{self.starts}.log").read_text()[-3000:]
+
+    def flow_run(self, run_id: str):
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with (
+            temporary_settings({PREFECT_API_URL: self.api_url}),
+            get_client(sync_client=True) as client,
+        ):
+            return client.read_flow_run(run_id)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("outage", ["restart", "down-until-the-run-ends"])
+def test_a_scoring_run_across_a_prefect_server_outage_ends_final_and_the_next_completes_it(
+    outage, trained, s3_server, bucket, tmp_path
+):
+    import subprocess
+    import time
+
+    from bincount.testing.proxycontrol import fault_proxy
+    from bincount.testing.s3server import upload_tree
+    from tests.builders import write_clean_bucket
+
+    ids = write_clean_bucket(tmp_path / "bucket", 120, start=40000)
+    upload_tree(s3_server.endpoint_url, bucket, tmp_path / "bucket")
+    out = tmp_path / "out"
+    shutil.copytree(trained / "out", out)
+    (tmp_path / "prefect").mkdir()
+    server = PrefectServer(tmp_path / "prefect", _free_port())
+    server.start()
+    try:
+        with fault_proxy(s3_server.endpoint_url, latency_ms=80) as proxy:
+            environment = {
+                **scoring_environment(proxy.endpoint_url, lease_ttl_s="6", lease_wait_s="120"),
+                "PREFECT_API_URL": server.api_url,
+            }
+            log = open(tmp_path / "first.log", "w")  # noqa: SIM115 (open while the run lasts)
+            first = start_scoring(f"s3://{bucket}", str(out), environment, log)
+            wait_for_parts(out, 2, first)
+            (holding,) = [r for r in _lease_records(out, "score") if not r.released]
+            server.stop()
+            stopped_at = time.monotonic()
+            if outage == "restart":
+                time.sleep(5)  # down for a while, as a restart on a loaded machine is
+            else:  # down past the run's end: it cannot tell the API how it ended
+                with suppress(subprocess.TimeoutExpired):
+                    first.wait(timeout=400)
+            server.start()
+            down_s = time.monotonic() - stopped_at
+            try:
+                exit_code = first.wait(timeout=400)
+            finally:
+                if first.poll() is None:
+                    first.kill()
+                    first.wait()
+            first_log = (tmp_path / "first.log").read_text()
+            state = server.flow_run(holding.holder.run_id).state
+            print(f"server down {down_s:.0f} s; run exit {exit_code}; state {state!r}")
+            if outage == "restart":
+                # Back within the client's retries: the run never noticed beyond a delay.
+                assert exit_code == 0 and state.is_completed(), (state, first_log[-3000:])
+            else:
+                # Down at its end: it failed on a call to the API (publishing the night's
+                # drift artifact) and could not report it, so the API still shows it Running.
+                assert exit_code != 0 and "ConnectError" in first_log, first_log[-3000:]
+                assert state.is_running(), state
+            (record,) = [r for r in _lease_records(out, "score") if r.token == holding.token]
+            assert record.released  # it ended in its own time: it let its lease go
+
+            # The next run finishes the night (or finds it finished) against the same server.
+            log = open(tmp_path / "next.log", "w")  # noqa: SIM115 (open while the run lasts)
+            following = start_scoring(f"s3://{bucket}", str(out), environment, log)
+            assert following.wait(timeout=400) == 0, (tmp_path / "next.log").read_text()[-3000:]
+        last = _lease_records(out, "score")[-1]
+        assert last.token != holding.token and last.released
+        assert server.flow_run(last.holder.run_id).state.is_completed()
+        # The first run ends final either way: Completed, or Crashed by the run that followed.
+        state = server.flow_run(holding.holder.run_id).state
+        if outage == "restart":
+            assert state.is_completed(), state
+        else:
+            assert state.is_crashed(), state
+            assert "Prefect API was unreachable when it ended" in state.message
+            assert f"pid {first.pid})" in state.message
+    finally:
+        server.stop()
+    _assert_the_night_completed_once(out, bucket, ids)

@@ -155,6 +155,18 @@ class Lease:
                 continue
         return None
 
+    def outnumbered(self) -> LeaseRecord | None:
+        """The generation just below the one this run holds, as it stands now: the lease this
+        run took over (expired or released), or None when this run holds the first."""
+        if self.record is None or self.record.generation == 1:
+            return None
+        try:
+            return LeaseRecord.from_bytes(
+                self.location.read_bytes(self._key(self.record.generation - 1))
+            )
+        except FileNotFoundError:
+            return None
+
     # -- taking ----------------------------------------------------------------------------------
     def acquire(self) -> LeaseRecord:
         """Take the lease, waiting up to ``terms.wait_s`` for a live holder to let it go;
