@@ -25,6 +25,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -108,8 +109,6 @@ class Step:
 
 def run_ingest(name: str, env: dict[str, str], bucket: str, output: Path, anonymous: bool) -> Step:
     """``bincount ingest`` of ``bucket`` into ``output`` in a new process; its peak RSS alone."""
-    import subprocess
-
     command = [sys.executable, "-m", "flows.cli", "ingest"]
     command += ["--source", f"s3://{bucket}", "--output", str(output)]
     command += [] if anonymous else ["--no-source-anonymous"]
