@@ -4,7 +4,7 @@ A moto server on 127.0.0.1 gets ``--objects`` ABID-shaped metadata objects twice
 (the clean bucket) and once private (the drill's bucket: anonymous listing works, every anonymous
 GET answers 403). Each step is the ``bincount ingest`` command in a fresh process, against a
 Prefect API started for the run (as a deployment's run reports to one), with its wall time and
-peak RSS (``ru_maxrss`` of that process, from ``wait4``):
+peak RSS (the process's own high-water mark, VmHWM, written by the child as it exits):
 
 1. clean: anonymous reads of the public bucket into an empty output; every object ingested;
 2. rerun: the same command again; 0 ingested, every object already ingested;
@@ -92,6 +92,27 @@ def copy_private(endpoint_url: str, source: str, target: str, count: int, worker
 
 
 # -- one step: the command in a fresh process ----------------------------------------------------
+# ``bincount`` as its console script runs it, writing the process's own peak RSS (VmHWM, bytes)
+# to $REHEARSAL_PEAK_FILE when it exits, however it exits.
+PEAK_REPORTING_CLI = """
+import atexit, os, sys
+
+def _peak():
+    try:
+        with open("/proc/self/status") as status:
+            kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return
+    with open(os.environ["REHEARSAL_PEAK_FILE"], "w") as out:
+        out.write(str(kib * 1024))
+
+atexit.register(_peak)
+sys.argv[0] = "bincount"
+from flows.cli import console
+sys.exit(console())
+"""
+
+
 @dataclass(frozen=True)
 class Step:
     name: str
@@ -109,25 +130,36 @@ class Step:
 
 def run_ingest(name: str, env: dict[str, str], bucket: str, output: Path, anonymous: bool) -> Step:
     """``bincount ingest`` of ``bucket`` into ``output`` in a new process; its peak RSS alone."""
-    command = [sys.executable, "-m", "flows.cli", "ingest"]
+    command = [sys.executable, "-c", PEAK_REPORTING_CLI, "ingest"]
     command += ["--source", f"s3://{bucket}", "--output", str(output)]
     command += [] if anonymous else ["--no-source-anonymous"]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            command, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=err
-        )
-        # wait4, not wait: the rusage of this child alone (ru_maxrss in KiB on Linux).
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryFile() as out:
+        peak_file = Path(folder, "peak")
+        err_path = Path(folder, "stderr")
+        with err_path.open("wb") as err:
+            started = time.perf_counter()
+            process = subprocess.Popen(
+                command,
+                env={**env, "REHEARSAL_PEAK_FILE": str(peak_file)},
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+            )
+            _, status, usage = os.wait4(process.pid, 0)
+            seconds = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        stdout = out.read().decode(errors="replace")
+        stderr = err_path.read_text(errors="replace")
+        # The child's own high-water mark (VmHWM). ru_maxrss is the fallback where there is no
+        # /proc: Linux carries the parent's peak into a child's ru_maxrss across fork and exec,
+        # so under a large parent (a pytest worker) it reads the parent, not the child.
+        peak = int(peak_file.read_text()) if peak_file.exists() else usage.ru_maxrss * 1024
     result = json.loads(stdout) if process.returncode == 0 else None
     lines = stderr.strip().splitlines()
     objects = result["ingested"] if result else 0
-    return Step(name, objects, seconds, usage.ru_maxrss * 1024, process.returncode, result,
+    return Step(name, objects, seconds, peak, process.returncode, result,
                 lines[-1] if lines else "")  # fmt: skip
 
 
