@@ -41,7 +41,7 @@ format: install-dev
 	$(BIN)/ruff format .
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15   # the slowest tests, named at the end
 
 bench: install-dev
 	$(BIN)/python bench/ingest.py
