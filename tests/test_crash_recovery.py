@@ -349,6 +349,8 @@ def test_a_scoring_run_across_a_prefect_server_outage_ends_final_and_the_next_co
                 **scoring_environment(proxy.endpoint_url, lease_ttl_s="6", lease_wait_s="120"),
                 "PREFECT_API_URL": server.api_url,
             }
+            if outage != "restart":  # one retry, not five with backoff: minutes sooner, same end
+                environment["PREFECT_CLIENT_MAX_RETRIES"] = "1"
             log = open(tmp_path / "first.log", "w")  # noqa: SIM115 (open while the run lasts)
             first = start_scoring(f"s3://{bucket}", str(out), environment, log)
             wait_for_parts(out, 2, first)
