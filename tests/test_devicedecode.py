@@ -1,15 +1,24 @@
-"""JPEG decoding on the model's device (nvJPEG on a GPU), run here on the CPU: the same calls
-with ``device="cpu"``; against Pillow's decoding, which training's cache uses."""
+"""Batches decoded for the model's device (nvJPEG and Pillow threads on a GPU), run here on the
+CPU: the same code with ``device="cpu"`` (torchvision's libjpeg-turbo, no stream), against
+Pillow's decoding, which training's cache uses."""
 
 from __future__ import annotations
 
+import io
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+import pytest
 import torch
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from bincount.core.limits import ImageLimits
+from bincount.core.storage import Location
 from bincount.images.decode import UndecodableImage, decode_image
-from bincount.images.devicedecode import decode_on_device
+from bincount.images.devicedecode import DeviceDecoder
+from bincount.images.jpeg import jpeg_frame
+from bincount.images.stats import statistics_table
+from bincount.nightly.scorer import decoded_batches
 from tests.builders import flat_jpeg, image_bytes
 
 
@@ -24,34 +33,136 @@ def _photo(width: int, height: int, seed: int) -> Image.Image:
     return Image.fromarray(pixels.astype(np.uint8))
 
 
-def test_device_decoding_matches_pillow_and_falls_back_where_it_must():
+@pytest.fixture
+def pool():
+    with ThreadPoolExecutor(max_workers=2) as executor:
+        yield executor
+
+
+def _mixed() -> list[bytes | Exception]:
     photos = [image_bytes(_photo(320, 240, seed), "JPEG", quality=92) for seed in (1, 2)]
-    grey = flat_jpeg(96, 64)
-    payloads = [
+    return [
         photos[0],
         image_bytes(_photo(200, 300, 3), "PNG"),  # not a JPEG: Pillow
         b"\xff\xd8\xff\xe0 not really a jpeg",  # Pillow says why
         OSError("gone"),
         photos[1],
-        grey,
+        flat_jpeg(96, 64),  # grey
+        image_bytes(_photo(240, 180, 4), "JPEG", progressive=True),  # nvJPEG's gap: Pillow
     ]
-    results = decode_on_device(payloads, 64, "cpu")
-    for i in (0, 1, 4, 5):
+
+
+@pytest.mark.parametrize("host_share", [0.0, 0.5, 1.0, None])
+def test_every_split_gives_each_payload_its_image_or_its_reason_in_order(pool, host_share):
+    payloads = _mixed()
+    decoder = DeviceDecoder(64, "cpu", pool=pool, host_share=host_share)
+    results = decoder.results(payloads)
+    for i in (0, 1, 4, 5, 6):
         assert isinstance(results[i], torch.Tensor)
         assert results[i].dtype == torch.uint8 and results[i].shape == (64, 64, 3)
         reference = decode_image(payloads[i], 64).astype(np.int16)
         difference = np.abs(results[i].numpy().astype(np.int16) - reference)
         assert difference.mean() < 4, i  # the same picture; resampling differs a little
+        if host_share == 1.0:
+            assert difference.max() == 0, i  # every image through Pillow: exactly its pixels
     assert isinstance(results[2], UndecodableImage) and results[2].code == "undecodable_image"
     assert isinstance(results[3], UndecodableImage) and results[3].code == "unreadable_image"
 
 
-def test_over_the_pixel_limit_goes_to_pillow_which_applies_the_limits():
+def test_the_device_takes_sequential_jpegs_and_pillow_the_rest(pool):
+    payloads = _mixed()
+    batch = DeviceDecoder(64, "cpu", pool=pool, host_share=0.0).decode(payloads)
+    assert batch.positions == [0, 1, 4, 5, 6]
+    assert [i for i, _ in batch.failures] == [2, 3]
+    assert batch.on_host == 2  # the PNG and the progressive JPEG; the three others on the device
+    assert batch.ready is None  # no stream on the CPU
+    everything_on_pillow = DeviceDecoder(64, "cpu", pool=pool, host_share=1.0).decode(payloads)
+    assert everything_on_pillow.on_host == 5
+
+
+def test_the_statistics_are_those_of_the_images_the_model_gets(pool):
+    payloads = _mixed()
+    batch = DeviceDecoder(48, "cpu", pool=pool, host_share=0.5).decode(payloads)
+    good = [payloads[i] for i in batch.positions]
+    expected = statistics_table(batch.images.numpy(), good)  # sizes read from the headers again
+    assert batch.statistics.num_rows == len(batch.positions) == 5
+    for name in expected.column_names:
+        np.testing.assert_allclose(
+            batch.statistics.column(name).to_numpy(), expected.column(name).to_numpy(), rtol=1e-5
+        )
+    assert batch.statistics.column("width").to_pylist() == [320, 200, 320, 96, 240]
+
+
+def test_the_share_follows_the_measured_rates_within_its_bounds(pool):
+    photos = [image_bytes(_photo(320, 240, seed), "JPEG", quality=90) for seed in range(12)]
+    decoder = DeviceDecoder(32, "cpu", pool=pool)
+    assert decoder.host_share == 0.5
+    shares = []
+    for _ in range(6):
+        batch = decoder.decode(photos)
+        assert batch.positions == list(range(12)) and not batch.failures
+        shares.append(decoder.host_share)
+    assert len(set(shares)) > 1  # it moved
+    assert all(0.05 <= share <= 0.95 for share in shares)
+    fixed = DeviceDecoder(32, "cpu", pool=pool, host_share=0.25)
+    fixed.decode(photos)
+    assert fixed.host_share == 0.25
+    with pytest.raises(ValueError, match="host share"):
+        DeviceDecoder(32, "cpu", pool=pool, host_share=1.5)
+
+
+def test_over_the_pixel_limit_goes_to_pillow_which_applies_the_limits(pool):
     huge = flat_jpeg(4096, 4096)
-    small_limit = ImageLimits(max_pixels=1_000_000)
-    (result,) = decode_on_device([huge], 32, "cpu", small_limit)
+    decoder = DeviceDecoder(32, "cpu", pool=pool, limits=ImageLimits(max_pixels=1_000_000))
+    (result,) = decoder.results([huge])
     # Pillow's draft decodes this sequential JPEG at 1/8 scale, within the limit.
     assert isinstance(result, torch.Tensor) and result.shape == (32, 32, 3)
-    (refused,) = decode_on_device([huge], 32, "cpu", ImageLimits(max_pixels=10_000))
+    strict = DeviceDecoder(32, "cpu", pool=pool, limits=ImageLimits(max_pixels=10_000))
+    (refused,) = strict.results([huge])
     assert isinstance(refused, UndecodableImage) and refused.code == "image_too_many_pixels"
-    assert decode_on_device([], 32, "cpu") == []
+    empty = DeviceDecoder(32, "cpu", pool=pool).decode([])
+    assert empty.positions == [] and empty.images.shape == (0, 32, 32, 3)
+    assert empty.statistics.num_rows == 0
+
+
+def test_scoring_batches_take_the_device_path_on_the_cpu_when_asked(tmp_path):
+    source = Location(str(tmp_path / "bucket"))
+    payloads = _mixed()
+    keys = []
+    for i, payload in enumerate(payloads):
+        if isinstance(payload, bytes):
+            keys.append(f"bin-images/{i}.jpg")
+            source.write_bytes(keys[-1], payload)
+    keys.append("bin-images/missing.jpg")
+    common = {"size": 40, "batch_size": 4, "device": "cpu", "workers": 2}
+    on_device = list(decoded_batches(source, keys, device_decode=True, host_share=0.5, **common))
+    on_pillow = list(decoded_batches(source, keys, **common))
+    for batches in (on_device, on_pillow):
+        assert [key for b in batches for key in b.keys] == [keys[i] for i in (0, 1, 3, 4, 5)]
+        assert {key for b in batches for key, _ in b.failures} == {keys[2], keys[6]}
+        assert sum(b.statistics.num_rows for b in batches) == 5
+    assert all(isinstance(b.images, torch.Tensor) for b in on_device)
+    assert all(isinstance(b.images, np.ndarray) for b in on_pillow)
+    device_pixels = torch.cat([b.images for b in on_device]).numpy().astype(np.int16)
+    pillow_pixels = np.concatenate([b.images for b in on_pillow]).astype(np.int16)
+    assert np.abs(device_pixels - pillow_pixels).mean() < 4
+
+
+def test_a_jpeg_frame_is_read_from_its_markers_alone():
+    cases = [
+        (image_bytes(_photo(37, 21, 0), "JPEG"), (37, 21, 3, True)),
+        (image_bytes(_photo(37, 21, 0), "JPEG", progressive=True), (37, 21, 3, False)),
+        (image_bytes(Image.new("L", (10, 300)), "JPEG"), (10, 300, 1, True)),
+        (image_bytes(Image.new("CMYK", (8, 8)), "JPEG"), (8, 8, 4, True)),
+        (flat_jpeg(20000, 12000), (20000, 12000, 1, True)),
+    ]
+    for payload, (width, height, components, sequential) in cases:
+        frame = jpeg_frame(payload)
+        assert frame is not None
+        assert (frame.width, frame.height, frame.components) == (width, height, components)
+        assert frame.sequential is sequential
+        with JpegImagePlugin.JpegImageFile(io.BytesIO(payload)) as image:
+            assert image.size == (width, height)
+    good = cases[0][0]
+    for broken in (b"", b"\xff\xd8", b"\xff\xd8\xff\xe0 not really", good[:20], b"\x89PNG" + good):
+        assert jpeg_frame(broken) is None

@@ -25,9 +25,11 @@ import io
 
 import numpy as np
 import pyarrow as pa
+import torch
 from PIL import Image, JpegImagePlugin
 
 from bincount.images.decode import IMAGE_FORMATS
+from bincount.images.jpeg import jpeg_frame
 
 INPUT_STATISTICS = (
     "brightness",
@@ -45,14 +47,20 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def image_statistics(
-    images: np.ndarray, *, widths: np.ndarray, heights: np.ndarray, sizes: np.ndarray
+    images: np.ndarray | torch.Tensor,
+    *,
+    widths: np.ndarray,
+    heights: np.ndarray,
+    sizes: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """Each of :data:`INPUT_STATISTICS` per image: ``images`` uint8 (N, S, S, 3) as decoded,
-    ``widths``, ``heights`` and ``sizes`` (bytes) of the originals, one per image."""
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+    """Each of :data:`INPUT_STATISTICS` per image: ``images`` uint8 (N, S, S, 3) as decoded, on
+    the host or a device (the pixel statistics are taken where the images are), ``widths``,
+    ``heights`` and ``sizes`` (bytes) of the originals, one per image."""
+    images = torch.as_tensor(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
         raise ValueError(
-            f"Expected uint8 images of shape (N, S, S, 3), but got {images.dtype} {images.shape}"
+            f"Expected uint8 images of shape (N, S, S, 3), but got {images.dtype} "
+            f"{tuple(images.shape)}"
         )
     n = len(images)
     widths, heights, sizes = (np.asarray(a, np.float64) for a in (widths, heights, sizes))
@@ -63,28 +71,49 @@ def image_statistics(
         )
     if n and (widths.min() <= 0 or heights.min() <= 0):
         raise ValueError("Expected positive widths and heights of the originals")
-    channels = images.astype(np.float32)
-    luma = channels @ _LUMA  # (N, S, S)
-    brightness = luma.mean(axis=(1, 2))
-    means = channels.mean(axis=(1, 2))  # (N, 3)
-    laplacian = (
-        luma[:, 1:-1, :-2] + luma[:, 1:-1, 2:] + luma[:, :-2, 1:-1] + luma[:, 2:, 1:-1]
-    ) - 4 * luma[:, 1:-1, 1:-1]
-    scale = np.maximum(brightness, 1.0)
+    pixels = pixel_statistics(images).cpu().numpy()  # the only copy back: 4 numbers an image
     return {
-        "brightness": brightness,
-        "brightness_spread": luma.std(axis=(1, 2)),
-        "colour_balance": (means[:, 0] - means[:, 2]) / scale,
-        "sharpness": laplacian.var(axis=(1, 2)) / scale**2,
+        **dict(zip(_PIXEL_STATISTICS, pixels.T, strict=True)),
         "width": widths,
         "height": heights,
         "bytes_per_pixel": sizes / (widths * heights),
     }
 
 
+_PIXEL_STATISTICS = ("brightness", "brightness_spread", "colour_balance", "sharpness")
+
+
+@torch.no_grad()
+def pixel_statistics(images: torch.Tensor) -> torch.Tensor:
+    """float32 (N, 4): brightness, brightness_spread, colour_balance and sharpness of uint8
+    images (N, S, S, 3), computed on the images' device."""
+    if not len(images):
+        return torch.zeros((0, 4), dtype=torch.float32, device=images.device)
+    channels = images.float()
+    luma = channels @ torch.tensor(_LUMA, device=images.device)  # (N, S, S)
+    brightness = luma.mean(dim=(1, 2))
+    means = channels.mean(dim=(1, 2))  # (N, 3)
+    laplacian = (
+        luma[:, 1:-1, :-2] + luma[:, 1:-1, 2:] + luma[:, :-2, 1:-1] + luma[:, 2:, 1:-1]
+    ) - 4 * luma[:, 1:-1, 1:-1]
+    scale = brightness.clamp(min=1.0)
+    return torch.stack(
+        [
+            brightness,
+            luma.std(dim=(1, 2), correction=0),
+            (means[:, 0] - means[:, 2]) / scale,
+            laplacian.var(dim=(1, 2), correction=0) / scale**2,
+        ],
+        dim=1,
+    )
+
+
 def original_size(payload: bytes) -> tuple[int, int]:
     """(width, height) of an encoded image from its header alone (no pixels decoded). A JPEG
     opens without Pillow's bomb check, as it does to be decoded (:mod:`.decode`)."""
+    frame = jpeg_frame(payload)
+    if frame is not None:
+        return frame.width, frame.height
     if payload[:3] == b"\xff\xd8\xff":
         image = JpegImagePlugin.JpegImageFile(io.BytesIO(payload))
     else:
@@ -93,9 +122,14 @@ def original_size(payload: bytes) -> tuple[int, int]:
         return image.size
 
 
-def statistics_table(images: np.ndarray, payloads: list[bytes]) -> pa.Table:
-    """:data:`INPUT_STATISTICS` columns of decoded ``images`` and their encoded ``payloads``."""
-    sizes = [original_size(payload) for payload in payloads]
+def statistics_table(
+    images: np.ndarray | torch.Tensor,
+    payloads: list[bytes],
+    sizes: list[tuple[int, int]] | None = None,
+) -> pa.Table:
+    """:data:`INPUT_STATISTICS` columns of decoded ``images`` and their encoded ``payloads``
+    (with the originals' (width, height) where the caller has read them already)."""
+    sizes = sizes or [original_size(payload) for payload in payloads]
     figures = image_statistics(
         images,
         widths=np.array([w for w, _ in sizes], np.int64),

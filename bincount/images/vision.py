@@ -49,4 +49,13 @@ ensure_torchvision_importable()
 import torchvision  # noqa: E402  (after the schemas above)
 from torchvision.transforms import v2  # noqa: E402
 
-__all__ = ["torchvision", "v2"]
+
+def has_image_codecs() -> bool:
+    """Whether torchvision's image extension loaded (``decode_jpeg``: libjpeg-turbo on the CPU,
+    nvJPEG on a GPU). PyPI's CUDA build beside a CPU-only torch has none."""
+    from torchvision.io import image
+
+    return image._has_image_ops()
+
+
+__all__ = ["has_image_codecs", "torchvision", "v2"]

@@ -16,7 +16,7 @@ import torch
 from bincount.core.limits import ImageLimits
 from bincount.core.storage import Location
 from bincount.images.decode import UndecodableImage, decode_image, decode_or_reason
-from bincount.images.devicedecode import decode_on_device
+from bincount.images.devicedecode import DeviceBatch, DeviceDecoder
 from bincount.images.prefetch import Prefetched
 from bincount.images.stats import statistics_table
 from bincount.model.device import Runtime, resolve_runtime
@@ -37,6 +37,9 @@ class Scorer:
     image_size: int
     flips: bool
     runtime: Runtime
+    # On a GPU, the share of JPEGs decoded by Pillow on the host's cores beside the device's
+    # decoder; None follows the two sides' measured rates.
+    host_share: float | None = None
 
     @property
     def max_count(self) -> int:
@@ -84,6 +87,7 @@ class DecodedBatch:
     images: np.ndarray | torch.Tensor  # uint8 (N, S, S, 3); a tensor when decoded on a device
     failures: list[tuple[str, UndecodableImage]]
     statistics: pa.Table  # bincount.images.stats.INPUT_STATISTICS of each decoded image
+    on_host: int = 0  # on a device: the images Pillow decoded on the host's cores
 
 
 def decoded_batches(
@@ -97,14 +101,21 @@ def decoded_batches(
     depth: int = 4,
     limits: ImageLimits | None = None,
     device: torch.device | str | None = None,
+    host_share: float | None = None,
+    device_decode: bool | None = None,
 ) -> Iterator[DecodedBatch]:
     """Batches of decoded images, fetched and decoded ahead of the consumer in two threads.
 
     Pillow releases the GIL while it decodes, so a thread pool decodes in parallel without the
-    cost of shipping images between processes. On a CUDA ``device`` JPEGs are decoded there
-    instead (:mod:`bincount.images.devicedecode`). No image is read past ``limits.max_bytes``.
+    cost of shipping images between processes. On a CUDA ``device`` each batch is split between
+    the device's JPEG decoder and that pool (:mod:`bincount.images.devicedecode`; ``host_share``
+    fixes Pillow's share, else it follows the two sides' rates), and the consumer's stream waits
+    for a batch without the host waiting; ``device_decode`` chooses that path on any device (the
+    tests take it on the CPU). No image is read past ``limits.max_bytes``.
     """
-    on_device = device is not None and torch.device(device).type == "cuda"
+    if device_decode is None:
+        device_decode = device is not None and torch.device(device).type == "cuda"
+    on_device = device_decode and device is not None
     limits = limits or ImageLimits()
     windows = [list(keys[i : i + batch_size]) for i in range(0, len(keys), batch_size)]
 
@@ -115,47 +126,53 @@ def decoded_batches(
                 source.fetch_many(window, concurrency=concurrency, max_bytes=limits.max_bytes),
             )
 
-    def decoded() -> Iterator[DecodedBatch]:
+    def decoded() -> Iterator[tuple[list[str], DecodedBatch | DeviceBatch]]:
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            decoder = (
+                DeviceDecoder(size, device, pool=pool, limits=limits, host_share=host_share)
+                if on_device
+                else None
+            )
             for window, payloads in Prefetched(fetched(), depth=depth, name="image-fetch"):
-                if on_device:
-                    results = decode_on_device(payloads, size, device, limits)
-                else:
-                    results = list(
-                        pool.map(
-                            decode_or_reason,
-                            payloads,
-                            [size] * len(payloads),
-                            [limits] * len(payloads),
-                        )
-                    )
-                yield _batch_of(window, results, size, payloads)
+                if decoder is not None:
+                    yield window, decoder.decode(payloads)
+                    continue
+                results = pool.map(
+                    decode_or_reason, payloads, [size] * len(payloads), [limits] * len(payloads)
+                )
+                yield window, _batch_of(window, list(results), size, payloads)
 
-    return iter(Prefetched(decoded(), depth=depth, name="image-decode"))
+    for window, batch in Prefetched(decoded(), depth=depth, name="image-decode"):
+        if isinstance(batch, DeviceBatch):  # here, on the consumer's thread and stream
+            batch = DecodedBatch(
+                keys=[window[i] for i in batch.positions],
+                images=batch.wait(),
+                failures=[(window[i], failure) for i, failure in batch.failures],
+                statistics=batch.statistics,
+                on_host=batch.on_host,
+            )
+        yield batch
 
 
 def _batch_of(
     keys: list[str],
-    results: list[np.ndarray | torch.Tensor | UndecodableImage],
+    results: list[np.ndarray | UndecodableImage],
     size: int,
     payloads: list[bytes | Exception],
 ) -> DecodedBatch:
     triples = list(zip(keys, results, payloads, strict=True))
     good = [t for t in triples if not isinstance(t[1], UndecodableImage)]
-    images = [image for _, image, _ in good]
-    batch = (
-        (torch.stack(images) if isinstance(images[0], torch.Tensor) else np.stack(images))
+    images = (
+        np.stack([image for _, image, _ in good])
         if good
         else np.zeros((0, size, size, 3), np.uint8)
     )
-    # Input drift's statistics, taken on the pixels the model gets (a device batch comes back
-    # to the host for it: a few MB per batch, small beside the decode).
-    pixels = batch.cpu().numpy() if isinstance(batch, torch.Tensor) else batch
     return DecodedBatch(
         keys=[key for key, _, _ in good],
-        images=batch,
+        images=images,
         failures=[(key, fault) for key, fault, _ in triples if isinstance(fault, UndecodableImage)],
-        statistics=statistics_table(pixels, [payload for _, _, payload in good]),
+        # Input drift's statistics, taken on the pixels the model gets.
+        statistics=statistics_table(images, [payload for _, _, payload in good]),
     )
 
 

@@ -112,6 +112,7 @@ def score_chunk(
         concurrency=concurrency,
         limits=limits,
         device=scorer.runtime.device,
+        host_share=scorer.host_share,
     ):
         failures.extend(batch.failures)
         if batch.keys:
