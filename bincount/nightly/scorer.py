@@ -4,6 +4,7 @@ predicting counts.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,8 @@ from bincount.model.inputs import input_normalization, to_model_input
 from bincount.model.networks import CountingModel
 from bincount.model.prediction import predict_batch
 from bincount.model.registry import load_model, resolve_version
+
+logger = logging.getLogger(__name__)
 
 
 # -- the model ---------------------------------------------------------------------------------
@@ -142,6 +145,7 @@ def decoded_batches(
                 )
                 yield window, _batch_of(window, list(results), size, payloads)
 
+    decoded_images = on_host = 0
     for window, batch in Prefetched(decoded(), depth=depth, name="image-decode"):
         if isinstance(batch, DeviceBatch):  # here, on the consumer's thread and stream
             batch = DecodedBatch(
@@ -151,7 +155,15 @@ def decoded_batches(
                 statistics=batch.statistics,
                 on_host=batch.on_host,
             )
+        decoded_images, on_host = decoded_images + len(batch.keys), on_host + batch.on_host
         yield batch
+    if on_device:
+        logger.debug(
+            "decoded %d images for %s: %d by Pillow on the host's cores, the rest on the device",
+            decoded_images,
+            device,
+            on_host,
+        )
 
 
 def _batch_of(
