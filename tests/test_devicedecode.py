@@ -33,6 +33,20 @@ def _photo(width: int, height: int, seed: int) -> Image.Image:
     return Image.fromarray(pixels.astype(np.uint8))
 
 
+@pytest.fixture(
+    params=[
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+        ),
+    ]
+)
+def device(request) -> str:
+    """The CPU everywhere; a GPU too where there is one (nvJPEG, a stream, an event)."""
+    return request.param
+
+
 @pytest.fixture
 def pool():
     with ThreadPoolExecutor(max_workers=2) as executor:
@@ -53,15 +67,15 @@ def _mixed() -> list[bytes | Exception]:
 
 
 @pytest.mark.parametrize("host_share", [0.0, 0.5, 1.0, None])
-def test_every_split_gives_each_payload_its_image_or_its_reason_in_order(pool, host_share):
+def test_every_split_gives_each_payload_its_image_or_its_reason_in_order(pool, host_share, device):
     payloads = _mixed()
-    decoder = DeviceDecoder(64, "cpu", pool=pool, host_share=host_share)
+    decoder = DeviceDecoder(64, device, pool=pool, host_share=host_share)
     results = decoder.results(payloads)
     for i in (0, 1, 4, 5, 6):
         assert isinstance(results[i], torch.Tensor)
         assert results[i].dtype == torch.uint8 and results[i].shape == (64, 64, 3)
         reference = decode_image(payloads[i], 64).astype(np.int16)
-        difference = np.abs(results[i].numpy().astype(np.int16) - reference)
+        difference = np.abs(results[i].cpu().numpy().astype(np.int16) - reference)
         assert difference.mean() < 4, i  # the same picture; resampling differs a little
         if host_share == 1.0:
             assert difference.max() == 0, i  # every image through Pillow: exactly its pixels
@@ -69,22 +83,25 @@ def test_every_split_gives_each_payload_its_image_or_its_reason_in_order(pool, h
     assert isinstance(results[3], UndecodableImage) and results[3].code == "unreadable_image"
 
 
-def test_the_device_takes_sequential_jpegs_and_pillow_the_rest(pool):
+def test_the_device_takes_sequential_jpegs_and_pillow_the_rest(pool, device):
     payloads = _mixed()
-    batch = DeviceDecoder(64, "cpu", pool=pool, host_share=0.0).decode(payloads)
+    batch = DeviceDecoder(64, device, pool=pool, host_share=0.0).decode(payloads)
     assert batch.positions == [0, 1, 4, 5, 6]
     assert [i for i, _ in batch.failures] == [2, 3]
     assert batch.on_host == 2  # the PNG and the progressive JPEG; the three others on the device
-    assert batch.ready is None  # no stream on the CPU
-    everything_on_pillow = DeviceDecoder(64, "cpu", pool=pool, host_share=1.0).decode(payloads)
+    assert (batch.ready is None) == (device == "cpu")  # an event on the decoder's stream
+    assert batch.images.device.type == device
+    everything_on_pillow = DeviceDecoder(64, device, pool=pool, host_share=1.0).decode(payloads)
     assert everything_on_pillow.on_host == 5
 
 
-def test_the_statistics_are_those_of_the_images_the_model_gets(pool):
+def test_the_statistics_are_those_of_the_images_the_model_gets(pool, device):
     payloads = _mixed()
-    batch = DeviceDecoder(48, "cpu", pool=pool, host_share=0.5).decode(payloads)
+    batch = DeviceDecoder(48, device, pool=pool, host_share=0.5).decode(payloads)
     good = [payloads[i] for i in batch.positions]
-    expected = statistics_table(batch.images.numpy(), good)  # sizes read from the headers again
+    expected = statistics_table(
+        batch.wait().cpu().numpy(), good
+    )  # sizes read from the headers again
     assert batch.statistics.num_rows == len(batch.positions) == 5
     for name in expected.column_names:
         np.testing.assert_allclose(
@@ -93,9 +110,9 @@ def test_the_statistics_are_those_of_the_images_the_model_gets(pool):
     assert batch.statistics.column("width").to_pylist() == [320, 200, 320, 96, 240]
 
 
-def test_the_share_follows_the_measured_rates_within_its_bounds(pool):
+def test_the_share_follows_the_measured_rates_within_its_bounds(pool, device):
     photos = [image_bytes(_photo(320, 240, seed), "JPEG", quality=90) for seed in range(12)]
-    decoder = DeviceDecoder(32, "cpu", pool=pool)
+    decoder = DeviceDecoder(32, device, pool=pool)
     assert decoder.host_share == 0.5
     shares = []
     for _ in range(6):
@@ -111,21 +128,21 @@ def test_the_share_follows_the_measured_rates_within_its_bounds(pool):
         DeviceDecoder(32, "cpu", pool=pool, host_share=1.5)
 
 
-def test_over_the_pixel_limit_goes_to_pillow_which_applies_the_limits(pool):
+def test_over_the_pixel_limit_goes_to_pillow_which_applies_the_limits(pool, device):
     huge = flat_jpeg(4096, 4096)
-    decoder = DeviceDecoder(32, "cpu", pool=pool, limits=ImageLimits(max_pixels=1_000_000))
+    decoder = DeviceDecoder(32, device, pool=pool, limits=ImageLimits(max_pixels=1_000_000))
     (result,) = decoder.results([huge])
     # Pillow's draft decodes this sequential JPEG at 1/8 scale, within the limit.
     assert isinstance(result, torch.Tensor) and result.shape == (32, 32, 3)
-    strict = DeviceDecoder(32, "cpu", pool=pool, limits=ImageLimits(max_pixels=10_000))
+    strict = DeviceDecoder(32, device, pool=pool, limits=ImageLimits(max_pixels=10_000))
     (refused,) = strict.results([huge])
     assert isinstance(refused, UndecodableImage) and refused.code == "image_too_many_pixels"
-    empty = DeviceDecoder(32, "cpu", pool=pool).decode([])
+    empty = DeviceDecoder(32, device, pool=pool).decode([])
     assert empty.positions == [] and empty.images.shape == (0, 32, 32, 3)
     assert empty.statistics.num_rows == 0
 
 
-def test_scoring_batches_take_the_device_path_on_the_cpu_when_asked(tmp_path):
+def test_scoring_batches_take_the_device_path_where_asked(tmp_path, device):
     source = Location(str(tmp_path / "bucket"))
     payloads = _mixed()
     keys = []
@@ -134,16 +151,16 @@ def test_scoring_batches_take_the_device_path_on_the_cpu_when_asked(tmp_path):
             keys.append(f"bin-images/{i}.jpg")
             source.write_bytes(keys[-1], payload)
     keys.append("bin-images/missing.jpg")
-    common = {"size": 40, "batch_size": 4, "device": "cpu", "workers": 2}
+    common = {"size": 40, "batch_size": 4, "device": device, "workers": 2}
     on_device = list(decoded_batches(source, keys, device_decode=True, host_share=0.5, **common))
-    on_pillow = list(decoded_batches(source, keys, **common))
+    on_pillow = list(decoded_batches(source, keys, device_decode=False, **common))
     for batches in (on_device, on_pillow):
         assert [key for b in batches for key in b.keys] == [keys[i] for i in (0, 1, 3, 4, 5)]
         assert {key for b in batches for key, _ in b.failures} == {keys[2], keys[6]}
         assert sum(b.statistics.num_rows for b in batches) == 5
     assert all(isinstance(b.images, torch.Tensor) for b in on_device)
     assert all(isinstance(b.images, np.ndarray) for b in on_pillow)
-    device_pixels = torch.cat([b.images for b in on_device]).numpy().astype(np.int16)
+    device_pixels = torch.cat([b.images for b in on_device]).cpu().numpy().astype(np.int16)
     pillow_pixels = np.concatenate([b.images for b in on_pillow]).astype(np.int16)
     assert np.abs(device_pixels - pillow_pixels).mean() < 4
 
