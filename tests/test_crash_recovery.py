@@ -18,14 +18,21 @@ import pytest
 from bincount.core.lease import LeaseHeld
 from bincount.core.storage import Location
 from bincount.core.tables import read_table
+from bincount.testing.prefectserver import PrefectServer
+from tests.deployhelpers import BIN, deploy_the_file, environment
 from tests.test_lease import scored_ids, scoring_environment, start_scoring, wait_for_parts
 
 
-def flow_run_state(run_id: str):
-    """The flow run's state as the Prefect API shows it (and the UI)."""
+def flow_run_state(run_id: str, api_url: str | None = None):
+    """The flow run's state as the Prefect API (the current one, or ``api_url``) shows it, and
+    the UI."""
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with get_client(sync_client=True) as client:
+    with (
+        temporary_settings({PREFECT_API_URL: api_url} if api_url else {}),
+        get_client(sync_client=True) as client,
+    ):
         return client.read_flow_run(run_id).state
 
 
@@ -95,38 +102,10 @@ def test_a_killed_scoring_run_s_lease_expires_and_the_next_run_completes_the_nig
 
 
 # -- a worker's flow process killed: the deployment as production runs it -------------------------
-def _deploy_nightly_scoring() -> None:
-    """deployments/prefect.yaml's nightly scoring, deployed to the session's API as an operator
-    deploys it, with the process pool it names."""
-    import subprocess
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists
-
-    from tests.test_deployments import BIN, PREFECT_FILE, REPO, _environment
-
-    # The pool may have been created by an earlier test of the session.
-    with get_client(sync_client=True) as client, suppress(ObjectAlreadyExists):
-        client.create_work_pool(WorkPoolCreate(name="bincount-cpu", type="process"))
-    command = [BIN / "prefect", "--no-prompt", "deploy", "--name", "nightly-scoring"]
-    deployed = subprocess.run(
-        [*command, "--prefect-file", PREFECT_FILE],
-        cwd=REPO,
-        env=_environment(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-
-
 def _start_worker(environment: dict, log_path) -> object:
     """``prefect worker start --pool bincount-cpu --run-once``: it takes the run waiting in the
     pool, runs it in a flow process of its own, reports how that process ended, and exits."""
     import subprocess
-
-    from tests.test_deployments import BIN
 
     return subprocess.Popen(
         [BIN / "prefect", "worker", "start", "--pool", "bincount-cpu", "--run-once"],
@@ -183,20 +162,19 @@ def test_a_worker_s_flow_process_killed_mid_scoring_is_crashed_and_the_next_run_
     from bincount.testing.proxycontrol import fault_proxy
     from bincount.testing.s3server import upload_tree
     from tests.builders import write_clean_bucket
-    from tests.test_deployments import _environment
 
     ids = write_clean_bucket(tmp_path / "bucket", 120, start=30000)
     upload_tree(s3_server.endpoint_url, bucket, tmp_path / "bucket")
     out = tmp_path / "out"
     shutil.copytree(trained / "out", out)
-    _deploy_nightly_scoring()
+    deploy_the_file("nightly-scoring")  # with the process pool it names
     parameters = {"source": f"s3://{bucket}", "output": str(out), "batch_size": 4}
     with fault_proxy(s3_server.endpoint_url, latency_ms=80) as proxy:
         # The workers' environment, as the pool's machines would have it; a short lease.
         settings = scoring_environment(proxy.endpoint_url, lease_ttl_s="6", lease_wait_s="120")
-        environment = _environment(**settings)
+        worker_env = environment(**settings)
         first = run_deployment("score/nightly-scoring", parameters=parameters, timeout=0)
-        worker = _start_worker(environment, tmp_path / "worker-1.log")
+        worker = _start_worker(worker_env, tmp_path / "worker-1.log")
         try:
             flow_process = _flow_process(worker, first.id)
             deadline = time.monotonic() + 240
@@ -223,7 +201,7 @@ def test_a_worker_s_flow_process_killed_mid_scoring_is_crashed_and_the_next_run_
 
         # The next run of the deployment waits out the dead run's lease and finishes the night.
         second = run_deployment("score/nightly-scoring", parameters=parameters, timeout=0)
-        worker = _start_worker(environment, tmp_path / "worker-2.log")
+        worker = _start_worker(worker_env, tmp_path / "worker-2.log")
         try:
             assert worker.wait(timeout=400) == 0
         finally:
@@ -246,85 +224,6 @@ def test_a_worker_s_flow_process_killed_mid_scoring_is_crashed_and_the_next_run_
 
 
 # -- the Prefect server restarted mid-run ---------------------------------------------------------
-class PrefectServer:
-    """``prefect server start`` as an operator runs it, on a port and a SQLite database of its
-    own, which a test stops and starts again (same port, same database) mid-run."""
-
-    def __init__(self, home, port: int) -> None:
-        self.home, self.port = home, port
-        self.api_url = f"http://127.0.0.1:{port}/api"
-        self.process = None
-        self.starts = 0
-
-    def start(self, timeout_s: float = 180) -> None:
-        import subprocess
-        import time
-        import urllib.request
-
-        from tests.test_deployments import BIN
-
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("BINCOUNT_")}
-        environment.update(
-            PREFECT_HOME=str(self.home),
-            PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{self.home}/prefect.db",
-            PREFECT_SERVER_ANALYTICS_ENABLED="false",
-            PREFECT_SERVER_UI_ENABLED="false",
-        )
-        environment.pop("PREFECT_API_URL", None)
-        self.starts += 1
-        log = (self.home / f"server-{self.starts}.log").open("w")
-        self.process = subprocess.Popen(
-            [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log()
-            try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        raise AssertionError(f"Expected the server up within {timeout_s} s: {self.log()}")
-
-    def stop(self) -> None:
-        """SIGTERM, as a restart by an operator or systemd sends it (SIGKILL after 30 s)."""
-        import subprocess
-
-        if self.process is None or self.process.poll() is not None:
-            return
-        with suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def log(self) -> str:
-        return (self.home / f"server-{self.starts}.log").read_text()[-3000:]
-
-    def flow_run(self, run_id: str):
-        from prefect.client.orchestration import get_client
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with (
-            temporary_settings({PREFECT_API_URL: self.api_url}),
-            get_client(sync_client=True) as client,
-        ):
-            return client.read_flow_run(run_id)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.parametrize("outage", ["restart", "down-until-the-run-ends"])
 def test_a_scoring_run_across_a_prefect_server_outage_ends_final_and_the_next_completes_it(
     outage, trained, s3_server, bucket, tmp_path
@@ -340,8 +239,7 @@ def test_a_scoring_run_across_a_prefect_server_outage_ends_final_and_the_next_co
     upload_tree(s3_server.endpoint_url, bucket, tmp_path / "bucket")
     out = tmp_path / "out"
     shutil.copytree(trained / "out", out)
-    (tmp_path / "prefect").mkdir()
-    server = PrefectServer(tmp_path / "prefect", _free_port())
+    server = PrefectServer(tmp_path / "prefect")  # SQLite in its home; restarted on its port
     server.start()
     try:
         with fault_proxy(s3_server.endpoint_url, latency_ms=80) as proxy:
@@ -371,7 +269,7 @@ def test_a_scoring_run_across_a_prefect_server_outage_ends_final_and_the_next_co
                     first.kill()
                     first.wait()
             first_log = (tmp_path / "first.log").read_text()
-            state = server.flow_run(holding.holder.run_id).state
+            state = flow_run_state(holding.holder.run_id, server.api_url)
             print(f"server down {down_s:.0f} s; run exit {exit_code}; state {state!r}")
             if outage == "restart":
                 # Back within the client's retries: the run never noticed beyond a delay.
@@ -390,9 +288,9 @@ def test_a_scoring_run_across_a_prefect_server_outage_ends_final_and_the_next_co
             assert following.wait(timeout=400) == 0, (tmp_path / "next.log").read_text()[-3000:]
         last = _lease_records(out, "score")[-1]
         assert last.token != holding.token and last.released
-        assert server.flow_run(last.holder.run_id).state.is_completed()
+        assert flow_run_state(last.holder.run_id, server.api_url).is_completed()
         # The first run ends final either way: Completed, or Crashed by the run that followed.
-        state = server.flow_run(holding.holder.run_id).state
+        state = flow_run_state(holding.holder.run_id, server.api_url)
         if outage == "restart":
             assert state.is_completed(), state
         else:

@@ -8,11 +8,8 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
@@ -21,24 +18,13 @@ import pytest
 
 from bincount.core.storage import Location
 from bincount.core.tables import read_table
+from bincount.testing.prefectserver import PrefectServer
+from bincount.testing.s3server import free_port
 from tests.builders import write_clean_bucket
-from tests.test_deployments import (
-    BIN,
-    PREFECT_FILE,
-    REPO,
-    _check_against_the_file,
-    _deployments,
-    _environment,
-)
+from tests.deployhelpers import BIN, check_against_the_file, deploy_the_file, environment
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's `postgresql` package puts them here
 DATABASE = "prefect"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _as_owner() -> tuple[list[str], str | None]:
@@ -64,7 +50,7 @@ def postgresql() -> Iterator[tuple[str, int]]:
     with tempfile.TemporaryDirectory(prefix="bincount-pg-") as folder:
         if owner:
             shutil.chown(folder, owner)
-        data, port = Path(folder) / "data", _free_port()
+        data, port = Path(folder) / "data", free_port()
 
         def pg(*command: str, **options) -> subprocess.CompletedProcess:
             # The folder as working directory: the owner may not be allowed into ours.
@@ -162,28 +148,6 @@ def _process_group(command: list, env: dict[str, str], log: Path, cwd: Path) -> 
         process.wait()
 
 
-@contextmanager
-def prefect_server_on(database_url: str, home: Path) -> Iterator[str]:
-    """``prefect server start`` with its database at ``database_url``; yields the API URL."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(home), PREFECT_API_DATABASE_CONNECTION_URL=database_url)
-    log = home.parent / "server.log"
-    home.mkdir(parents=True, exist_ok=True)
-    command = [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    with _process_group(command, env, log, home) as server:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, f"the server exited:\n{_tail(log)}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, f"no server within 180 s:\n{_tail(log)}"
-                time.sleep(1)
-        yield f"http://127.0.0.1:{port}/api"
-
-
 def _psql(host: str, port: int, query: str) -> list[list[str]]:
     """Rows of ``query`` run by psql on the cluster's Prefect database, read back as text."""
     done = subprocess.run(
@@ -213,8 +177,6 @@ def _psql(host: str, port: int, query: str) -> list[list[str]]:
 def test_a_postgresql_backed_server_runs_the_nightly_scoring_twice_the_second_adding_nothing(
     trained, tmp_path
 ):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -232,26 +194,14 @@ def test_a_postgresql_backed_server_runs_the_nightly_scoring_twice_the_second_ad
     with ExitStack() as stack:
         host, port = stack.enter_context(postgresql())
         url = f"postgresql+asyncpg://postgres@{host}:{port}/{DATABASE}"
-        api = stack.enter_context(prefect_server_on(url, tmp_path / "prefect-home"))
-        stack.enter_context(temporary_settings({PREFECT_API_URL: api}))
+        server = stack.enter_context(PrefectServer(tmp_path / "prefect-home", database_url=url))
+        stack.enter_context(temporary_settings({PREFECT_API_URL: server.api_url}))
 
-        with get_client(sync_client=True) as client:
-            for pool in ("bincount-cpu", "bincount-gpu"):
-                client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
-        deployed = subprocess.run(
-            [BIN / "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", PREFECT_FILE],
-            cwd=REPO,
-            env=_environment(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-        _check_against_the_file(_deployments())
+        check_against_the_file(deploy_the_file())
 
         worker_log = tmp_path / "worker.log"
         command = [BIN / "prefect", "worker", "start", "--pool", "bincount-cpu"]
-        worker = stack.enter_context(_process_group(command, _environment(), worker_log, tmp_path))
+        worker = stack.enter_context(_process_group(command, environment(), worker_log, tmp_path))
 
         nights = []
         for _ in range(2):
