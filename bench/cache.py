@@ -251,11 +251,12 @@ class Serial:
 
     images: int
     fetch_s: float
+    stack_s: float
     write_s: float
 
     @property
     def ms_per_image(self) -> float:
-        return 1000 * (self.fetch_s + self.write_s) / self.images
+        return 1000 * (self.fetch_s + self.stack_s + self.write_s) / self.images
 
 
 def time_serial(bucket: Path, prepared: Path, version: str, size: int, shard_size: int) -> Serial:
@@ -276,11 +277,13 @@ def time_serial(bucket: Path, prepared: Path, version: str, size: int, shard_siz
     fetched = time.perf_counter()
     pixels = np.random.default_rng(0).integers(0, 256, (len(uris), size, size, 3), np.uint8)
     arrays = list(pixels)
-    started_write = time.perf_counter()
-    _write_npy(output, "serial-probe/shard.npy", np.stack(arrays))
+    started_stack = time.perf_counter()
+    stacked = np.stack(arrays)
+    stacked_at = time.perf_counter()
+    _write_npy(output, "serial-probe/shard.npy", stacked)
     written = time.perf_counter()
     shutil.rmtree(prepared / "serial-probe")
-    return Serial(len(uris), fetched - started, written - started_write)
+    return Serial(len(uris), fetched - started, stacked_at - started_stack, written - stacked_at)
 
 
 def quarantine_reasons(output: Location, version: str, size: int) -> tuple[str, ...]:
@@ -332,8 +335,9 @@ def report(rows: list[Row], stats: PhotoStats, serial: Serial, *, rounds: int) -
             lines.append(f"quarantined (workers={row.workers}): {reason}")
     decode_ms = statistics.median(row.cpu_ms_per_image - row.main_ms_per_image for row in rows)
     lines.append(
-        f"serial per shard (no decoding overlaps it): fetch {serial.fetch_s:.2f} s + stack and "
-        f"write {serial.write_s:.2f} s for {serial.images} images = {serial.ms_per_image:.2f} ms "
+        f"serial per shard (no decoding overlaps it): fetch {serial.fetch_s:.2f} s + np.stack "
+        f"{serial.stack_s:.2f} s + np.save, write and fsync {serial.write_s:.2f} s for "
+        f"{serial.images} images = {serial.ms_per_image:.2f} ms "
         f"per image; decoding {decode_ms:.2f} ms of CPU per image in the pool. On paper, a "
         "ceiling, serial + decoding / N, pool transfers and start left out: "
         + ", ".join(

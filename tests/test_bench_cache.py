@@ -45,6 +45,7 @@ def test_the_bench_times_each_worker_count_and_caches_every_copy(tmp_path, capsy
         assert fields[9] == "0", f"workers={workers}: images quarantined: {fields}"
         assert float(fields[6]) > 0  # CPU ms per image, the decoding processes' included
     assert "S3 fetching is excluded" in out and "535,234 images" in out
+    assert "serial per shard" in out and "for 32 images" in out  # one shard fetched, written
 
     index, shards = _cache_index(kept)
     assert index.num_rows == 80 and shards.shape == (80, 32, 32, 3)
