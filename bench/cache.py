@@ -64,6 +64,7 @@ class PhotoStats:
     mean_pixels: float
     mean_kb: float
     progressive: int
+    unreadable: int
 
 
 @dataclass(frozen=True)
@@ -168,13 +169,18 @@ def _link(target: Path, link: Path) -> None:
 
 def photo_stats(photos: Path) -> PhotoStats:
     """The source photos' mean size; reading them all also puts them in the page cache."""
-    widths, heights, sizes, progressive = [], [], [], 0
+    widths, heights, sizes, progressive, unreadable = [], [], [], 0, 0
     for _, _, image in photo_pairs(photos):
         payload = image.read_bytes()
-        with Image.open(io.BytesIO(payload)) as opened:
-            widths.append(opened.width)
-            heights.append(opened.height)
-            progressive += bool(opened.info.get("progressive") or opened.info.get("progression"))
+        try:
+            with Image.open(io.BytesIO(payload)) as opened:
+                widths.append(opened.width)
+                heights.append(opened.height)
+                info = opened.info
+                progressive += bool(info.get("progressive") or info.get("progression"))
+        except (OSError, ValueError):  # the cache quarantines it; the mean leaves it out
+            unreadable += 1
+            continue
         sizes.append(len(payload))
     if not sizes:
         raise SystemExit(f"bench/cache.py: no photo with its metadata under {photos}")
@@ -185,6 +191,7 @@ def photo_stats(photos: Path) -> PhotoStats:
         mean_pixels=statistics.fmean(w * h for w, h in zip(widths, heights, strict=True)),
         mean_kb=statistics.fmean(sizes) / 1024,
         progressive=progressive,
+        unreadable=unreadable,
     )
 
 
@@ -420,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"source: {described}: {stats.photos} photos, mean {stats.mean_width:.0f} x "
             f"{stats.mean_height:.0f} px, {stats.mean_pixels / 1e6:.3f} Mpx, "
-            f"{stats.mean_kb:.1f} KB, {stats.progressive} progressive"
+            f"{stats.mean_kb:.1f} KB, {stats.progressive} progressive, "
+            f"{stats.unreadable} unreadable"
         )
         print(
             f"bucket: {images} images ({args.copies} key(s) per photo), manifest "

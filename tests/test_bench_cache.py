@@ -101,3 +101,27 @@ def test_the_carry_holds_whole_pairs_within_its_budget_and_the_bench_reads_it(
     assert int(rows[1][1]) == 2 * len(photos) and rows[1][9] == "0"
     index, shards = _cache_index(kept)
     assert index.num_rows == 2 * len(photos) and shards.shape[0] == 2 * len(photos)
+
+
+def test_a_photo_that_does_not_decode_is_counted_and_its_reason_printed(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    (photos / "bin-images").mkdir(parents=True)
+    (photos / "metadata").mkdir()
+    for n, image_id in enumerate(("00001", "00002", "00003")):
+        Image.new("RGB", (64, 48), (40 * n, 90, 160)).save(
+            photos / "bin-images" / f"{image_id}.jpg"
+        )
+    (photos / "bin-images" / "00004.jpg").write_bytes(b"not a photo at all")
+    for image_id in ("00001", "00002", "00003", "00004"):
+        document = {"BIN_FCSKU_DATA": {}, "EXPECTED_QUANTITY": 0}
+        (photos / "metadata" / f"{image_id}.json").write_text(json.dumps(document))
+
+    argv = ["--photos", str(photos), "--copies", "2", "--image-size", "32", "--workers", "1"]
+    assert cache.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "3 photos" in out and "1 unreadable" in out
+    row = _table_rows(out)[1]
+    assert int(row[1]) == 6 and row[9] == "2"  # both copies of the broken photo kept out
+    reasons = [line for line in out.splitlines() if line.startswith("quarantined (workers=1)")]
+    assert sorted(line.split(": ")[1] for line in reasons) == ["00004", "00004-c1"]
+    assert all("undecodable_image" in line for line in reasons)
