@@ -14,6 +14,7 @@ of the repetitions is reported for both. Scoring must keep the model busy: goal 
         [--batch-size 64] [--images 768] [--rounds 3] [--no-flips] [--check]
     python bench/score.py --device cuda --archs resnet34,resnet50 --image-size 224 \
         --batch-size 256 --images 4096
+    python bench/score.py --photos ../shared/abid/sample --copies 2   # real ABID photos
 
 On a GPU (``--device cuda``) the end-to-end side decodes JPEGs there (nvJPEG through
 ``bincount.images.devicedecode``) and runs the model in bf16; the bare side's batches are put on the
@@ -33,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,6 +51,9 @@ from bincount.nightly.scorer import Scorer
 from bincount.nightly.scoring import score_images
 from bincount.synth import synthesize
 from bincount.testing.pipeline import defaults
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: its photo buckets
+from cache import make_bucket
 
 GOAL_RATIO = 0.85
 PREFIX = "bin-images/"
@@ -76,9 +81,21 @@ class Bench:
         return replace(self, batches=[batch.to(device) for batch in self.batches])
 
 
-def prepare(workdir: str, images: int, size: int, batch_size: int, chunk_size: int) -> Bench:
+def prepare(
+    workdir: str,
+    images: int,
+    size: int,
+    batch_size: int,
+    chunk_size: int,
+    photos: str | None = None,
+    copies: int = 1,
+) -> Bench:
+    """Synthetic bins, or real photos in ABID's layout each under ``copies`` ids."""
     source = Location(f"{workdir}/bucket")
-    synthesize(source, bins=images, seed=11, max_count=5)
+    if photos is None:
+        synthesize(source, bins=images, seed=11, max_count=5)
+    else:
+        make_bucket(Path(photos), Path(workdir) / "bucket", copies)
     ingested = f"{workdir}/ingested"
     ingest_metadata(source, Location(ingested))
     # The bare side's batches are the end-to-end run's: its plan's chunks cut in batch_size.
@@ -363,6 +380,12 @@ def main(argv: list[str] | None = None) -> int:
         "nvJPEG (auto: follow both sides' rates; 0: nvJPEG takes every JPEG it can; 1: Pillow "
         "alone, into pinned memory). Default auto,0",
     )
+    parser.add_argument(
+        "--photos",
+        help="a folder in ABID's layout (bin-images/, metadata/), e.g. ../shared/abid/sample or "
+        "a carried .abid_carry/, instead of --images synthetic bins",
+    )
+    parser.add_argument("--copies", type=int, default=1, help="with --photos: ids per photo")
     args = parser.parse_args(argv)
     archs = [arch.strip() for arch in args.archs.split(",") if arch.strip()]
     if not archs or min(args.images, args.rounds, args.batch_size, args.chunk_size) < 1:
@@ -376,9 +399,18 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-score-") as workdir:
         started = time.perf_counter()
-        bench = prepare(workdir, args.images, args.image_size, args.batch_size, args.chunk_size)
+        bench = prepare(
+            workdir,
+            args.images,
+            args.image_size,
+            args.batch_size,
+            args.chunk_size,
+            photos=args.photos,
+            copies=args.copies,
+        )
+        what = "synthetic bins" if args.photos is None else f"photos of {args.photos}"
         log(
-            f"prepared {bench.images} synthetic bins, decoded at {args.image_size} px, "
+            f"prepared {bench.images} {what}, decoded at {args.image_size} px, "
             f"in {time.perf_counter() - started:.1f} s"
         )
         for arch in archs:
