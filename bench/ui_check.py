@@ -27,19 +27,16 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from bincount.core import telemetry
+from bincount.testing.prefectserver import PrefectServer
 
 REPO = Path(__file__).resolve().parents[1]
 # The newest artifact of each kind: (name, exact key or None, key prefix).
@@ -87,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    with _server(home, port, timeout=args.timeout) as log:
-        print(f"Prefect server on {base} over {home} (log: {log})")
+    server = PrefectServer(home, startup_timeout_s=args.timeout, ui=True, services=False)
+    base = f"http://127.0.0.1:{server.port}"
+    with server:
+        print(f"Prefect server on {base} over {home} (log: {server.log_path})")
         results = [
             _check(chromium, base, kind, artifact, out)
             for kind, artifact in _newest_artifacts(base).items()
@@ -105,75 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     failed = bool(missing) or any(r.problems for r in results)
     print("\nui-check " + ("FAILED" if failed else "passed"))
     return 1 if failed else 0
-
-
-# -- the server --------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class _server:
-    """``prefect server start`` over ``home`` on ``port``, stopped (its process group) on exit."""
-
-    def __init__(self, home: Path, port: int, *, timeout: float) -> None:
-        self.home, self.port, self.timeout = home, port, timeout
-
-    def __enter__(self) -> str:
-        env = {
-            **os.environ,
-            "PREFECT_HOME": str(self.home),
-            "PREFECT_SERVER_API_HOST": "127.0.0.1",
-            "PREFECT_SERVER_API_PORT": str(self.port),
-            # The UI calls the API where it is told to, else at port 4200.
-            "PREFECT_UI_API_URL": f"http://127.0.0.1:{self.port}/api",
-        }
-        telemetry.quiet(env, force=True)
-        env.pop("PREFECT_API_URL", None)
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="ui-check-server-", suffix=".log")
-        prefect = Path(sys.executable).with_name("prefect")
-        self.process = subprocess.Popen(
-            [
-                str(prefect),
-                "server",
-                "start",
-                "--no-services",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(
-                    f"Expected the Prefect server to start, but it exited:\n"
-                    f"{self.log.read()[-3000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/health", timeout=2):
-                    return self.log.name
-            except OSError:
-                time.sleep(1)
-        self.__exit__(None, None, None)
-        raise TimeoutError(f"Expected the Prefect server up within {self.timeout:g} s")
-
-    def __exit__(self, *exc) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log.close()
 
 
 def _post(base: str, path: str, body: dict) -> list | dict:

@@ -35,8 +35,11 @@ class PrefectServer:
         database_url: str | None = None,
         port: int | None = None,
         startup_timeout_s: float = 180,
+        ui: bool = False,
+        services: bool = True,
     ) -> None:
         self.home = Path(home)
+        self.ui, self.services = ui, services
         self.database_url = database_url or f"sqlite+aiosqlite:///{self.home}/prefect.db"
         self.port = port or free_port()
         self.startup_timeout_s = startup_timeout_s
@@ -53,7 +56,8 @@ class PrefectServer:
 
     def environment(self) -> dict[str, str]:
         """The server's environment: this one's, less the settings meant for a client of some
-        other API or for bincount's own runs, without telemetry or the UI."""
+        other API or for bincount's own runs, without telemetry (and without the UI unless
+        asked: the UI calls the API where it is told to, else at port 4200)."""
         env = {
             name: value
             for name, value in os.environ.items()
@@ -62,8 +66,10 @@ class PrefectServer:
         env.update(
             PREFECT_HOME=str(self.home),
             PREFECT_API_DATABASE_CONNECTION_URL=self.database_url,
-            PREFECT_SERVER_UI_ENABLED="false",
+            PREFECT_SERVER_UI_ENABLED=str(self.ui).lower(),
         )
+        if self.ui:
+            env["PREFECT_UI_API_URL"] = self.api_url
         telemetry.quiet(env, force=True)
         return env
 
@@ -75,6 +81,8 @@ class PrefectServer:
         self.home.mkdir(parents=True, exist_ok=True)
         self.starts += 1
         command = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+        if not self.services:  # the API and UI alone: nothing scheduled, nothing marked late
+            command.append("--no-services")
         with self.log_path.open("w") as log:
             self.process = subprocess.Popen(
                 [str(part) for part in command],
