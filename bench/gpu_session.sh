@@ -13,7 +13,7 @@
 #       --implementation cp --platform manylinux_2_17_x86_64 -d .whl \
 #       pydantic==2.14.3 pydantic_core==2.50.4 pydantic-settings==2.16.3 annotated-types==0.8.0 \
 #       typing-inspection==0.4.5 python-dotenv==1.2.4
-#   .venv/bin/python bench/carry_abid.py .abid_carry
+#   .venv/bin/python bench/carry_abid.py .abid_carry --max-mb 45   # ~660 photos, room for the rest
 #
 # Each step's output goes to $OUT/<step>.log (the device tool brings $OUT back) and each has
 # its own time limit, so one slow step cannot cost the others theirs.
@@ -23,7 +23,7 @@ OUT=${OUT:-/tmp/bincount-gpu}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1 DO_NOT_TRACK=1
+export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1
 PHOTOS=.abid_carry
 [ -d "$PHOTOS/bin-images" ] || PHOTOS=""  # synthetic bins then
 
