@@ -131,14 +131,3 @@ def test_the_consumer_side_conversion_a_gpu_uses_gives_the_same_batches(cache):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         assert torch.equal(counts_a, counts_b)
     assert loader.wait_seconds >= 0
-
-
-def test_compiling_is_an_option_that_leaves_the_model_version_alone():
-    # torch.compile itself is not run here: on 2 busy CPU cores compiling mobilenet_v3_small
-    # took 479 s before its first step (bench/README.md). train_model wraps the model with it.
-    from bincount.model.config import TrainConfig
-
-    assert TrainConfig().compile is False
-    compiled = TrainConfig(compile=True)
-    assert compiled.fingerprint("m1") == TrainConfig().fingerprint("m1")
-    assert compiled.model_dump()["compile"] is True  # saved with the model all the same

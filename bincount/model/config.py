@@ -13,6 +13,14 @@ if TYPE_CHECKING:
 
 RecipeName = Literal["abid-baseline", "cpu", "gpu", "probe"]
 
+# torch.compile's modes. "reduce-overhead" and "max-autotune" replay CUDA graphs, which need
+# the same shapes every step: training's batches all have them (the train loader drops the
+# last, partial batch; every image is cached at one size), and validation runs the model
+# uncompiled. True is "default" (the field was a bool first).
+CompileMode = Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"]
+COMPILE_MODES: tuple[str, ...] = CompileMode.__args__
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
 # Named presets (``--recipe``): a config is its recipe's values, then the fields given
 # explicitly. With no recipe, training picks "cpu" or "gpu" for the device it runs on
 # (:meth:`TrainConfig.for_device`) and saves the choice in the model's config.
@@ -179,8 +187,13 @@ class TrainConfig(BaseModel):
     )
     seed: int = 0
     weights: str | None = Field(None, description="a user-supplied weights file to start from")
-    compile: bool = Field(
-        False, description="torch.compile the model (slow to start; pays off on long GPU runs)"
+    compile: bool | CompileMode = Field(
+        False,
+        description=(
+            "torch.compile the model: false, true (= default), or a mode: default, "
+            "reduce-overhead (CUDA graphs), max-autotune-no-cudagraphs, max-autotune "
+            "(slow to start; pays off on long GPU runs)"
+        ),
     )
 
     @model_validator(mode="before")
@@ -205,6 +218,27 @@ class TrainConfig(BaseModel):
         if isinstance(augment, bool):
             return "count_preserving" if augment else "none"
         return augment
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_mode(cls, compile):
+        # What the bool field took before ("true", "off", 1 from a command line or JSON) still
+        # means the same.
+        if isinstance(compile, bool) or compile in COMPILE_MODES:
+            return compile
+        if str(compile).lower() in _TRUE | _FALSE:
+            return str(compile).lower() in _TRUE
+        raise ValueError(
+            f"Expected compile to be false, true or one of {', '.join(COMPILE_MODES)}, "
+            f"but got {compile!r}"
+        )
+
+    @property
+    def compile_mode(self) -> str | None:
+        """The torch.compile mode training uses, or None when it does not compile."""
+        if self.compile is False:
+            return None
+        return "default" if self.compile is True else self.compile
 
     @field_validator("arch")
     @classmethod

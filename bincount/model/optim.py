@@ -117,9 +117,15 @@ class EpochMetrics:
     data_wait_share: float
     seconds: float
     lr: float
+    # The run's first optimiser step, in the epoch it ran in (torch.compile compiles there):
+    # not in the other epochs' rows, nor in the rows of models trained before it was measured.
+    first_step_seconds: float | None = None
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        row = dict(self.__dict__)
+        if row["first_step_seconds"] is None:
+            del row["first_step_seconds"]
+        return row
 
     def line(self, epochs: int) -> str:
         """One readable log line: ``epoch 3/10: train loss 1.234, val loss ...``."""
@@ -129,4 +135,9 @@ class EpochMetrics:
             f"{self.val_rmse:.3f}, {self.images_per_second:.1f} images/s, "
             f"{100 * self.data_wait_share:.0f}% waiting for data, {self.seconds:.1f} s, "
             f"lr {self.lr:.2e}"
+            + (
+                f", first step {self.first_step_seconds:.1f} s"
+                if self.first_step_seconds is not None
+                else ""
+            )
         )

@@ -102,8 +102,9 @@ def train_model(
         wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
         )
-    if config.compile:
-        wrapped = torch.compile(wrapped)
+    if config.compile_mode is not None:
+        # Validation and calibration run ``model`` itself: only the training step compiles.
+        wrapped = torch.compile(wrapped, mode=config.compile_mode)
     optimizer = build_optimizer(model, config)
     train_loader = BatchLoader(
         splits["train"],
@@ -120,11 +121,19 @@ def train_model(
     state = _resume(output, folder, model, optimizer)
     schedule = Schedule(config, steps_per_epoch=len(train_loader))
 
+    first_epoch_of_run = state.epoch
     while state.epoch < config.epochs and not state.stopped:
         started = time.perf_counter()
         train_loader.epoch = state.epoch
-        train_loss, images = _train_epoch(
-            wrapped, model, train_loader, optimizer, schedule, state, runtime
+        train_loss, images, first_step = _train_epoch(
+            wrapped,
+            model,
+            train_loader,
+            optimizer,
+            schedule,
+            state,
+            runtime,
+            time_first_step=state.epoch == first_epoch_of_run,
         )
         seconds = time.perf_counter() - started
         val = evaluate_split(
@@ -144,6 +153,7 @@ def train_model(
             data_wait_share=train_loader.wait_seconds / seconds,
             seconds=seconds,
             lr=optimizer.param_groups[0]["lr"],
+            first_step_seconds=first_step,
         )
         state.record(metrics, model, patience=config.patience)
         if schedule.out_of_time(state.train_seconds):
@@ -230,14 +240,25 @@ def _train_epoch(
     schedule: Schedule,
     state: TrainState,
     runtime: Runtime,
-) -> tuple[float, int]:
+    *,
+    time_first_step: bool = False,
+) -> tuple[float, int, float | None]:
+    """One epoch's optimiser steps: the mean training loss, the images seen, and with
+    ``time_first_step`` the seconds of the first step (the GPU waited for), else None. A
+    compiled model compiles its forward and backward there; "reduce-overhead" records its CUDA
+    graphs over the next steps, which bench/train.py's compile seconds count too.
+
+    Every step has the same shapes (the loader drops the last, partial batch), as CUDA graphs
+    need: a compiled model replays its graphs rather than compiling again."""
     wrapped.train()
     # Summed on the device: reading the loss every step would make the host wait for the GPU
     # and stop it queueing the next batch's copy and kernels ahead.
     total_loss, seen = torch.zeros((), device=runtime.device), 0
     started = time.perf_counter()
+    first_step = None
     progress = Progress(logger, f"epoch {state.epoch + 1} training batches", len(loader))
     for images, counts in loader:  # on the device already, converted and augmented
+        step_started = time.perf_counter()
         lr = schedule.lr(state)
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -249,12 +270,16 @@ def _train_epoch(
         optimizer.step()
         total_loss += loss.detach() * len(counts)
         seen += len(counts)
+        if time_first_step and first_step is None:
+            if runtime.device.type == "cuda":  # once a run: the step's kernels, not their queueing
+                torch.cuda.synchronize(runtime.device)
+            first_step = time.perf_counter() - step_started
         state.step += 1
         progress.advance()
         if schedule.out_of_time(state.train_seconds + time.perf_counter() - started):
             break
     state.train_seconds += time.perf_counter() - started
-    return total_loss.item() / max(seen, 1), seen
+    return total_loss.item() / max(seen, 1), seen, first_step
 
 
 def _check_labels(splits: dict[str, CachedSplit], num_classes: int) -> None:
