@@ -4,7 +4,9 @@
 an ``index.parquet`` (image_id, label, split, shard, offset), so epochs after the first never
 touch the source bucket and a loader reads a few large objects instead of many small ones. An
 image that does not decode becomes a quarantine row (stage ``images``) and is left out.
-``_complete.json`` is written last: a cache without it is rebuilt.
+``_complete.json`` is written last: a cache without it is rebuilt. The build is a pipeline
+(:mod:`bincount.images.cachebuild`): the next shard is fetched while one decodes into shared
+memory, and each shard commits in a writer thread while the next decodes.
 
 Training reads a split image by image from the shards (:func:`load_cached_splits`), so its
 memory does not grow with the cache; shards on S3 are staged once into a local spill folder.
