@@ -143,3 +143,21 @@ def test_the_writer_commits_in_order_one_at_a_time_and_finishes_before_an_error_
         writer.submit(commit("never"), ShardBlock(1, 4), 1)  # raises the first's error
     assert "never" not in events
     assert _segments() == before
+
+
+def test_a_shard_file_is_byte_for_byte_what_np_save_writes(tmp_path):
+    import io
+
+    from bincount.images.cache import _write_npy
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "whole": rng.integers(0, 256, (5, 16, 16, 3), np.uint8),
+        "empty": np.zeros((0, 16, 16, 3), np.uint8),  # a shard in which nothing decoded
+        "strided": rng.integers(0, 256, (6, 8, 8, 3), np.uint8)[::2],  # not contiguous
+    }
+    for name, array in arrays.items():
+        _write_npy(Location(str(tmp_path)), f"{name}.npy", array)
+        expected = io.BytesIO()
+        np.save(expected, array, allow_pickle=False)
+        assert (tmp_path / f"{name}.npy").read_bytes() == expected.getvalue(), name
