@@ -4,7 +4,9 @@
 an ``index.parquet`` (image_id, label, split, shard, offset), so epochs after the first never
 touch the source bucket and a loader reads a few large objects instead of many small ones. An
 image that does not decode becomes a quarantine row (stage ``images``) and is left out.
-``_complete.json`` is written last: a cache without it is rebuilt.
+``_complete.json`` is written last: a cache without it is rebuilt. The build is a pipeline
+(:mod:`bincount.images.cachebuild`): the next shard is fetched while one decodes into shared
+memory, and each shard commits in a writer thread while the next decodes.
 
 Training reads a split image by image from the shards (:func:`load_cached_splits`), so its
 memory does not grow with the cache; shards on S3 are staged once into a local spill folder.
@@ -12,6 +14,8 @@ memory does not grow with the cache; shards on S3 are staged once into a local s
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import json
 import logging
@@ -31,7 +35,9 @@ from bincount.core.pending import pending_row, record_pending, settle_pending
 from bincount.core.progress import Progress
 from bincount.core.sources import fetch_uris, open_sources
 from bincount.core.storage import Location
-from bincount.images.decode import UndecodableImage, _decode_batch
+from bincount.images.cachebuild import ShardBlock, ShardWriter, decode_into_block
+from bincount.images.decode import UndecodableImage
+from bincount.images.prefetch import Prefetched
 
 logger = logging.getLogger(__name__)
 
@@ -112,25 +118,44 @@ def build_image_cache(
         progress.done = total - sum(len(chunks[n]) for n in todo)
     locations = open_sources(source, list(sources))
     workers = workers or os.cpu_count() or 1
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        for n in todo:
-            _cache_shard(
+    # The next shard's photos are fetched while this one decodes, and this one commits while
+    # the next decodes: the pool no longer idles through the fetch and the write.
+    fetching = dict(concurrency=concurrency, max_bytes=limits.max_bytes)
+    fetched = Prefetched(
+        (
+            (n, fetch_uris(locations, [row["image_uri"] for row in chunks[n]], **fetching))
+            for n in todo
+        ),
+        depth=1,
+        name="cache-fetch",
+    )
+    with (
+        ProcessPoolExecutor(max_workers=workers) as pool,
+        ShardWriter(on_committed=progress.advance) as writer,
+        contextlib.closing(iter(fetched)) as shards,
+    ):
+        for n, payloads in shards:
+            block, failed = decode_into_block(
+                pool, payloads, size=size, limits=limits, workers=workers
+            )
+            try:
+                index, rejects = _sort_shard(
+                    output, chunks[n], failed, shard=n, name=names[n], run_id=run_id, now=clock()
+                )
+            except BaseException:
+                block.release()
+                raise
+            commit = functools.partial(
+                _commit_shard,
                 output,
                 protocol,
-                pool,
-                locations,
-                chunks[n],
-                folder=folder,
-                shard=n,
+                key=f"{folder}/shard-{n:05d}.npy",
                 name=names[n],
-                size=size,
-                workers=workers,
-                concurrency=concurrency,
-                limits=limits,
-                run_id=run_id,
-                now=clock(),
+                index=index,
+                rejects=rejects,
+                failed=sorted(failed),
             )
-            progress.advance(len(chunks[n]))
+            writer.submit(commit, block, len(chunks[n]))
 
     index = pa.concat_tables(
         [INDEX_SCHEMA.empty_table()]
@@ -175,41 +200,19 @@ def shard_part_name(manifest_version: str, size: int, shard: int, rows: Sequence
     return f"{manifest_version}-{size}-{shard:05d}-{content}"
 
 
-def _cache_shard(
+def _sort_shard(
     output: Location,
-    protocol: ChunkProtocol,
-    pool: ProcessPoolExecutor,
-    locations: dict[str, Location],
     rows: list[dict],
+    failed: dict[int, UndecodableImage],
     *,
-    folder: str,
     shard: int,
     name: str,
-    size: int,
-    workers: int,
-    concurrency: int,
-    limits: ImageLimits,
     run_id: str,
     now: datetime,
-) -> None:
-    """Fetch, decode and commit one shard: ``shard-<n>.npy`` (empty when nothing decoded) and
-    its quarantine rows, then its index part."""
-    payloads = fetch_uris(
-        locations,
-        [row["image_uri"] for row in rows],
-        concurrency=concurrency,
-        max_bytes=limits.max_bytes,
-    )
-    step = max(1, len(rows) // (workers * 4))
-    batches = [payloads[i : i + step] for i in range(0, len(rows), step)]
-    n = len(batches)
-    results = pool.map(_decode_batch, batches, [size] * n, [limits] * n)
-    decoded = [item for batch in results for item in batch]
-    unread = [
-        (row, result)
-        for row, result in zip(rows, decoded, strict=True)
-        if isinstance(result, UndecodableImage) and result.code in FAULT_CODES
-    ]
+) -> tuple[pa.Table, list[dict]]:
+    """A decoded shard's index part (each image's offset among those decoded) and quarantine
+    rows; raises :class:`~bincount.core.faults.SourceUnreadable` when an image was not read."""
+    unread = [(rows[i], why) for i, why in sorted(failed.items()) if why.code in FAULT_CODES]
     if unread:
         # A cache is complete or it is not one: a shard with an image not read is left
         # uncommitted (its images pending), the build fails, and the next build resumes here.
@@ -231,14 +234,14 @@ def _cache_shard(
         )
         faults = [(row["image_uri"], fault) for row, fault in unread]
         check_faults(Stage.IMAGES, faults, len(rows), share=0.0)
-    index, arrays, rejects = [], [], []
-    for row, result in zip(rows, decoded, strict=True):
-        if isinstance(result, UndecodableImage):
+    index, rejects = [], []
+    for i, row in enumerate(rows):
+        if i in failed:
             rejects.append(
                 quarantine_row(
                     Stage.IMAGES,
                     row["image_uri"],
-                    result,
+                    failed[i],
                     image_id=row["image_id"],
                     run_id=run_id,
                     now=now,
@@ -251,16 +254,40 @@ def _cache_shard(
                 "label": row["label"],
                 "split": row["split"],
                 "shard": shard,
-                "offset": len(arrays),
+                "offset": len(index),
             }
         )
-        arrays.append(result)
-    images = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
-    _write_npy(output, f"{folder}/shard-{shard:05d}.npy", images)
-    protocol.commit(output, name, pa.Table.from_pylist(index, INDEX_SCHEMA), rejects=rejects)
+    return pa.Table.from_pylist(index, INDEX_SCHEMA), rejects
+
+
+def _commit_shard(
+    output: Location,
+    protocol: ChunkProtocol,
+    block: ShardBlock,
+    *,
+    key: str,
+    name: str,
+    index: pa.Table,
+    rejects: list[dict],
+    failed: list[int],
+) -> None:
+    """In the writer thread: ``shard-<n>.npy`` from the block (empty when nothing decoded; the
+    failed slots dropped), its quarantine rows, then its index part, the shard's commit."""
+    pixels = block.pixels()
+    if failed:
+        pixels = np.delete(pixels, failed, axis=0)  # a copy: only when some images failed
+    try:
+        _write_npy(output, key, pixels)
+    finally:
+        del pixels  # the block cannot close while a view of it lives
+    protocol.commit(output, name, index, rejects=rejects)
 
 
 def _write_npy(output: Location, key: str, array: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    output.write_bytes(key, buffer.getvalue())
+    # The header, then the pixels joined to it in one copy: np.save into a BytesIO copies a
+    # 300 MB shard three or four times (chunks, the buffer's growth, getvalue).
+    array = np.ascontiguousarray(array)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+    data = memoryview(array.reshape(-1).view(np.uint8))  # a view, not a copy
+    output.write_bytes(key, b"".join((header.getvalue(), data)))
