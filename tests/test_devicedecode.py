@@ -167,19 +167,24 @@ def test_scoring_batches_take_the_device_path_where_asked(tmp_path, device):
 
 def test_a_jpeg_frame_is_read_from_its_markers_alone():
     cases = [
-        (image_bytes(_photo(37, 21, 0), "JPEG"), (37, 21, 3, True)),
-        (image_bytes(_photo(37, 21, 0), "JPEG", progressive=True), (37, 21, 3, False)),
-        (image_bytes(Image.new("L", (10, 300)), "JPEG"), (10, 300, 1, True)),
-        (image_bytes(Image.new("CMYK", (8, 8)), "JPEG"), (8, 8, 4, True)),
-        (flat_jpeg(20000, 12000), (20000, 12000, 1, True)),
+        (image_bytes(_photo(37, 21, 0), "JPEG"), (37, 21, 3, True, 3)),
+        # A progressive JPEG's first scan: the DC coefficients of every component.
+        (image_bytes(_photo(37, 21, 0), "JPEG", progressive=True), (37, 21, 3, False, 3)),
+        (image_bytes(Image.new("L", (10, 300)), "JPEG"), (10, 300, 1, True, 1)),
+        (image_bytes(Image.new("CMYK", (8, 8)), "JPEG"), (8, 8, 4, True, 4)),
+        (flat_jpeg(20000, 12000), (20000, 12000, 1, True, 1)),
     ]
-    for payload, (width, height, components, sequential) in cases:
+    for payload, (width, height, components, sequential, scan) in cases:
         frame = jpeg_frame(payload)
         assert frame is not None
         assert (frame.width, frame.height, frame.components) == (width, height, components)
         assert frame.sequential is sequential
+        assert frame.scan_components == scan
         with JpegImagePlugin.JpegImageFile(io.BytesIO(payload)) as image:
             assert image.size == (width, height)
     good = cases[0][0]
     for broken in (b"", b"\xff\xd8", b"\xff\xd8\xff\xe0 not really", good[:20], b"\x89PNG" + good):
         assert jpeg_frame(broken) is None
+    sos = good.index(b"\xff\xda")
+    cut = jpeg_frame(good[:sos])  # the frame read, the bytes ending before the first scan
+    assert cut is not None and (cut.width, cut.height) == (37, 21) and cut.scan_components is None

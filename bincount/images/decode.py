@@ -12,6 +12,7 @@ from PIL import Image, JpegImagePlugin
 from bincount.core.faults import read_fault
 from bincount.core.fetch import ObjectTooLarge
 from bincount.core.limits import ImageLimits
+from bincount.images.jpeg import jpeg_frame
 
 
 class UndecodableImage(ValueError):
@@ -93,24 +94,12 @@ def _pixels_held(image: Image.Image, declared: tuple[int, int], payload: bytes) 
 def _decodes_row_by_row(payload: bytes) -> bool:
     """Whether a JPEG is sequential and its first scan holds every component (read from its
     frame and scan headers); anything unexpected answers no."""
-    position, frame, components = 2, None, None
-    while position + 4 < len(payload):
-        if payload[position] != 0xFF:
-            return False
-        marker = payload[position + 1]
-        if marker == 0xFF:  # fill byte
-            position += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
-            position += 2
-            continue
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            frame = marker
-            components = payload[position + 9] if position + 9 < len(payload) else None
-        if marker == 0xDA:
-            return frame in _SEQUENTIAL_JPEG and payload[position + 4] == components
-        position += 2 + int.from_bytes(payload[position + 2 : position + 4], "big")
-    return False
+    frame = jpeg_frame(payload)
+    return (
+        frame is not None
+        and frame.marker in _SEQUENTIAL_JPEG
+        and frame.scan_components == frame.components
+    )
 
 
 def decode_or_reason(
@@ -134,12 +123,6 @@ def decode_or_reason(
         return decode_image(payload, size, limits)
     except UndecodableImage as error:
         return error
-
-
-def _decode_batch(
-    payloads: list[bytes | Exception], size: int, limits: ImageLimits | None
-) -> list[np.ndarray | UndecodableImage]:
-    return [decode_or_reason(payload, size, limits) for payload in payloads]
 
 
 # What scoring and the cache decode: JPEG (ABID's format) and a few common formats. Anything

@@ -179,7 +179,7 @@ class DeviceDecoder:
         frame = jpeg_frame(payload)
         if frame is None or not frame.sequential or frame.components not in (1, 3):
             return None
-        return frame if frame.width * frame.height <= self.limits.max_pixels else None
+        return frame if 0 < frame.width * frame.height <= self.limits.max_pixels else None
 
     def _on_pillow(self, payload: bytes | Exception, finished: list[float]) -> Future:
         future = self.pool.submit(decode_or_reason, payload, self.size, self.limits)

@@ -112,7 +112,7 @@ def original_size(payload: bytes) -> tuple[int, int]:
     """(width, height) of an encoded image from its header alone (no pixels decoded). A JPEG
     opens without Pillow's bomb check, as it does to be decoded (:mod:`.decode`)."""
     frame = jpeg_frame(payload)
-    if frame is not None:
+    if frame is not None and frame.width and frame.height:
         return frame.width, frame.height
     if payload[:3] == b"\xff\xd8\xff":
         image = JpegImagePlugin.JpegImageFile(io.BytesIO(payload))
