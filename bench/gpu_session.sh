@@ -64,7 +64,8 @@ print(torch.__version__, torchvision.__version__, torch.cuda.get_device_name(),
             --compile-modes off,default,reduce-overhead --steps 20 --rounds 2 ;;
     cache)  # the 224 px cache from a local folder on 16 cores: images/s, and the bucket on paper
         # shellcheck disable=SC2046
-        step cache 60 python3 bench/cache.py --image-size 224 --workers 1,8,16 $(photos 4) ;;
+        step cache 90 python3 bench/cache.py --image-size 224 --workers 1,8,16 --rounds 2 \
+            --manifest direct $(photos 4) ;;
     *)
         echo "unknown step $1 (env tests score lite2 train cache)" >&2
         return 2 ;;

@@ -64,6 +64,23 @@ def test_the_bench_times_each_worker_count_and_caches_every_copy(tmp_path, capsy
     assert offset[where[first]] < 32
 
 
+def test_without_great_expectations_the_manifest_is_read_from_the_metadata(tmp_path, capsys):
+    kept = tmp_path / "kept"
+    argv = ["--synthetic", "12", "--copies", "2", "--image-size", "32", "--workers", "1"]
+    assert cache.main([*argv, "--manifest", "direct", "--keep", str(kept)]) == 0
+    out = capsys.readouterr().out
+    assert "manifest direct with 24 rows (read from the metadata (no validation)" in out
+    assert int(_table_rows(out)[1][1]) == 24
+    index, shards = _cache_index(kept)
+    assert index.num_rows == 24 and shards.shape == (24, 32, 32, 3)
+    ids, counts = index.column("image_id").to_pylist(), index.column("label").to_pylist()
+    labels = dict(zip(ids, counts, strict=True))
+    originals = [image_id for image_id in labels if not image_id.endswith("-c1")]
+    assert len(originals) == 12 and len(set(labels.values())) > 1  # the records' own counts
+    for image_id in originals:  # a copy carries its original's record
+        assert labels[f"{image_id}-c1"] == labels[image_id]
+
+
 def test_copies_of_an_unpadded_id_name_their_own_photo(tmp_path):
     photos = tmp_path / "photos"
     (photos / "bin-images").mkdir(parents=True)
