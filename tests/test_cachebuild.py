@@ -161,3 +161,38 @@ def test_a_shard_file_is_byte_for_byte_what_np_save_writes(tmp_path):
         expected = io.BytesIO()
         np.save(expected, array, allow_pickle=False)
         assert (tmp_path / f"{name}.npy").read_bytes() == expected.getvalue(), name
+
+
+def test_without_room_in_dev_shm_a_block_is_a_mapped_file_and_decodes_alike(tmp_path, monkeypatch):
+    # Docker gives a container 64 MB of /dev/shm unless told otherwise: a 224 px shard of 2,048
+    # images takes 308 MB. With no room there, the block is a file in the temporary folder.
+    from concurrent.futures import ProcessPoolExecutor
+
+    from bincount.core.limits import ImageLimits
+    from bincount.images import cachebuild
+
+    monkeypatch.setattr(cachebuild, "SHM_FOLDER", str(tmp_path / "no-such-folder"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)  # read TMPDIR again
+    payloads = [jpeg_bytes(40 + n, 30, shade=30 * n) for n in range(5)]
+    payloads[2] = b"not a jpeg"
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        block, failed = cachebuild.decode_into_block(
+            pool, payloads, size=16, limits=ImageLimits(), workers=2
+        )
+    try:
+        assert block.memory is None and Path(block.name).parent == tmp_path
+        assert set(failed) == {2} and failed[2].code == "undecodable_image"
+        pixels = block.pixels()
+        for n in (0, 1, 3, 4):
+            np.testing.assert_array_equal(pixels[n], decode_image(payloads[n], 16))
+        assert not pixels[2].any()
+        del pixels
+    finally:
+        block.release()
+    assert not list(tmp_path.glob(f"{SHM_PREFIX}*"))  # the file is gone
+    asked = ShardBlock(1, 4, in_memory=True)  # asked for: a segment, room or not
+    try:
+        assert asked.memory is not None
+    finally:
+        asked.release()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -27,35 +28,55 @@ from bincount.images.decode import UndecodableImage, decode_or_reason
 
 logger = logging.getLogger(__name__)
 
-# Every block is named ``bincount-<pid>-<random>``: a leaked one is recognisable in /dev/shm,
-# and by the process that made it (tests look for their own).
+# Every block is named ``bincount-<pid>-<random>``: a leaked one is recognisable in /dev/shm
+# (or the temporary folder), and by the process that made it (tests look for their own).
 SHM_PREFIX = "bincount-"
+SHM_FOLDER = "/dev/shm"
+# Two blocks are alive at once (one decoding, one committing), with room to spare.
+_ROOM_NEEDED = 2.5
 
 
 class ShardBlock:
-    """A shard's pixels, uint8 ``(images, size, size, 3)``, in a named shared memory segment the
-    decoding processes write into. :meth:`release` closes and unlinks it; call it once, in a
-    ``finally``, whoever ends up holding the block."""
+    """A shard's pixels, uint8 ``(images, size, size, 3)``, in memory the decoding processes
+    write into: a named shared-memory segment, or, where /dev/shm has no room for it (Docker
+    gives a container 64 MB unless told otherwise; a 224 px shard of 2,048 images is 308 MB), a
+    file in the temporary folder mapped by every process, which the page cache serves alike.
+    :meth:`release` closes and removes it; call it once, in a ``finally``, whoever ends up
+    holding the block."""
 
-    def __init__(self, images: int, size: int) -> None:
+    def __init__(self, images: int, size: int, *, in_memory: bool | None = None) -> None:
         if images < 1:
             raise ValueError(f"Expected a shard of at least 1 image, but got {images}")
         self.shape = (images, size, size, 3)
-        self.memory = SharedMemory(
-            name=f"{SHM_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}",
-            create=True,
-            size=int(np.prod(self.shape)),
-        )
+        nbytes = int(np.prod(self.shape))
+        name = f"{SHM_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        if in_memory is None:
+            in_memory = _shared_memory_room() >= _ROOM_NEEDED * nbytes
+        self.memory: SharedMemory | None = None
+        self.path: str | None = None
+        if in_memory:
+            self.memory = SharedMemory(name=name, create=True, size=nbytes)
+        else:
+            self.path = os.path.join(tempfile.gettempdir(), name)
+            with open(self.path, "xb") as handle:
+                handle.truncate(nbytes)
 
     @property
     def name(self) -> str:
-        return self.memory.name
+        """What a decoding process attaches to: the segment's name, or the file's path."""
+        return self.memory.name if self.memory is not None else str(self.path)
 
     def pixels(self) -> np.ndarray:
         """A view of the block: drop it before :meth:`release` (an mmap with views cannot close)."""
-        return np.ndarray(self.shape, np.uint8, buffer=self.memory.buf)
+        if self.memory is not None:
+            return np.ndarray(self.shape, np.uint8, buffer=self.memory.buf)
+        return np.memmap(str(self.path), np.uint8, "r+", shape=self.shape)
 
     def release(self) -> None:
+        if self.memory is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(str(self.path))
+            return
         # Unlink first: the name is gone from /dev/shm even when a view kept alive (by a
         # traceback's frame, say) stops the close; the pages go with the last mapping.
         with contextlib.suppress(FileNotFoundError):
@@ -66,6 +87,27 @@ class ShardBlock:
             logger.debug("block %s still viewed: its mapping closes when collected", self.name)
 
 
+def _shared_memory_room() -> int:
+    """Bytes free in /dev/shm; 0 where there is none (not Linux)."""
+    try:
+        found = os.statvfs(SHM_FOLDER)
+    except OSError:
+        return 0
+    return found.f_bavail * found.f_frsize
+
+
+def _attach(
+    name: str, shape: tuple[int, int, int, int], start: int
+) -> tuple[np.ndarray, SharedMemory | None]:
+    """Slots ``start...`` of the block ``name`` (a segment, or a file's path), writable, and the
+    segment to close once the view is dropped (None for a file)."""
+    offset = start * int(np.prod(shape[1:]))
+    if os.sep in name:  # a file: np.memmap maps it in this process
+        return np.memmap(name, np.uint8, "r+", offset=offset, shape=shape), None
+    memory = SharedMemory(name=name)
+    return np.ndarray(shape, np.uint8, buffer=memory.buf, offset=offset), memory
+
+
 def decode_into_block(
     pool: ProcessPoolExecutor,
     payloads: Sequence[bytes | Exception],
@@ -73,10 +115,12 @@ def decode_into_block(
     size: int,
     limits: ImageLimits,
     workers: int,
+    in_memory: bool | None = None,
 ) -> tuple[ShardBlock, dict[int, UndecodableImage]]:
-    """Decode a shard's payloads in ``pool`` into a new block; the block and, by slot, the images
-    not decoded (their slots are left zero). The block is released here if decoding fails."""
-    block = ShardBlock(len(payloads), size)
+    """Decode a shard's payloads in ``pool`` into a new block (``in_memory``: see
+    :class:`ShardBlock`); the block and, by slot, the images not decoded (their slots are left
+    zero). The block is released here if decoding fails."""
+    block = ShardBlock(len(payloads), size, in_memory=in_memory)
     # Four batches per worker: the pool stays busy while a slow batch finishes.
     step = max(1, len(payloads) // (workers * 4))
     futures: list[Future] = []
@@ -107,26 +151,22 @@ def _decode_into(
 ) -> dict[int, UndecodableImage]:
     """In a decoding process: decode ``payloads`` into slots ``start...`` of block ``name``;
     returns only the failures, so no pixels are pickled back."""
-    # Attaching registers the name with the resource tracker the pool shares with the building
-    # process (a set: registering twice is harmless); that process's unlink unregisters it.
-    memory = SharedMemory(name=name)
+    # Attaching a segment registers its name with the resource tracker the pool shares with the
+    # building process (a set: registering twice is harmless); that process's unlink
+    # unregisters it.
+    slots, memory = _attach(name, (len(payloads), size, size, 3), start)
     failed = {}
     try:
-        slots = np.ndarray(
-            (len(payloads), size, size, 3),
-            np.uint8,
-            buffer=memory.buf,
-            offset=start * size * size * 3,
-        )
         for i, payload in enumerate(payloads):
             result = decode_or_reason(payload, size, limits)
             if isinstance(result, UndecodableImage):
                 failed[start + i] = result
             else:
                 slots[i] = result
-        del slots
     finally:
-        memory.close()
+        del slots
+        if memory is not None:
+            memory.close()
     return failed
 
 
