@@ -196,3 +196,25 @@ def test_without_room_in_dev_shm_a_block_is_a_mapped_file_and_decodes_alike(tmp_
         assert asked.memory is not None
     finally:
         asked.release()
+
+
+def test_a_block_file_a_killed_build_left_is_swept_by_the_next(tmp_path):
+    import subprocess
+    import sys
+
+    from bincount.images.cachebuild import STALE_AFTER_S, sweep_stale_blocks
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    dead = int(gone.stdout)
+    old = time.time() - STALE_AFTER_S - 60
+    left = tmp_path / f"{SHM_PREFIX}{dead}-0123456789ab"
+    recent = tmp_path / f"{SHM_PREFIX}{dead}-ba9876543210"
+    live = tmp_path / f"{SHM_PREFIX}{os.getpid()}-aaaaaaaaaaaa"
+    other = tmp_path / "bincount-notes.txt"
+    for path in (left, recent, live, other):
+        path.write_bytes(b"x")
+    for path in (left, live, other):
+        os.utime(path, (old, old))
+    assert sweep_stale_blocks(str(tmp_path)) == [left.name]
+    assert not left.exists() and recent.exists() and live.exists() and other.exists()

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -57,7 +58,9 @@ class ShardBlock:
         if in_memory:
             self.memory = SharedMemory(name=name, create=True, size=nbytes)
         else:
-            self.path = os.path.join(tempfile.gettempdir(), name)
+            folder = tempfile.gettempdir()
+            sweep_stale_blocks(folder)
+            self.path = os.path.join(folder, name)
             with open(self.path, "xb") as handle:
                 handle.truncate(nbytes)
 
@@ -85,6 +88,39 @@ class ShardBlock:
             self.memory.close()
         except BufferError:
             logger.debug("block %s still viewed: its mapping closes when collected", self.name)
+
+
+# A block lives for one shard's decode and commit: seconds to minutes.
+STALE_AFTER_S = 3600
+
+
+def sweep_stale_blocks(folder: str, *, now: float | None = None) -> list[str]:
+    """Remove the file-backed blocks in ``folder`` that a killed build left: named
+    ``bincount-<pid>-*``, older than :data:`STALE_AFTER_S`, their process gone. (A segment in
+    /dev/shm is the resource tracker's to remove; a file is nobody's.) Returns their names."""
+    now = time.time() if now is None else now
+    swept = []
+    for entry in os.scandir(folder):
+        pid = entry.name.removeprefix(SHM_PREFIX).split("-", 1)[0]
+        if not entry.name.startswith(SHM_PREFIX) or not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S:
+                os.unlink(entry.path)
+                swept.append(entry.name)
+    if swept:
+        logger.info("removed %d image-cache blocks left by killed builds in %s", len(swept), folder)
+    return swept
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def _shared_memory_room() -> int:
