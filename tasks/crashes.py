@@ -12,7 +12,6 @@ The run that takes the lease over marks such a run Crashed, saying why."""
 
 from __future__ import annotations
 
-import os
 import socket
 import uuid
 
@@ -21,7 +20,7 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed
 
-from bincount.core.lease import Holder, LeaseRecord
+from bincount.core.lease import Holder, LeaseRecord, process_alive
 
 
 def report_crashed_holder(previous: LeaseRecord | None, successor: Holder, uri: str) -> None:
@@ -49,23 +48,13 @@ def _why_gone(previous: LeaseRecord, uri: str) -> str | None:
         )
     # Released: it ended on its own, or a later stage of the same run goes on. Only where its
     # process can be seen to be gone does the API's "Running" say it could not report its end.
-    if previous.holder.host == socket.gethostname() and not _alive(previous.holder.pid):
+    if previous.holder.host == socket.gethostname() and not process_alive(previous.holder.pid):
         return (
             f"{on} was released at {previous.renewed_at} and its process is gone "
             f"({previous.holder.describe()}), but it never reported its end: the Prefect API "
             "was unreachable when it ended"
         )
     return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
 
 
 def mark_crashed(previous: LeaseRecord, why: str, successor: Holder) -> bool:

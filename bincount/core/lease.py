@@ -69,6 +69,17 @@ class Holder:
         return f"run {self.run_name!r} ({self.run_id}) on host {self.host}, pid {self.pid}"
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still exists (another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 @dataclass(frozen=True)
 class LeaseRecord:
     """One generation of a stage's lease, as stored."""

@@ -24,6 +24,7 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
+from bincount.core.lease import process_alive
 from bincount.core.limits import ImageLimits
 from bincount.images.decode import UndecodableImage, decode_or_reason
 
@@ -102,7 +103,7 @@ def sweep_stale_blocks(folder: str, *, now: float | None = None) -> list[str]:
     swept = []
     for entry in os.scandir(folder):
         pid = entry.name.removeprefix(SHM_PREFIX).split("-", 1)[0]
-        if not entry.name.startswith(SHM_PREFIX) or not pid.isdigit() or _alive(int(pid)):
+        if not entry.name.startswith(SHM_PREFIX) or not pid.isdigit() or process_alive(int(pid)):
             continue
         with contextlib.suppress(FileNotFoundError):
             if now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S:
@@ -111,16 +112,6 @@ def sweep_stale_blocks(folder: str, *, now: float | None = None) -> list[str]:
     if swept:
         logger.info("removed %d image-cache blocks left by killed builds in %s", len(swept), folder)
     return swept
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
 
 
 def _shared_memory_room() -> int:
