@@ -45,8 +45,8 @@ from torch.nn import functional as F
 
 from bincount.core.limits import ImageLimits
 from bincount.images.decode import UndecodableImage, decode_or_reason
-from bincount.images.jpeg import JpegFrame, jpeg_frame
-from bincount.images.stats import original_size, statistics_table
+from bincount.images.jpeg import jpeg_frame
+from bincount.images.stats import statistics_table
 from bincount.images.vision import has_image_codecs, torchvision
 
 logger = logging.getLogger(__name__)
@@ -103,8 +103,7 @@ class DeviceDecoder:
         self.stream = torch.cuda.Stream(self.device) if cuda else None
 
     def decode(self, payloads: list[bytes | Exception]) -> DeviceBatch:
-        frames = [self._frame_for_device(payload) for payload in payloads]
-        takes = [i for i, frame in enumerate(frames) if frame is not None]
+        takes = [i for i, payload in enumerate(payloads) if self._takes(payload)]
         cut = len(takes) - round(self.host_share * len(takes))
         on_device, on_host = takes[:cut], sorted(set(range(len(payloads))) - set(takes[:cut]))
 
@@ -133,11 +132,7 @@ class DeviceDecoder:
                     (0, self.size, self.size, 3), dtype=torch.uint8, device=self.device
                 )
             )
-            statistics = statistics_table(
-                batch,
-                [payloads[i] for i in positions],  # type: ignore[misc]
-                [_size_of(frames[i], payloads[i]) for i in positions],  # type: ignore[arg-type]
-            )
+            statistics = statistics_table(batch, [payloads[i] for i in positions])  # type: ignore[misc]
             ready = None
             if self.stream is not None:
                 ready = torch.cuda.Event()
@@ -172,14 +167,17 @@ class DeviceDecoder:
         return answers  # type: ignore[return-value]
 
     # -- the two sides ---------------------------------------------------------------------------
-    def _frame_for_device(self, payload: bytes | Exception) -> JpegFrame | None:
-        """The frame of a JPEG the device decoder takes, by its header alone; None otherwise."""
+    def _takes(self, payload: bytes | Exception) -> bool:
+        """Whether the device decoder takes a payload, by its JPEG header alone."""
         if isinstance(payload, Exception) or len(payload) > self.limits.max_bytes:
-            return None
+            return False
         frame = jpeg_frame(payload)
-        if frame is None or not frame.sequential or frame.components not in (1, 3):
-            return None
-        return frame if 0 < frame.width * frame.height <= self.limits.max_pixels else None
+        return (
+            frame is not None
+            and frame.sequential
+            and frame.components in (1, 3)
+            and 0 < frame.width * frame.height <= self.limits.max_pixels
+        )
 
     def _on_pillow(self, payload: bytes | Exception, finished: list[float]) -> Future:
         future = self.pool.submit(decode_or_reason, payload, self.size, self.limits)
@@ -222,10 +220,6 @@ class DeviceDecoder:
         return (
             torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
         )
-
-
-def _size_of(frame: JpegFrame | None, payload: bytes) -> tuple[int, int]:
-    return (frame.width, frame.height) if frame is not None else original_size(payload)
 
 
 def _decode_jpegs(payloads: list[bytes], device: torch.device) -> list[torch.Tensor | None]:

@@ -122,14 +122,10 @@ def original_size(payload: bytes) -> tuple[int, int]:
         return image.size
 
 
-def statistics_table(
-    images: np.ndarray | torch.Tensor,
-    payloads: list[bytes],
-    sizes: list[tuple[int, int]] | None = None,
-) -> pa.Table:
-    """:data:`INPUT_STATISTICS` columns of decoded ``images`` and their encoded ``payloads``
-    (with the originals' (width, height) where the caller has read them already)."""
-    sizes = sizes or [original_size(payload) for payload in payloads]
+def statistics_table(images: np.ndarray | torch.Tensor, payloads: list[bytes]) -> pa.Table:
+    """:data:`INPUT_STATISTICS` columns of decoded ``images`` (on the host or a device) and
+    their encoded ``payloads``."""
+    sizes = [original_size(payload) for payload in payloads]
     figures = image_statistics(
         images,
         widths=np.array([w for w, _ in sizes], np.int64),
