@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -35,7 +36,12 @@ from bincount.core.pending import pending_row, record_pending, settle_pending
 from bincount.core.progress import Progress
 from bincount.core.sources import fetch_uris, open_sources
 from bincount.core.storage import Location
-from bincount.images.cachebuild import ShardBlock, ShardWriter, decode_into_block
+from bincount.images.cachebuild import (
+    ShardBlock,
+    ShardWriter,
+    decode_into_block,
+    sweep_stale_blocks,
+)
 from bincount.images.decode import UndecodableImage
 from bincount.images.prefetch import Prefetched
 
@@ -118,6 +124,7 @@ def build_image_cache(
         progress.done = total - sum(len(chunks[n]) for n in todo)
     locations = open_sources(source, list(sources))
     workers = workers or os.cpu_count() or 1
+    sweep_stale_blocks(tempfile.gettempdir())  # file-backed blocks a killed build left
     # The next shard's photos are fetched while this one decodes, and this one commits while
     # the next decodes: the pool no longer idles through the fetch and the write.
     fetching = dict(concurrency=concurrency, max_bytes=limits.max_bytes)

@@ -59,9 +59,7 @@ class ShardBlock:
         if in_memory:
             self.memory = SharedMemory(name=name, create=True, size=nbytes)
         else:
-            folder = tempfile.gettempdir()
-            sweep_stale_blocks(folder)
-            self.path = os.path.join(folder, name)
+            self.path = os.path.join(tempfile.gettempdir(), name)
             with open(self.path, "xb") as handle:
                 handle.truncate(nbytes)
 
