@@ -1,16 +1,34 @@
 """Reading many S3 objects at once: signed GETs through s3fs, or plain HTTP GETs of public
-objects, each with its own limit, retries and per-object errors."""
+objects, each with its own limit, retries and per-object errors.
+
+This module sits below :mod:`bincount.core.storage`: it reads through any :class:`Bucket`, the
+few attributes it needs, and a storage ``Location`` is one."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from bincount.core.retries import _http_error, is_transient
+from bincount.core.retries import RetryPolicy, _http_error, is_transient
 
-if TYPE_CHECKING:
-    from bincount.core.storage import Location
+
+class Bucket(Protocol):
+    """An S3 root read by :func:`fetch_s3`: its s3fs filesystem, how to name a key, and how
+    patiently to read it."""
+
+    fs: Any  # an s3fs.S3FileSystem (its async _cat_file)
+    anonymous: bool
+    connect_timeout_s: float
+    read_timeout_s: float
+    retry: RetryPolicy
+
+    def path(self, key: str = "") -> str: ...
+
+    def uri(self, key: str = "") -> str: ...
+
+    def public_url(self, key: str) -> str: ...
+
 
 # What an object can be, not what the platform did wrong: fetch_many hands these back per key
 # (they become quarantine rows) instead of failing the others. ObjectTooLarge is a ValueError.
@@ -18,7 +36,7 @@ _PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, Valu
 
 
 async def fetch_s3(
-    location: Location, keys: list[str], concurrency: int, max_bytes: int | None
+    location: Bucket, keys: list[str], concurrency: int, max_bytes: int | None
 ) -> list[bytes | Exception]:
     gate = asyncio.Semaphore(concurrency)
     session = None
