@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from bincount.images.vision import torchvision
+from bincount.model.architectures import resolve_architecture
 from bincount.model.networks import (
     IMAGENET_MEAN,
     CountingModel,
     load_pretrained_weights,
     load_weights_file,
-    resolve_architecture,
 )
 from bincount.model.pretrained import (
     BUNDLED_WEIGHTS,
@@ -112,7 +112,7 @@ def _bundled(arch: str) -> dict:
 
 @pytest.mark.parametrize("arch", sorted(BUNDLED_WEIGHTS))
 def test_bundled_weights_renamed_for_timm_give_the_reference_logits(arch):
-    from bincount.model.networks import timm_module
+    from bincount.model.architectures import timm_module
 
     reference_class = _reference_efficientnet()
     weights = _bundled(arch)

@@ -243,7 +243,7 @@ class TrainConfig(BaseModel):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, arch: str) -> str:
-        from bincount.model.networks import resolve_architecture
+        from bincount.model.architectures import resolve_architecture
 
         resolve_architecture(arch)  # raises "Expected a torchvision or timm ... name"
         return arch

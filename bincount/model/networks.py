@@ -17,7 +17,6 @@ with an open top (``open_top``), one more class K+1 meaning "more than K":
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -27,57 +26,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from bincount.images.vision import torchvision
+from bincount.model.architectures import TIMM_PREFIX, resolve_architecture, timm_module
 
-if TYPE_CHECKING:  # config imports this module (lazily) to resolve architecture names
+if TYPE_CHECKING:
     from bincount.model.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 Head = Literal["ce", "ordinal"]
 HEADS: tuple[str, ...] = ("ce", "ordinal")
-Zoo = Literal["torchvision", "timm"]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-TIMM_PREFIX = "timm/"
-
-
-def timm_module():
-    """timm, imported on first use (a second of import time) and always after
-    ``bincount.images.vision``, which it needs to import torchvision with the CPU torch wheel."""
-    import timm
-
-    return timm
-
-
-@functools.cache
-def _torchvision_names() -> frozenset[str]:
-    return frozenset(torchvision.models.list_models(module=torchvision.models))
-
-
-@functools.cache
-def _timm_names() -> frozenset[str]:
-    return frozenset(timm_module().list_models())
-
-
-def available_architectures() -> list[str]:
-    """Every classification model name: torchvision's and timm's (resnet18,
-    mobilenet_v3_small, tf_efficientnet_lite0, ...)."""
-    return sorted(_torchvision_names() | _timm_names())
-
-
-def resolve_architecture(arch: str) -> tuple[Zoo, str]:
-    """Which zoo builds ``arch``, and its name there: torchvision first, so the models
-    registered before timm was a zoo keep their network; ``timm/NAME`` is timm's."""
-    if arch in _torchvision_names():
-        return "torchvision", arch
-    name = arch.removeprefix(TIMM_PREFIX)
-    if name in _timm_names():
-        return "timm", name
-    raise ValueError(
-        f"Expected a torchvision or timm classification model name (e.g. resnet18, "
-        f"mobilenet_v3_small, tf_efficientnet_lite0), but got {arch!r}"
-    )
 
 
 class CountingModel(nn.Module):
