@@ -12,7 +12,7 @@ import torch
 
 from bincount.core.storage import Location
 from bincount.images.shards import load_cached_splits
-from bincount.model.inputs import BatchLoader, augment_batch, to_model_input
+from bincount.model.inputs import BatchLoader, augment_batch, ids_fingerprint, to_model_input
 from bincount.testing.caches import image_numbers, write_generated_cache
 
 SIZE = 16
@@ -34,17 +34,25 @@ def test_each_rank_reads_its_share_and_the_epoch_covers_every_image_once(cache):
     train = load_cached_splits(cache, "m1", SIZE, ("train",))["train"]
     assert len(train) == 54  # even: no rank pads its share with a repeated image
     by_label = dict(zip(_numbers(train), train.labels, strict=True))
+    by_number = dict(zip(_numbers(train), train.image_ids, strict=True))
     epochs = []
     for epoch in (0, 1):
         seen = []
         for rank in (0, 1):
             loader = BatchLoader(train, batch_size=8, shuffle=True, seed=5, rank=rank, world_size=2)
             loader.epoch = epoch
+            read = []
             for images, counts in loader.raw_batches():
                 assert images.dtype == torch.uint8 and images.shape[1:] == (SIZE, SIZE, 3)
                 numbers = image_numbers(images.numpy())
                 assert [by_label[n] for n in numbers] == counts.tolist()
-                seen.extend(numbers.tolist())
+                read.extend(numbers.tolist())
+            # The line a distributed run logs names the images the batches held.
+            assert loader.share_line() == (
+                f"rank {rank} of 2, epoch {epoch + 1}: 27 of 54 training images in 4 batches, "
+                f"ids fingerprint {ids_fingerprint(by_number[n] for n in read)}"
+            )
+            seen.extend(read)
         assert sorted(seen) == sorted(_numbers(train).tolist())  # every image, exactly once
         epochs.append(seen)
     assert epochs[0] != epochs[1]

@@ -5,8 +5,9 @@ network expects and augmented there.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -86,6 +87,17 @@ class BatchLoader:
         padded = np.resize(order, per_rank * self.world_size)  # every rank gets as many steps
         return padded[self.rank :: self.world_size]
 
+    def share_line(self) -> str:
+        """This rank's share of the epoch, for the log of a distributed run: how many images in
+        how many batches, and their ids' :func:`ids_fingerprint`, which the ranks' shares of an
+        epoch add up to the split's when every image is trained on by exactly one rank."""
+        ids = [self.split.image_ids[i] for i in self.indices()[: len(self) * self.batch_size]]
+        return (
+            f"rank {self.rank} of {self.world_size}, epoch {self.epoch + 1}: {len(ids)} of "
+            f"{len(self.split)} training images in {len(self)} batches, ids fingerprint "
+            f"{ids_fingerprint(ids)}"
+        )
+
     def raw_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's batches of the epoch as uint8 images (N, S, S, 3) and counts, on the host
         (pinned when the device is CUDA)."""
@@ -138,6 +150,18 @@ class BatchLoader:
     def wait_seconds(self) -> float:
         """How long the last pass waited for batches."""
         return self._prefetched.wait_seconds if self._prefetched else 0.0
+
+
+def ids_fingerprint(image_ids: Iterable[str]) -> str:
+    """A fingerprint of image ids that ignores their order: the sum of each id's 64-bit BLAKE2b
+    digest (big-endian) modulo 2**64, as 16 hex digits. Sums add, so the fingerprints of parts
+    add up to the whole's: a rank's share is told apart from another's, and shares that hold
+    each image of the split once sum to the split's fingerprint (but for a 2**-64 chance)."""
+    total = sum(
+        int.from_bytes(hashlib.blake2b(image_id.encode(), digest_size=8).digest(), "big")
+        for image_id in image_ids
+    )
+    return f"{total % 2**64:016x}"
 
 
 def input_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

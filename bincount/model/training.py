@@ -5,7 +5,8 @@ build model, optimiser and schedule → resume from the checkpoint if one exists
 train, validate, checkpoint, report → keep the best weights in the registry.
 
 The same entry point runs under ``torchrun`` for distributed data parallel (gloo on CPU, NCCL on
-GPU): each rank trains on its share of every epoch's permutation, rank 0 alone writes.
+GPU): each rank trains on its share of every epoch's permutation and logs which (a count and
+a fingerprint of the ids, :meth:`BatchLoader.share_line`); rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -123,8 +124,10 @@ def train_model(
 
     first_epoch_of_run = state.epoch
     while state.epoch < config.epochs and not state.stopped:
-        started = time.perf_counter()
         train_loader.epoch = state.epoch
+        if runtime.world_size > 1:  # each rank its own images: what it trains on, checkably
+            logger.info(train_loader.share_line())
+        started = time.perf_counter()
         train_loss, images, first_step = _train_epoch(
             wrapped,
             model,
