@@ -1,5 +1,6 @@
 """The model half end to end on a few dozen real JPEG bins with a tiny model: cache (with a
-corrupt image), train, evaluate, the promotion gate both ways, resume after a kill, and DDP."""
+corrupt image), train, evaluate, the promotion gate both ways, resume after a kill. Training
+under torchrun is in test_torchrun.py."""
 
 from __future__ import annotations
 
@@ -137,31 +138,6 @@ def test_a_killed_training_resumes_where_it_stopped(manifest_output):
     assert resumed_from >= 1 and epochs == 6
     history = json.loads(Path(output, "models", version, "metrics.json").read_text())
     assert [e["epoch"] for e in history["history"]] == [1, 2, 3, 4, 5, 6]
-
-
-def test_distributed_data_parallel_with_two_cpu_processes(manifest_output):
-    output, _ = manifest_output
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "BINCOUNT_OUTPUT": output}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--standalone",
-        "-m",
-        "flows.cli",
-        "train",
-        "--arch=mobilenet_v3_small",
-        "--image-size=32",
-        "--batch-size=8",
-        "--epochs=1",
-        "--device=cpu",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (model,) = list_models(Location(output))
-    lineage = json.loads(Path(output, "models", model["version"], "lineage.json").read_text())
-    assert lineage["world_size"] == 2 and lineage["device"] == "cpu"
 
 
 def test_search_space_parsing_and_sampling():
