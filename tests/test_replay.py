@@ -14,7 +14,7 @@ from bincount.core.limits import ImageLimits, MetadataLimits
 from bincount.core.pending import read_pending
 from bincount.core.replay import quarantine_view, replay_quarantine
 from bincount.core.storage import Location
-from bincount.core.tables import read_table
+from bincount.core.tables import part_names, read_table
 from tests.builders import jpeg_bytes, write_clean_bucket
 
 NOW = datetime(2026, 12, 5, 12, tzinfo=UTC)
@@ -170,6 +170,8 @@ def test_replayed_metadata_is_ingested_once_after_the_limit_is_raised(tmp_path):
     later = NOW.replace(hour=13)
     outcome = replay_quarantine(output, stage="ingest", run_id="r2", now=later)
     assert outcome.counts == {("ingest", "too_large"): 4}
+    # Replayed whole, the stage's parts stay with no rows: the table is still there to read.
+    assert len(part_names(output, "quarantine")) == 2 and _quarantine(output, "ingest") == []
     fixed = ingest_metadata(source, output, chunk_size=3)
     assert (fixed.ingested, fixed.quarantined) == (4, 0)
     bins = read_table(output, "bins")

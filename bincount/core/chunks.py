@@ -13,7 +13,10 @@ part files that share one name:
   done, then does that chunk again;
 * what is done is read from the marker table and the stage's quarantine together
   (:meth:`ChunkProtocol.done`): an object either became a row or a reason, never both, never
-  neither.
+  neither;
+* the tables exist from a stage's first run, empty when it wrote nothing: its first chunk
+  writes the stage's quarantine part even with no rows, and a first run with no chunk at all
+  commits one empty chunk (:meth:`ChunkProtocol.commit_nothing`).
 
 Validation is not chunked (each run replaces its stage's quarantine as one snapshot) but its
 rows are built by the same :func:`quarantine_row`, with the same :class:`Stage` names.
@@ -279,6 +282,20 @@ class ChunkProtocol:
         for parts in self.companions:
             if parts.table in given:
                 parts.write(output, name, given[parts.table])
-        if rejects:
+        # The stage's first chunk starts its quarantine partition even when it keeps nothing
+        # out: "nothing was kept out" then reads as zero rows, not as a missing table. Named
+        # after the chunk, the part is committed (or discarded) with it like any other.
+        if rejects or not part_names(output, QUARANTINE, self.stage.partition):
             self.quarantine.write(output, name, list(rejects))
         return self.marker.write(output, name, marker_rows, marker_partition)
+
+    def commit_nothing(
+        self, output: Location, name: str, *, marker_partition: Mapping[str, str] | None = None
+    ) -> str | None:
+        """Commit one chunk of no objects, when the marker table has no part yet: a stage's first
+        run that finds nothing to do still leaves its tables (zero rows, the contract's schema)
+        for readers. Returns the marker's key, or None when the table had a part already."""
+        if self.marker.names(output):
+            return None
+        empty = {parts.table: [] for parts in self.companions}
+        return self.commit(output, name, [], companions=empty, marker_partition=marker_partition)

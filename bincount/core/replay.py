@@ -286,16 +286,14 @@ def _pending_rows(stage: Stage, rows: pa.Table, run_id: str, now: datetime) -> l
 def _rewrite_without(
     output: Location, stage: Stage, name: str, key: str, replayed: pa.Table
 ) -> None:
-    """The quarantine part ``name`` without the ``replayed`` rows (deleted when none stay)."""
+    """The quarantine part ``name`` without the ``replayed`` rows (with no rows when none stay:
+    a table once written stays readable, and a replay of everything leaves it empty)."""
     rows = output.read_parquet(key)
     gone = set(_identities(replayed))
     keep = [identity not in gone for identity in _identities(rows)]
     kept = rows.filter(pa.array(keep, pa.bool_()))
-    if kept.num_rows:
-        # The same name, rewritten whole: the chunk's marker still commits it.
-        write_part(output, QUARANTINE, name, kept, partition=stage.partition)
-    else:
-        output.delete([key])
+    # The same name, rewritten whole: the chunk's marker still commits it.
+    write_part(output, QUARANTINE, name, kept, partition=stage.partition)
 
 
 def _identities(rows: pa.Table) -> list[tuple[str, str | None]]:

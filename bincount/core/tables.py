@@ -11,6 +11,11 @@ Layout (every table a ``pyarrow.dataset``-readable Parquet dataset)::
 
 Part files are immutable and written atomically; bookkeeping files start with ``_`` so that
 dataset readers skip them.
+
+A table exists from the first run that decides it, with zero rows when that run found nothing
+to write: a part with no rows still holds the contract's schema, and in a partitioned table it
+sits in a partition folder, so every reader (pandas, pyarrow's dataset, DuckDB, polars, Athena)
+finds the documented columns and reads zero rows instead of failing on a missing folder.
 """
 
 from __future__ import annotations
@@ -59,6 +64,17 @@ def write_part(
     key = part_key(table_name, part, partition)
     output.write_parquet(key, table)
     return key
+
+
+def start_table(
+    output: Location, table_name: str, part: str, *, partition: dict[str, str] | None = None
+) -> str | None:
+    """Write a part of ``table_name`` with no rows (its contract's schema) unless the table has a
+    part already: the run that decides a table but has nothing to put in it still makes it
+    readable. Returns the key written, or None."""
+    if part_names(output, table_name):
+        return None
+    return write_part(output, table_name, part, [], partition=partition)
 
 
 def read_table(

@@ -128,7 +128,9 @@ def plan_ingest(
     chunk_size: int = 5000,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> IngestPlan:
-    """List the metadata objects, leave out the versions already ingested, cut the rest."""
+    """List the metadata objects, leave out the versions already ingested, cut the rest. A first
+    ingest with nothing to ingest commits one empty chunk: it decides bins, items and the ingest
+    quarantine, which exist from then on (zero rows) for every reader."""
     check_plan_arguments(limit=limit, chunk_size=chunk_size)
     started_at = clock()
     orphans = INGEST.discard_uncommitted(output)
@@ -145,6 +147,8 @@ def plan_ingest(
     already = listing.num_rows - new.num_rows
     # Slices of the Arrow listing: a chunk becomes Python objects only when it is ingested.
     chunks = cut(new, chunk_size, limit=limit)
+    if not chunks:
+        INGEST.commit_nothing(output, chunk_id([], source.url))
     logger.info(
         "listed %d metadata objects under %s: %d already ingested, %d to ingest",
         listed,

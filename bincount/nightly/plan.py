@@ -66,7 +66,8 @@ def plan_scoring(
     """List the images under ``prefix``, leave out those already scored, cut the rest in chunks.
 
     ``prefix`` is a folder (``bin-images/``) or a folder and the start of names
-    (``bin-images/1000`` scores ids starting with 1000).
+    (``bin-images/1000`` scores ids starting with 1000). A first night with nothing to score
+    commits one empty chunk: the scores table (and the score quarantine) exist from then on.
     """
     check_plan_arguments(limit=limit, chunk_size=chunk_size)
     started_at = clock()
@@ -82,6 +83,9 @@ def plan_scoring(
     new = images.filter(fresh).column("key").to_pylist()
     already = images.num_rows - len(new)
     chunks = cut(new, chunk_size, limit=limit)
+    if not chunks:
+        partition = {"scored_date": f"{started_at:%Y-%m-%d}"}
+        SCORING.commit_nothing(output, chunk_part_name([]), marker_partition=partition)
     logger.info(
         "listed %d images under %s: %d already scored, %d to score",
         images.num_rows,

@@ -5,7 +5,9 @@ chunk is in can the night be ranked as one queue. Ranking then writes, in this o
 
 1. the decision, ``scores/_queues/<queue id>.parquet`` (one row per ranked bin, with the part
    it lives in): from here on the night's queue is decided, whatever happens next;
-2. ``review_queue/queued_date=<date>/part-<queue id>.parquet``, the flagged bins in rank order;
+2. ``review_queue/queued_date=<date>/part-<queue id>.parquet``, the flagged bins in rank order,
+   with no rows when nothing passed the evidence bar: the night was judged, and a reader of the
+   queue finds it empty, not missing; the first queue also starts ``review_outcomes`` (below);
 3. every scores part of the night again, with ``review_rank`` and ``needs_review`` filled in;
 4. the decision file is deleted.
 
@@ -13,6 +15,14 @@ A run stopped after (1) leaves its decision behind; the next run applies it firs
 idempotent rewrites), so a decided queue is never decided again. A run stopped before (1)
 leaves parts with ``needs_review`` null; the next run ranks them with its own bins. Each scored
 bin is thus in exactly one queue ranking.
+
+The queue step decides two tables, which exist (possibly empty) from the first scoring run on:
+``review_queue``, and ``review_outcomes``, whose first part, with no rows, goes in beside the
+first queue: once a queue is published, "no verdict on it yet" is a fact, and an analyst's join
+of the queue to its verdicts reads zero verdicts instead of failing. That part is in the
+queue's date's ``reviewed_date`` partition (no verdict can come before the queue it judges).
+A first night with nothing to rank writes an empty queue part of its own date for the same
+reason; later nights with nothing to rank write none.
 """
 
 from __future__ import annotations
@@ -29,7 +39,8 @@ import pyarrow.dataset as ds
 
 from bincount.core.chunks import part_name
 from bincount.core.storage import Location
-from bincount.core.tables import REVIEW_QUEUE, SCORES, read_table, write_part
+from bincount.core.tables import REVIEW_QUEUE, SCORES, read_table, start_table, write_part
+from bincount.review.outcomes import REVIEW_OUTCOMES
 from bincount.review.ranking import (
     QueueAgainstTruth,
     QueueDecision,
@@ -89,6 +100,9 @@ def queue_reviews(
     applied = apply_pending_decisions(output)
     decided = decide_queue(output, policy, run_id=run_id, clock=clock)
     if decided is None:
+        queue_id, today = _queue_id([]), f"{clock():%Y-%m-%d}"
+        start_table(output, REVIEW_QUEUE, queue_id, partition={"queued_date": today})
+        _start_outcomes(output, queue_id, today)
         return NightQueue(None, 0, 0, 0, 0, policy.model_dump(), decisions_applied=applied)
     key, ranked, decision = decided
     flagged = _apply(output, key, ranked)
@@ -179,19 +193,20 @@ def apply_pending_decisions(output: Location) -> int:
 def _apply(output: Location, decision_key: str, ranked: pa.Table) -> pa.Table:
     """Publish a decision: the queue's flagged rows, then each scores part with its ranks."""
     flagged = ranked.filter(ranked.column("needs_review")).sort_by("review_rank")
-    if flagged.num_rows:
-        queued_at = flagged.column("queued_at")[0].as_py()
-        write_part(
-            output,
-            REVIEW_QUEUE,
-            ranked.column("queue_id")[0].as_py(),
-            flagged,
-            partition={"queued_date": f"{queued_at:%Y-%m-%d}"},
-        )
+    queue_id = ranked.column("queue_id")[0].as_py()
+    queued_date = f"{ranked.column('queued_at')[0].as_py():%Y-%m-%d}"
+    # Written with no rows too: a night that flags nothing is a fact worth keeping.
+    write_part(output, REVIEW_QUEUE, queue_id, flagged, partition={"queued_date": queued_date})
+    _start_outcomes(output, queue_id, queued_date)
     for part_key in sorted(set(ranked.column("part_key").to_pylist())):
         _rank_part(output, part_key, ranked)
     output.delete([decision_key])
     return flagged
+
+
+def _start_outcomes(output: Location, queue_id: str, queued_date: str) -> None:
+    """``review_outcomes`` with no rows, unless it has a part (the module's docstring)."""
+    start_table(output, REVIEW_OUTCOMES, queue_id, partition={"reviewed_date": queued_date})
 
 
 def _rank_part(output: Location, part_key: str, ranked: pa.Table) -> None:
