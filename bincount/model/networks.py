@@ -107,6 +107,8 @@ class CountingModel(nn.Module):
             for module in self.backbone.modules():
                 if module not in classifier:
                     module.eval()
+        for module in getattr(self, "frozen_modules", ()):  # a frozen trunk (model.trunk)
+            module.eval()
         return self
 
     @property
@@ -120,16 +122,25 @@ class CountingModel(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        scores = self.backbone(images)
+        return self.head_logits(self.backbone(images))
+
+    def head_logits(self, scores: torch.Tensor) -> torch.Tensor:
+        """The head's logits from the backbone's last layer."""
         if self.head == "ce":
             return scores
         return scores + self.thresholds  # (N, 1) + (K,) → (N, K): logit of count > k
 
-    def loss(self, logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, logits: torch.Tensor, counts: torch.Tensor, *, smoothing: float = 0.0
+    ) -> torch.Tensor:
+        """The head's training loss; ``smoothing`` moves that share of each target off the
+        recorded count (some records do not match their photo)."""
         if self.head == "ce":
-            return F.cross_entropy(logits, counts)
+            return F.cross_entropy(logits, counts, label_smoothing=smoothing)
         levels = torch.arange(self.num_classes - 1, device=counts.device)
         targets = (counts.unsqueeze(1) > levels).to(logits.dtype)
+        if smoothing:
+            targets = targets * (1 - smoothing) + smoothing / 2
         return F.binary_cross_entropy_with_logits(logits, targets)
 
     def probabilities(self, logits: torch.Tensor, *, calibrated: bool = True) -> torch.Tensor:

@@ -75,13 +75,19 @@ def evaluate_split(
     flips: bool = False,
 ) -> dict:
     """Loss and ABID metrics of a model on a cached split."""
-    view_logits, probabilities = predict_split(
+    view_logits, _ = predict_split(
         model, split, runtime=runtime, batch_size=batch_size, flips=flips
     )
-    targets = torch.from_numpy(split.labels)
+    return evaluation_of(model, view_logits, split.labels)
+
+
+def evaluation_of(model: CountingModel, view_logits: torch.Tensor, labels) -> dict:
+    """Loss and ABID metrics from the logits of every view (V, N, ...) of labelled images."""
+    probabilities = mean_probabilities(model.probabilities, view_logits)
+    targets = torch.from_numpy(labels)
     loss = model.loss(view_logits[0], targets).item()
     predictions = model.count_from_probabilities(probabilities).tolist()
-    metrics = counting_metrics(predictions, split.labels.tolist(), num_classes=model.num_classes)
+    metrics = counting_metrics(predictions, labels.tolist(), num_classes=model.num_classes)
     return {
         "loss": loss,
         "metrics": metrics,

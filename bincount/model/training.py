@@ -15,7 +15,7 @@ import functools
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -33,7 +33,6 @@ from bincount.model.calibration import (
 )
 from bincount.model.config import TrainConfig
 from bincount.model.device import Runtime, resolve_runtime
-from bincount.model.inputs import BatchLoader, _normalization_of
 from bincount.model.networks import (
     CountingModel,
     build_model,
@@ -41,9 +40,11 @@ from bincount.model.networks import (
     load_weights_file,
 )
 from bincount.model.optim import EpochMetrics, Schedule, TrainState, build_optimizer
-from bincount.model.prediction import evaluate_split, predict_split
+from bincount.model.prediction import evaluation_of
 from bincount.model.records import TrainingMetrics
 from bincount.model.registry import ModelFiles, model_folder, read_model_record, save_model
+from bincount.model.traindata import TrainingInputs
+from bincount.model.trunk import freeze_trunk
 
 logger = logging.getLogger(__name__)
 
@@ -97,28 +98,20 @@ def train_model(
         load_pretrained_weights(model)
     if config.weights:
         load_weights_file(model, config.weights)
+    if config.frozen_blocks:
+        freeze_trunk(model, config.frozen_blocks)
     model = model.to(runtime.device, memory_format=torch.channels_last)
-    wrapped: nn.Module = model
+    inputs = TrainingInputs.of(model, splits, config, runtime)
+    wrapped: nn.Module = inputs.trained
     if runtime.world_size > 1:
         wrapped = nn.parallel.DistributedDataParallel(
-            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
+            wrapped, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
         )
     if config.compile_mode is not None:
         # Validation and calibration run ``model`` itself: only the training step compiles.
         wrapped = torch.compile(wrapped, mode=config.compile_mode)
     optimizer = build_optimizer(model, config)
-    train_loader = BatchLoader(
-        splits["train"],
-        batch_size=config.batch_size,
-        shuffle=True,
-        augment=config.augment,
-        seed=config.seed,
-        drop_last=True,
-        rank=runtime.rank,
-        world_size=runtime.world_size,
-        device=runtime.device,
-        **_normalization_of(model),
-    )
+    train_loader = inputs.train
     state = _resume(output, folder, model, optimizer)
     schedule = Schedule(config, steps_per_epoch=len(train_loader))
 
@@ -137,15 +130,10 @@ def train_model(
             state,
             runtime,
             time_first_step=state.epoch == first_epoch_of_run,
+            smoothing=config.label_smoothing,
         )
         seconds = time.perf_counter() - started
-        val = evaluate_split(
-            model,
-            splits["val"],
-            runtime=runtime,
-            batch_size=config.batch_size,
-            flips=config.test_time_flips,
-        )
+        val = evaluation_of(model, inputs.validation_logits(), splits["val"].labels)
         metrics = EpochMetrics(
             epoch=state.epoch + 1,
             train_loss=train_loss,
@@ -170,7 +158,7 @@ def train_model(
 
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
-    calibration = calibrate(model, splits["val"], runtime=runtime, config=config)
+    calibration = calibrate(model, splits["val"], inputs.validation_logits())
     best = state.best_metrics()
     result = TrainResult(
         version=version,
@@ -207,17 +195,15 @@ def train_model(
 
 
 def calibrate(
-    model: CountingModel, split: CachedSplit, *, runtime: Runtime, config: TrainConfig
+    model: CountingModel, split: CachedSplit, view_logits: torch.Tensor
 ) -> CalibrationReport:
-    """Fit the model's temperature on ``split`` (the validation split) and set it on the model.
+    """Fit the model's temperature on ``split`` (the validation split) and set it on the model,
+    from the logits of its views (:meth:`TrainingInputs.validation_logits`).
 
     Fitted on the probabilities the model serves (averaged over the test-time flips when the
     config uses them), so what scoring reports is what was calibrated.
     """
     model.temperature.fill_(1.0)
-    view_logits, _ = predict_split(
-        model, split, runtime=runtime, batch_size=config.batch_size, flips=config.test_time_flips
-    )
     labels = torch.from_numpy(split.labels).long()
     raw = functools.partial(model.probabilities, calibrated=False)
     temperature = fit_temperature(raw, view_logits, labels)
@@ -238,13 +224,14 @@ def calibrate(
 def _train_epoch(
     wrapped: nn.Module,
     model: CountingModel,
-    loader: BatchLoader,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     schedule: Schedule,
     state: TrainState,
     runtime: Runtime,
     *,
     time_first_step: bool = False,
+    smoothing: float = 0.0,
 ) -> tuple[float, int, float | None]:
     """One epoch's optimiser steps: the mean training loss, the images seen, and with
     ``time_first_step`` the seconds of the first step (the GPU waited for), else None. A
@@ -267,7 +254,7 @@ def _train_epoch(
             group["lr"] = lr * group.get("lr_scale", 1.0)
         with runtime.autocast():
             logits = wrapped(images)
-        loss = model.loss(logits.float(), counts)
+        loss = model.loss(logits.float(), counts, smoothing=smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

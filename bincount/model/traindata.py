@@ -1,0 +1,114 @@
+"""What a training run feeds its model: cached images, or a frozen trunk's outputs computed
+once (``frozen_blocks``), for training and for the validation that picks the best epoch."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bincount.images.shards import CachedSplit
+from bincount.model.config import TrainConfig
+from bincount.model.device import Runtime
+from bincount.model.inputs import BatchLoader, input_normalization
+from bincount.model.networks import CountingModel
+from bincount.model.prediction import predict_split
+from bincount.model.trunk import (
+    VIEWS,
+    TopOfModel,
+    TrunkBatches,
+    compute_trunk_outputs,
+    predict_trunk_outputs,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingInputs:
+    """The module the optimiser trains, its batches, and the validation split's logits."""
+
+    trained: nn.Module
+    train: BatchLoader | TrunkBatches
+    validation_logits: Callable[[], torch.Tensor]  # (V, N, ...), the model as it is now
+
+    @classmethod
+    def of(
+        cls,
+        model: CountingModel,
+        splits: dict[str, CachedSplit],
+        config: TrainConfig,
+        runtime: Runtime,
+    ) -> TrainingInputs:
+        mean, std = input_normalization(model)
+        order = BatchLoader(
+            splits["train"],
+            batch_size=config.batch_size,
+            shuffle=True,
+            augment=config.augment,
+            seed=config.seed,
+            drop_last=True,
+            rank=runtime.rank,
+            world_size=runtime.world_size,
+            device=runtime.device,
+            mean=mean,
+            std=std,
+        )
+        if not config.frozen_blocks:
+
+            def images() -> torch.Tensor:
+                return predict_split(
+                    model,
+                    splits["val"],
+                    runtime=runtime,
+                    batch_size=config.batch_size,
+                    flips=config.test_time_flips,
+                )[0]
+
+            return cls(trained=model, train=order, validation_logits=images)
+
+        blocks = config.frozen_blocks
+        # Training mirrors the trunk's output (TrunkBatches); validation runs the trunk on
+        # every view the model is served with (the test-time flips), as scoring will.
+        with runtime.autocast():
+            train = compute_trunk_outputs(
+                model,
+                splits["train"],
+                frozen_blocks=blocks,
+                views=1,
+                batch_size=config.batch_size,
+                device=runtime.device,
+            )
+            val = compute_trunk_outputs(
+                model,
+                splits["val"],
+                frozen_blocks=blocks,
+                views=len(VIEWS) if config.test_time_flips else 1,
+                batch_size=config.batch_size,
+                device=runtime.device,
+            )
+        logger.info(
+            "frozen trunk (stem and %d blocks): outputs of %d training images and %d "
+            "validation images x %d views kept, %.0f MB",
+            blocks,
+            len(train),
+            len(val),
+            val.features.shape[0],
+            (train.nbytes + val.nbytes) / 1e6,
+        )
+        flips = {"count_preserving": "both", "hflip": "horizontal", "none": "none"}[config.augment]
+        shift = 1 if config.augment == "count_preserving" else 0
+
+        def from_trunk() -> torch.Tensor:
+            return predict_trunk_outputs(
+                model, val, frozen_blocks=blocks, batch_size=config.batch_size
+            )
+
+        return cls(
+            trained=TopOfModel(model, blocks),
+            train=TrunkBatches(train, order, flips=flips, shift=shift),
+            validation_logits=from_trunk,
+        )
