@@ -346,6 +346,11 @@ def _quiet() -> None:
     telemetry.quiet()  # before Prefect is imported; a user's own environment wins
     # The library's log lines (progress, epochs) in the runs' logs.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "bincount")
+    # Without PREFECT_API_URL a command starts a temporary Prefect server and waits 20 s for it
+    # by default: on a busy 2-core machine its start (a new database's migrations) took longer
+    # and the command failed before doing anything ("Timed out while attempting to connect to
+    # ephemeral Prefect API server"). A patient wait costs nothing when the server is quick.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 
 
 if __name__ == "__main__":

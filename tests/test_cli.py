@@ -294,3 +294,20 @@ def test_an_unexpected_error_keeps_its_traceback(tmp_path):
     deployments.write_text("deployments:\n  - name: x\n    entrypoint: flows/nowhere.py:flow\n")
     with pytest.raises(ModuleNotFoundError, match=r"flows\.nowhere"):  # raised, not one line
         console(["serve", "--prefect-file", str(deployments)])
+
+
+def test_a_command_waits_patiently_for_its_temporary_prefect_server(monkeypatch):
+    """A busy machine starts Prefect's temporary server in more than Prefect's 20 s; a value
+    the user set wins."""
+    from flows import cli
+
+    for name in (
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+        "PREFECT_LOGGING_EXTRA_LOGGERS",
+    ):
+        monkeypatch.delenv(name, raising=False)  # restored after the test
+    cli._quiet()
+    assert int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]) >= 120
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "45")
+    cli._quiet()
+    assert os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "45"
