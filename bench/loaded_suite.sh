@@ -44,16 +44,24 @@ else
 fi
 log=$(mktemp -t loaded-suite.XXXXXX.log)
 started=$(date +%s)
+# tee is this script's child, not the tests': the suite checks that it leaves no child process
+# behind, and would kill a tee it started.
+exec 3> >(tee "$log")
+teed=$!
 # In the background and waited for, so that a TERM (a timeout) or Ctrl-C reaches the script at
-# once: it stops the tests, then the EXIT trap stops the hogs.
-"$@" > >(tee "$log") 2>&1 &
+# once: it stops the tests, then the EXIT trap stops the hogs. Job control gives the tests a
+# process group of their own, so the signal reaches pytest's workers too.
+set -m
+"$@" >&3 2>&3 &
 runner=$!
-trap 'kill -TERM "$runner" 2>/dev/null; wait "$runner"; exit 143' TERM
-trap 'kill -TERM "$runner" 2>/dev/null; wait "$runner"; exit 130' INT
+set +m
+trap 'kill -TERM -- -"$runner" 2>/dev/null; wait "$runner"; exit 143' TERM
+trap 'kill -TERM -- -"$runner" 2>/dev/null; wait "$runner"; exit 130' INT
 wait "$runner"
 status=$?
 seconds=$(($(date +%s) - started))
-sleep 0.2 # tee's last lines
+exec 3>&-
+wait "$teed" 2>/dev/null # tee's last lines
 
 # pytest's last line: "== 561 passed, 1 failed, 3 skipped in 812.34s (0:13:32) ==" (no = with -q)
 summary=$(grep -E '(passed|failed|errors?|skipped|deselected).* in [0-9.]+s' "$log" | tail -1 |
