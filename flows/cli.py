@@ -111,7 +111,9 @@ HELP = {
     "demo.bins": "bins in the bucket",
     "demo.arrivals": "new bins that arrive later",
     "demo.seed": "the bucket's seed; arrivals use seed + 1, the darker photos seed + 2",
-    "demo.train_minutes": "CPU training time",
+    "demo.train_epochs": "epochs of training: the model learns the same on any machine",
+    "demo.train_minutes": "also stop training after this many minutes (default: no time limit; "
+    "with one, what the model learns depends on the machine's speed)",
     "demo.mismatch_rate": "share of arrivals whose record disagrees with the photo",
     "demo.dark_arrivals": "darker photos that arrive last, for drift monitoring to flag",
     "demo.dark_exposure": "their light, as a share of the usual",

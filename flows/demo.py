@@ -23,7 +23,8 @@ def demo(
     bins: int = 6000,
     arrivals: int = 400,
     seed: int = 7,
-    train_minutes: float = 6.5,
+    train_epochs: int = DEMO_RECIPE["epochs"],
+    train_minutes: float | None = None,
     mismatch_rate: float = 0.05,
     dark_arrivals: int = 200,
     dark_exposure: float = 0.35,
@@ -51,7 +52,8 @@ def demo(
     model = retrain(
         source=bucket,
         output=output,
-        config=TrainConfig(**DEMO_RECIPE, max_minutes=train_minutes),  # its own time budget
+        # Epochs decide what the model learns; a time budget, when given, can only cut it short.
+        config=TrainConfig(**{**DEMO_RECIPE, "epochs": train_epochs, "max_minutes": train_minutes}),
     )
     backfill = score(source=bucket, output=output)
     arrived = synthesize_bucket(

@@ -105,7 +105,7 @@ def no_process_left_behind():
     children = [
         p for p in me.children(recursive=True) if "multiprocessing." not in " ".join(p.cmdline())
     ]
-    _, alive = psutil.wait_procs(children, timeout=10)
+    _, alive = psutil.wait_procs(children, timeout=30)  # servers stop slowly on a busy machine
     left = [f"{p.pid} {' '.join(p.cmdline()[:4])}" for p in alive if p.is_running()]
     for process in alive:
         process.kill()

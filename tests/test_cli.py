@@ -175,6 +175,7 @@ DOCUMENTED = [
     ("review --output O --top 10 --queued-date 2026-01-02 --reviewer ana --wait-minutes 60", None),
     ("record-verdicts --output O --verdicts checked.csv --reviewer ana", None),
     ("demo --train-minutes 6.5", {"train_minutes": 6.5}),
+    ("demo --bins 300 --arrivals 120 --train-epochs 5", {"bins": 300, "train_epochs": 5}),
     ("validate --output O --source-anonymous --s3-endpoint-url http://127.0.0.1:9", None),
 ]
 

@@ -51,7 +51,9 @@ def test_a_killed_scoring_run_s_lease_expires_and_the_next_run_completes_the_nig
     shutil.copytree(trained / "out", out)
     log = open(tmp_path / "killed.log", "w")  # noqa: SIM115 (open while the run lasts)
     with fault_proxy(s3_server.endpoint_url, latency_ms=80) as proxy:
-        environment = scoring_environment(proxy.endpoint_url, lease_ttl_s="6")
+        # A ttl the refusal below comes well within on a loaded machine: the dead run's lease
+        # outlives it by 13-20 s (renewed every third of it), a run's start takes a few.
+        environment = scoring_environment(proxy.endpoint_url, lease_ttl_s="20")
         killed = start_scoring(f"s3://{bucket}", str(out), environment, log)
         wait_for_parts(out, 2, killed)
         os.kill(killed.pid, signal.SIGKILL)

@@ -34,9 +34,10 @@ def _fault(result) -> UndecodableImage:
 
 def test_a_huge_small_jpeg_decodes_at_reduced_size_within_the_pixel_limit():
     payload = flat_jpeg(20000, 12000)  # 240 megapixels in 1.9 MB
-    started = time.perf_counter()
+    # This thread's CPU time, not the wall clock: the same on a busy machine as on a quiet one.
+    started = time.thread_time()
     decoded = decode_or_reason(payload, 32)
-    assert time.perf_counter() - started < 5
+    assert time.thread_time() - started < 5
     assert decoded.shape == (32, 32, 3) and decoded.dtype == np.uint8
     assert np.all(np.abs(decoded.astype(int) - 128) <= 1)  # the flat grey it is
     # At 1/8 scale it is still 2500 x 1500: past a lower limit, it is refused undecoded.

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from bincount.model.config import RECIPES, TrainConfig
+from bincount.model.config import DEMO_RECIPE, RECIPES, TrainConfig
 from bincount.model.inputs import augment_batch
 from bincount.model.networks import CountingModel
 from bincount.model.optim import Schedule, TrainState, build_optimizer
@@ -81,6 +81,22 @@ def test_the_step_schedule_divides_the_lr_every_step_epochs():
     assert cosine[0] == pytest.approx(RECIPES["cpu"]["lr"]) and cosine == sorted(
         cosine, reverse=True
     )
+
+
+def test_the_demo_trains_for_epochs_alone_so_a_busy_machine_learns_the_same():
+    import inspect
+
+    from flows.demo import demo
+
+    config = TrainConfig(**DEMO_RECIPE)
+    assert config.max_minutes is None and config.epochs == DEMO_RECIPE["epochs"]
+    schedule = Schedule(config, steps_per_epoch=10)
+    # However long the steps took, the lr is where the steps put it, and training goes on.
+    assert schedule.lr(TrainState(step=50)) == schedule.lr(TrainState(step=50, train_seconds=1e6))
+    assert not schedule.out_of_time(1e6)
+    defaults = inspect.signature(demo.fn).parameters
+    assert defaults["train_epochs"].default == DEMO_RECIPE["epochs"]
+    assert defaults["train_minutes"].default is None
 
 
 def test_the_optimiser_follows_the_config():

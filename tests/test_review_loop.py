@@ -44,7 +44,7 @@ def queued(trained, tmp_path) -> Path:
     return tmp_path
 
 
-def _paused_run(output: str, after_pauses: int = 0, timeout: float = 60):
+def _paused_run(output: str, after_pauses: int = 0, timeout: float = 180):
     """The review run of ``output`` once it is paused (for the ``after_pauses + 1``-th time)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
@@ -84,7 +84,8 @@ def test_a_paused_review_run_is_resumed_with_verdicts_and_records_them_once(
     states = []
     runner = threading.Thread(
         target=lambda: states.append(
-            review(output=output, top=3, reviewer="ana", wait_minutes=2, return_state=True)
+            # Minutes to spare for the answers below: each is an API call, slow on a busy machine.
+            review(output=output, top=3, reviewer="ana", wait_minutes=5, return_state=True)
         )
     )
     runner.start()
@@ -128,7 +129,7 @@ def test_a_paused_review_run_is_resumed_with_verdicts_and_records_them_once(
                 ],
             },
         )
-        runner.join(timeout=60)
+        runner.join(timeout=180)
     finally:
         runner.join(timeout=1)
     (state,) = states
