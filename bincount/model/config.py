@@ -114,13 +114,13 @@ RECIPES: dict[str, dict] = {
         "augment": "count_preserving",
         "test_time_flips": True,
     },
-    # Every real label of ../shared/abid (two sources, ~6,700 bins of 0-5 items) on 2 CPU
+    # Every real label of ../shared/abid (two sources, 6,704 bins of 0-5 items) on 2 CPU
     # cores: the ImageNet EfficientNet-Lite0 at 224 px with its stem and first six blocks
     # frozen and run once per image (bincount/model/trunk.py), so an epoch trains only the last
-    # block and the 1x1 head convolution (~25-50 s an epoch on 2 cores, where the whole network
-    # would take ~4 min); softmax with label smoothing (the records are noisy). Measured on the
-    # held-out bins (bench/real.py, bench/README.md "real.py"): no better than the probe, about
-    # 35 % against 28.6 % for always 3: the frozen ImageNet features limit it, not the head.
+    # block and the 1x1 head convolution; softmax with label smoothing (some records are
+    # wrong). Measured 2026-12-06 (bench/README.md "Real bins"): 34.1 % accuracy, RMSE 1.211 on
+    # the 725 held-out test bins (majority class 26.6 %, 1.340), 32 min wall and 2.2 GB peak RSS
+    # on 2 busy cores: no better than the probe. Frozen ImageNet features limit it, not the head.
     "real": {
         "arch": "tf_efficientnet_lite0",
         "pretrained": True,
