@@ -145,7 +145,7 @@ def demo_summary(result: dict) -> str:
         *_drift_lines(result),
         f"  outputs    {result['output']}/",
         "             bins/ items/ quarantine/ manifests/ models/ scores/ review_queue/",
-        "             monitoring/",
+        "             review_outcomes/ (empty until the first verdict) monitoring/",
         "",
         "See the runs and their artifacts (ingest-summary, validation, manifest distribution,",
         "training curves, evaluation, promotion-decision, scoring-summary, drift-monitoring) in",
