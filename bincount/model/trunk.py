@@ -9,7 +9,8 @@ float16. The saved model is the whole network; scoring runs it from the photo as
 
 What an epoch costs falls with the trunk: on 2 busy CPU cores (load 5-9) the ``real`` recipe's
 top (the last block and the head convolution, on the first six blocks' output) trained at
-30-175 images/s at 224 px; the whole network needs about five times the work per image.
+30-175 images/s at 224 px; the whole network does several times the work per image (by its
+layer sizes, not timed).
 """
 
 from __future__ import annotations
