@@ -99,7 +99,7 @@ def test_the_trunks_outputs_give_the_models_logits_for_every_view():
     images = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
     split = in_memory_split(images, np.arange(5) % 3)
     outputs = compute_trunk_outputs(
-        model, split, frozen_blocks=5, views=3, batch_size=2, device=torch.device("cpu")
+        model, split, frozen_blocks=5, flips=True, batch_size=2, device=torch.device("cpu")
     )
     assert outputs.features.shape[:2] == (3, 5) and outputs.features.dtype == torch.float16
     logits = predict_trunk_outputs(model, outputs, frozen_blocks=5, batch_size=4)

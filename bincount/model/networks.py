@@ -97,17 +97,15 @@ class CountingModel(nn.Module):
         weights take no gradient and its batch-norm statistics stay as loaded, in training too."""
         for parameter in self.backbone_parameters():
             parameter.requires_grad_(False)
-        self.backbone_frozen = True
+        classifier = set(self.classifier().modules())
+        self.frozen_modules = [m for m in self.backbone.modules() if m not in classifier]
         self.train(self.training)
 
     def train(self, mode: bool = True) -> CountingModel:
         super().train(mode)
-        if getattr(self, "backbone_frozen", False):
-            classifier = set(self.classifier().modules())
-            for module in self.backbone.modules():
-                if module not in classifier:
-                    module.eval()
-        for module in getattr(self, "frozen_modules", ()):  # a frozen trunk (model.trunk)
+        # Frozen modules keep their batch-norm statistics as loaded, in training too: the
+        # backbone of a linear probe (freeze_backbone), a frozen trunk (model.trunk).
+        for module in getattr(self, "frozen_modules", ()):
             module.eval()
         return self
 

@@ -54,13 +54,19 @@ def predict_split(
     return torch.cat(logits, dim=1), torch.cat(probabilities)
 
 
+def served_views(images: torch.Tensor) -> list[torch.Tensor]:
+    """The views of a batch (N, 3, S, S) a model with test-time flips is served: the images and
+    their horizontal and vertical mirrors."""
+    return [images, images.flip(3), images.flip(2)]
+
+
 @torch.no_grad()
 def predict_batch(
     model: CountingModel, images: torch.Tensor, *, runtime: Runtime, flips: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of each view (V, N, ...) and calibrated per-count probabilities averaged over the
     views (the image and, with ``flips``, its horizontal and vertical mirrors), on the CPU."""
-    views = [images, images.flip(3), images.flip(2)] if flips else [images]
+    views = served_views(images) if flips else [images]
     with runtime.autocast():
         outputs = torch.stack([model(view.to(runtime.device)).float().cpu() for view in views])
     return outputs, mean_probabilities(model.probabilities, outputs)

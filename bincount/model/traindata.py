@@ -17,7 +17,6 @@ from bincount.model.inputs import BatchLoader, input_normalization
 from bincount.model.networks import CountingModel
 from bincount.model.prediction import predict_split
 from bincount.model.trunk import (
-    VIEWS,
     TopOfModel,
     TrunkBatches,
     compute_trunk_outputs,
@@ -78,7 +77,7 @@ class TrainingInputs:
                 model,
                 splits["train"],
                 frozen_blocks=blocks,
-                views=1,
+                flips=False,
                 batch_size=config.batch_size,
                 device=runtime.device,
             )
@@ -86,7 +85,7 @@ class TrainingInputs:
                 model,
                 splits["val"],
                 frozen_blocks=blocks,
-                views=len(VIEWS) if config.test_time_flips else 1,
+                flips=config.test_time_flips,
                 batch_size=config.batch_size,
                 device=runtime.device,
             )

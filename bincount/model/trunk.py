@@ -26,12 +26,9 @@ from torch import nn
 from bincount.core.progress import Progress
 from bincount.images.shards import CachedSplit
 from bincount.model.inputs import BatchLoader, input_normalization
+from bincount.model.prediction import served_views
 
 logger = logging.getLogger(__name__)
-
-# The views of an image the trunk's output is kept for: the image, its horizontal mirror and
-# its vertical mirror, the same as the test-time flips of prediction.predict_batch.
-VIEWS = ("image", "hflip", "vflip")
 
 
 def blocks_of(model: nn.Module) -> nn.Sequential:
@@ -114,28 +111,28 @@ def compute_trunk_outputs(
     split: CachedSplit,
     *,
     frozen_blocks: int,
-    views: int,
+    flips: bool,
     batch_size: int,
     device: torch.device,
 ) -> TrunkOutputs:
-    """Run the frozen trunk once over a cached split, for its first ``views`` of ``VIEWS``."""
+    """Run the frozen trunk once over a cached split: on each image, and with ``flips`` on each
+    view a model with test-time flips is served (:func:`served_views`)."""
     mean, std = input_normalization(model)
     loader = BatchLoader(
         split, batch_size=batch_size, shuffle=False, seed=0, device=device, mean=mean, std=std
     )
     was_training = model.training
     model.eval()
-    chunks: list[list[torch.Tensor]] = [[] for _ in range(views)]
+    batches: list[list[torch.Tensor]] = []  # each batch's outputs, a tensor a view
     progress = Progress(logger, "frozen trunk's outputs, images", len(split))
     for images, _ in loader:
-        mirrors = (images, images.flip(3), images.flip(2))
-        for view in range(views):
-            chunks[view].append(run_trunk(model, mirrors[view], frozen_blocks).half().cpu())
+        views = served_views(images) if flips else [images]
+        batches.append([run_trunk(model, view, frozen_blocks).half().cpu() for view in views])
         progress.advance(len(images))
     model.train(was_training)
-    if not chunks[0]:
+    if not batches:
         raise ValueError("Expected images to run the trunk over, but the split is empty")
-    features = torch.stack([torch.cat(view) for view in chunks])
+    features = torch.stack([torch.cat(view) for view in zip(*batches, strict=True)])
     return TrunkOutputs(features=features, labels=split.labels)
 
 
