@@ -26,6 +26,7 @@ from bincount.model.calibration import (
     expected_calibration_error,
     fit_temperature,
     mean_probabilities,
+    reliability_bins,
     reliability_table,
 )
 from bincount.model.networks import CountingModel
@@ -80,6 +81,26 @@ def test_ece_and_reliability_match_the_reference(seed):
         assert ours == pytest.approx(reference_ece(probabilities, labels, bins), abs=1e-6)
     table = reliability_table(torch.tensor(probabilities), torch.tensor(labels), bins=10)
     assert sum(row.n for row in table) == n and len(table) == 10
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_reliability_of_any_stated_probability_matches_a_reference_loop(seed):
+    # As the review bench uses it: the chance given to each record against whether it is right.
+    rng = np.random.default_rng(seed)
+    stated = rng.beta(0.5, 1.5, int(rng.integers(30, 300)))
+    stated[:2] = (0.0, 1.0)
+    happened = rng.random(len(stated)) < stated
+    table = reliability_bins(torch.tensor(stated), torch.tensor(happened), bins=10)
+    for b, row in enumerate(table):
+        inside = (stated >= b / 10) & ((stated < (b + 1) / 10) | (b == 9))
+        assert row.n == inside.sum()
+        if row.n:
+            assert row.confidence == pytest.approx(stated[inside].mean(), abs=1e-6)
+            assert row.accuracy == pytest.approx(happened[inside].mean(), abs=1e-6)
+        else:
+            assert math.isnan(row.confidence) and math.isnan(row.accuracy)
+    with pytest.raises(ValueError, match="one outcome per probability"):
+        reliability_bins(torch.tensor(stated), torch.tensor(happened[1:]))
 
 
 @pytest.mark.parametrize(("true_temperature", "seed"), [(0.5, 1), (2.0, 2), (3.5, 3)])

@@ -19,7 +19,7 @@ predictions of ``|accuracy(bin) - confidence(bin)|``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -101,15 +101,29 @@ def reliability_table(
 ) -> list[ReliabilityBin]:
     """Top-label confidence against accuracy in ``bins`` equal-width bins (empty bins kept,
     with NaN figures, so tables of two models line up)."""
-    if bins < 1:
-        raise ValueError(f"Expected bins >= 1, but got {bins}")
     if probabilities.ndim != 2 or len(probabilities) != len(labels):
         raise ValueError(
             f"Expected probabilities (N, C) for {len(labels)} labels, but got shape "
             f"{tuple(probabilities.shape)}"
         )
     confidence, predicted = probabilities.float().max(dim=1)
-    correct = (predicted == labels.long()).float()
+    return reliability_bins(confidence, predicted == labels.long(), bins=bins)
+
+
+def reliability_bins(
+    confidence: torch.Tensor, correct: torch.Tensor, *, bins: int = 10
+) -> list[ReliabilityBin]:
+    """Any stated probability against how often its event happened (``correct``), in ``bins``
+    equal-width bins of the probability (empty bins kept, with NaN figures): the top label's
+    confidence, or the chance the model gives a bin's record against whether it is right."""
+    if bins < 1:
+        raise ValueError(f"Expected bins >= 1, but got {bins}")
+    if confidence.ndim != 1 or confidence.shape != correct.shape:
+        raise ValueError(
+            f"Expected one outcome per probability, but got shapes {tuple(confidence.shape)} "
+            f"and {tuple(correct.shape)}"
+        )
+    confidence, correct = confidence.float(), correct.float()
     # A confidence of exactly 1.0 belongs to the last bin.
     index = (confidence * bins).long().clamp(0, bins - 1)
     table = []
@@ -128,15 +142,19 @@ def reliability_table(
     return table
 
 
-def expected_calibration_error(
-    probabilities: torch.Tensor, labels: torch.Tensor, *, bins: int = 15
-) -> float:
-    """Top-label ECE: the prediction-weighted mean gap between confidence and accuracy."""
-    table = reliability_table(probabilities, labels, bins=bins)
+def reliability_error(table: Sequence[ReliabilityBin]) -> float:
+    """The prediction-weighted mean gap between stated probability and outcome of a table."""
     total = sum(row.n for row in table)
     if not total:
         raise ValueError("Expected at least one prediction, but got none")
     return sum(row.n * abs(row.accuracy - row.confidence) for row in table if row.n) / total
+
+
+def expected_calibration_error(
+    probabilities: torch.Tensor, labels: torch.Tensor, *, bins: int = 15
+) -> float:
+    """Top-label ECE: the prediction-weighted mean gap between confidence and accuracy."""
+    return reliability_error(reliability_table(probabilities, labels, bins=bins))
 
 
 @dataclass(frozen=True)
