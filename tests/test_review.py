@@ -301,6 +301,32 @@ def test_mismatched_records_differ_by_small_and_large_amounts():
     assert all(synth.mismatch_offset(rng, 0) > 0 for _ in range(200))  # never below no items
 
 
+def test_a_real_record_changed_by_a_given_offset_still_adds_up():
+    skus = {"B1": 2, "B2": 1, "X9": 1}
+    document = {
+        "BIN_FCSKU_DATA": {
+            sku: {"asin": sku, "name": f"item {sku}", "quantity": q} for sku, q in skus.items()
+        },
+        "EXPECTED_QUANTITY": 4,
+        "image_fname": "121.jpg",
+    }
+    for offset in (-4, -3, -2, 2, 3):
+        for seed in range(5):
+            changed = synth.mismatched_record(
+                np.random.default_rng(seed), document, catalogue=(), offset=offset
+            )
+            quantities = {sku: e["quantity"] for sku, e in changed["BIN_FCSKU_DATA"].items()}
+            assert changed["EXPECTED_QUANTITY"] == sum(quantities.values()) == 4 + offset
+            assert set(quantities) <= set(skus) and all(q > 0 for q in quantities.values())
+            assert changed["image_fname"] == "121.jpg"
+    assert document["BIN_FCSKU_DATA"]["B1"]["quantity"] == 2  # the original is left alone
+    with pytest.raises(ValueError, match="can lose"):
+        synth.mismatched_record(np.random.default_rng(0), document, catalogue=(), offset=-5)
+    empty = {"BIN_FCSKU_DATA": {}, "EXPECTED_QUANTITY": 0}
+    with pytest.raises(ValueError, match="catalogue"):
+        synth.mismatched_record(np.random.default_rng(0), empty, catalogue=(), offset=2)
+
+
 def test_synth_counts_follow_the_full_real_distribution_by_default(tmp_path):
     probabilities = synth.count_probabilities(synth.MAX_COUNT_LIMIT)
     assert probabilities[6:].sum() > 0.3  # a third of real bins hold more than 5 items

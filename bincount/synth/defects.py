@@ -68,15 +68,31 @@ def mismatch_offset(rng: np.random.Generator, count: int) -> int:
 
 
 def mismatched_record(
-    rng: np.random.Generator, document: dict, *, catalogue: Sequence[Product]
+    rng: np.random.Generator,
+    document: dict,
+    *,
+    catalogue: Sequence[Product],
+    offset: int | None = None,
 ) -> dict:
     """A record that still adds up (sku quantities sum to ``EXPECTED_QUANTITY``) but counts
     another number of items than the photo shows: units missing from the record, or units
-    (of a sku already there, or of one that is not) recorded but not in the bin."""
+    (of a sku already there, or of one that is not) recorded but not in the bin.
+
+    ``offset`` (default: drawn by :func:`mismatch_offset`) is how many units the record gains
+    (or, negative, loses). With no ``catalogue`` the units gained are of a sku already there,
+    so a real record can be changed without inventing a product."""
     skus = {sku: dict(entry) for sku, entry in document["BIN_FCSKU_DATA"].items()}
-    offset = mismatch_offset(rng, document["EXPECTED_QUANTITY"])
+    if offset is None:
+        offset = mismatch_offset(rng, document["EXPECTED_QUANTITY"])
+    if -offset > sum(entry["quantity"] for entry in skus.values()):
+        raise ValueError(
+            f"Expected an offset the record's {document['EXPECTED_QUANTITY']} items can lose, "
+            f"but got {offset}"
+        )
     if offset > 0:
-        if not skus or rng.random() < 0.3:
+        if not catalogue and not skus:
+            raise ValueError("Expected a catalogue to add units to an empty record, but got none")
+        if not skus or (catalogue and rng.random() < 0.3):
             product = catalogue[int(rng.integers(len(catalogue)))]
             entry = skus.get(product.sku) or sku_document(product, 0)
             skus[product.sku] = entry
