@@ -1,4 +1,5 @@
-"""The review queue against today's rule, on synthetic arrivals whose wrong records are known.
+"""The review queue against today's rule, on nights whose wrong records are known: synthetic
+arrivals, or real held-out bins with some records changed.
 
 A champion (trained here at the demo's size, or taken from an existing output with ``--output``)
 scores fresh synthetic arrivals of several seeds, each with a share of records that disagree with
@@ -16,15 +17,35 @@ wrong), recall (of all wrong records, and of those off by 2 or more), and the qu
 precision and share flagged as ratios of today's rule. Average precision ranks every bin by
 ``p_recorded``.
 
+``--real R`` measures real photos instead. R is an output fed by ``bincount pipeline`` from
+``../shared/abid/sample`` and ``../shared/abid/resized224`` (``--policy moderate``) holding a
+promoted champion (``bincount train --recipe real``, then ``bincount promote``). Each night is
+one split of R's manifest as a bucket of its own (photos linked from each bin's source,
+metadata copied): the ``test`` split (seed ``--seed``) and the ``val`` split (seed + 1). In each,
+``--changed-share`` (8%) of the bins recorded with 1-5 items get a record changed by 2 or 3,
+sku quantities changed to match (``bincount.synth.mismatched_record``), never below 0 and never
+past the champion's largest count (5 for ``moderate``: a closed model gives a record above its
+range no chance at all, so such a bin could never be flagged). The record as it was counts as
+the truth: real records carry some noise of their own, so a flagged bin whose record was not
+changed is not always a false alarm. Both nights are ingested and scored as the synthetic ones
+(``ingest_metadata``, ``score_images`` with ``ReviewPolicy()``), on a copy of R's models. Then:
+the same table for both nights; a sweep of budgets and evidence thresholds on the validation
+night against the targets (flagged <= 10%, precision >= 0.40, recall >= 0.50; the defaults were
+chosen on synthetic nights), the chosen setting's figures on the test night; and the reliability
+of ``p_recorded`` on the validation night (``--plot`` saves the diagram as a PNG).
+
     python bench/review.py                                  # trains a demo-sized champion first
     python bench/review.py --output demo-output/output      # a copy of a champion (the demo's)
     python bench/review.py --seeds 101,102,103 --arrivals 600 --mismatch-rate 0.05
+    python bench/review.py --real R --plot reliability.png  # real held-out bins of output R
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -32,11 +53,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import torch
 
 from bincount.core.storage import Location
-from bincount.core.tables import read_table
+from bincount.core.tables import current_bins, read_table
 from bincount.data.ingest import ingest_metadata
-from bincount.data.manifest import DEFAULT_POLICY
+from bincount.data.manifest import DEFAULT_POLICY, load_manifest
+from bincount.model.calibration import reliability_bins, reliability_error
 from bincount.model.config import DEMO_RECIPE, TrainConfig
 from bincount.model.registry import resolve_version
 from bincount.nightly.scoring import score_images
@@ -47,7 +71,7 @@ from bincount.review.ranking import (
     flag_quality,
     rank_queue,
 )
-from bincount.synth import synthesize
+from bincount.synth import encode_metadata, mismatched_record, synthesize
 from bincount.testing.pipeline import run_pipeline
 
 
@@ -64,21 +88,103 @@ def train_champion(
 
 
 def night(workdir: Path, registry: Path, *, seed: int, arrivals: int, mismatch: float) -> dict:
-    """Score one night of arrivals with the champion of ``registry`` (an output folder), in an
-    output of its own; each rule's figures against the truth."""
+    """One synthetic night of arrivals, scored with the champion of ``registry``."""
     bucket, truth = workdir / f"night-{seed}", workdir / f"night-{seed}.truth"
-    shutil.copytree(registry / "models", workdir / f"night-{seed}-out" / "models")
-    source, output = Location(str(bucket)), Location(str(workdir / f"night-{seed}-out"))
-    synthesize(source, bins=arrivals, seed=seed, mismatch_rate=mismatch, truth=Location(str(truth)))
+    synthesize(
+        Location(str(bucket)),
+        bins=arrivals,
+        seed=seed,
+        mismatch_rate=mismatch,
+        truth=Location(str(truth)),
+    )
+    truth_rows = pa.concat_tables(
+        [Location(str(truth)).read_parquet(p.name) for p in truth.glob("*.parquet")]
+    ).to_pylist()
+    true_count = {r["image_id"]: r["true_count"] for r in truth_rows}
+    return score_night(workdir, registry, bucket, true_count, name=str(seed))
+
+
+def real_night(
+    workdir: Path, registry: Path, *, split: str, seed: int, share: float
+) -> tuple[Path, dict[str, int]]:
+    """The bins of ``registry``'s manifest split ``split`` as a bucket of their own, a ``share``
+    of those recorded with 1-5 items given a record changed by 2 or 3 (kept within the counts
+    the manifest's champion judges, 0..K of a closed policy: a record past K is given no chance
+    and so could never be flagged), sku quantities changed to match; and each bin's count as
+    recorded before, taken as the truth (the truth file stays beside the bucket, not in it)."""
+    output = Location(str(registry))
+    manifest, details = load_manifest(output)
+    uris = set(manifest.filter(pc.equal(manifest["split"], split))["image_uri"].to_pylist())
+    sources: dict[str, Location] = {}
+    bins = []
+    for row in current_bins(output).to_pylist():
+        if row["source"] is not None:
+            location = sources.setdefault(row["source"], Location(row["source"]))
+            if location.uri(row["image_key"]) in uris:
+                bins.append((location, row))
+    if len(bins) != len(uris) or not bins:
+        raise ValueError(
+            f"Expected the record of each of the {len(uris)} {split} bins of the manifest among "
+            f"the bins of {registry} (with their source), but found {len(bins)}"
+        )
+    top = None if details.open_top or details.max_count is None else details.max_count
+    rng = np.random.default_rng(seed)
+    candidates = [
+        row["image_id"]
+        for _, row in bins
+        if 1 <= row["expected_quantity"] <= 5
+        and row["expected_quantity"] == row["sku_quantity_sum"]
+    ]
+    picks = rng.choice(len(candidates), size=round(share * len(candidates)), replace=False)
+    changed = {candidates[i] for i in picks}
+    bucket = workdir / f"night-{split}"
+    night = Location(str(bucket))
+    truth = {}
+    for location, row in bins:
+        if night.exists(row["image_key"]) or night.exists(row["metadata_key"]):
+            raise ValueError(f"Expected one bin per key, but {row['image_key']} came twice")
+        link(location, night, row["image_key"])
+        metadata = location.read_bytes(row["metadata_key"])
+        record = row["expected_quantity"]
+        if row["image_id"] in changed:
+            moved = [
+                record + d
+                for d in (-3, -2, 2, 3)
+                if record + d >= 0 and (top is None or record + d <= top)
+            ]
+            offset = int(rng.choice(moved)) - record
+            document = mismatched_record(rng, json.loads(metadata), catalogue=(), offset=offset)
+            metadata = encode_metadata(document)
+            truth[row["image_id"]] = {"recorded": record + offset, "true_count": record}
+        night.write_bytes(row["metadata_key"], metadata)
+    (workdir / f"night-{split}.truth.json").write_text(json.dumps(truth, indent=1))
+    return bucket, {row["image_id"]: row["expected_quantity"] for _, row in bins}
+
+
+def link(source: Location, dest: Location, key: str) -> None:
+    """``key`` of ``source`` at ``dest``: a hard link where both are folders of one disk."""
+    if not (source.is_s3 or dest.is_s3):
+        Path(dest.path(key)).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source.path(key), dest.path(key))
+            return
+        except OSError:
+            pass
+    dest.write_bytes(key, source.read_bytes(key))
+
+
+def score_night(
+    workdir: Path, registry: Path, bucket: Path, true_count: dict[str, int], *, name: str
+) -> dict:
+    """Ingest and score the night in ``bucket`` with the champion of ``registry`` (an output
+    folder) in an output of its own; each rule's figures against the true counts."""
+    shutil.copytree(registry / "models", workdir / f"night-{name}-out" / "models")
+    source, output = Location(str(bucket)), Location(str(workdir / f"night-{name}-out"))
     ingest_metadata(source, output)
     started = time.perf_counter()
     summary = score_images(source, output, review=ReviewPolicy())
     seconds = time.perf_counter() - started
     scores = read_table(output, "scores")
-    truth_rows = pa.concat_tables(
-        [Location(str(truth)).read_parquet(p.name) for p in truth.glob("*.parquet")]
-    ).to_pylist()
-    true_count = {r["image_id"]: r["true_count"] for r in truth_rows}
     rows = [r for r in scores.to_pylist() if r["expected_quantity"] is not None]
     errors = np.array([r["expected_quantity"] - true_count[r["image_id"]] for r in rows])
     today = np.array(
@@ -98,7 +204,7 @@ def night(workdir: Path, registry: Path, *, seed: int, arrivals: int, mismatch: 
         chosen[order[: math.floor(len(rows) * percent / 100)]] = True
         rules[f"same ranking, top {percent}%"] = chosen
     return {
-        "seed": seed,
+        "night": name,
         "bins": len(rows),
         "wrong": int((errors != 0).sum()),
         "wrong_2": int((np.abs(errors) >= 2).sum()),
@@ -107,6 +213,10 @@ def night(workdir: Path, registry: Path, *, seed: int, arrivals: int, mismatch: 
             np.nan_to_num(discrepancy_score(p), nan=-1.0), errors != 0
         ),
         "images_per_second": (summary.scored + summary.quarantined) / seconds,
+        # What the other policies and the reliability diagram are computed from.
+        "image_ids": [r["image_id"] for r in rows],
+        "p_recorded": p,
+        "errors": errors,
     }
 
 
@@ -167,7 +277,7 @@ def figures(flags: np.ndarray, errors: np.ndarray) -> dict:
 
 def print_table(nights: list[dict]) -> None:
     header = (
-        f"{'seed':>5} {'rule':<28} {'flagged':>8} {'share':>7} {'precision':>10} "
+        f"{'night':>5} {'rule':<28} {'flagged':>8} {'share':>7} {'precision':>10} "
         f"{'recall':>7} {'rec >=2':>8} {'prec x':>7} {'share x':>8}"
     )
     print(header)
@@ -177,13 +287,13 @@ def print_table(nights: list[dict]) -> None:
         for name, f in result["rules"].items():
             ratio = f["precision"] / baseline["precision"] if baseline["precision"] else math.nan
             print(
-                f"{result['seed']:>5} {name:<28} {f['flagged']:>8} {f['share']:>7.1%} "
+                f"{result['night']:>5} {name:<28} {f['flagged']:>8} {f['share']:>7.1%} "
                 f"{f['precision']:>10.3f} {f['recall']:>7.3f} {f['recall_2']:>8.3f} "
                 f"{ratio:>7.1f} {f['share'] / baseline['share']:>8.2f}"
             )
         name = "(ranking) average precision"
         print(
-            f"{result['seed']:>5} {name:<28} {result['average_precision']:.3f}"
+            f"{result['night']:>5} {name:<28} {result['average_precision']:.3f}"
             f"   [{result['bins']} bins, {result['wrong']} wrong records, {result['wrong_2']} off "
             f"by 2+; scored at {result['images_per_second']:.0f} images/s]"
         )
@@ -209,6 +319,165 @@ def print_estimate(estimate: dict) -> None:
             f"  top {budget.percent:g}%: precision {budget.precision:.2f}, recall "
             f"{budget.recall:.2f} (by size of error {by_error})"
         )
+
+
+# The issue's bar for a real night: what a queue may flag, and what it must find.
+TARGETS = {"share": 0.10, "precision": 0.40, "recall": 0.50}
+SWEEP_BUDGETS = (5.0, 8.0, 10.0)
+SWEEP_THRESHOLDS = (1.0, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01)
+
+
+def meets(f: dict) -> bool:
+    return (
+        f["share"] <= TARGETS["share"]
+        and f["precision"] >= TARGETS["precision"]
+        and f["recall"] >= TARGETS["recall"]
+    )
+
+
+def policy_figures(result: dict, policy: ReviewPolicy) -> dict:
+    """The night's figures had its queue been ranked with ``policy`` (the scores do not
+    depend on it: the queue is ranked after every bin is scored)."""
+    decision = rank_queue(result["p_recorded"], result["image_ids"], policy)
+    return figures(np.array(decision.needs_review), result["errors"])
+
+
+def sweep(result: dict) -> list[tuple[ReviewPolicy, dict]]:
+    """Every policy of the grid, and its figures on the night."""
+    return [
+        (policy, policy_figures(result, policy))
+        for policy in (
+            ReviewPolicy(budget_percent=budget, max_p_recorded=threshold)
+            for budget in SWEEP_BUDGETS
+            for threshold in SWEEP_THRESHOLDS
+        )
+    ]
+
+
+def choose(swept: list[tuple[ReviewPolicy, dict]]) -> tuple[ReviewPolicy, bool]:
+    """The setting that meets the targets with the most recall, then precision; among equals
+    the default, else the strictest evidence and the smallest budget. Where none meets them,
+    the one with the best F1, marked as missing them."""
+    meeting = [(policy, f) for policy, f in swept if meets(f)]
+    if meeting:
+
+        def preference(pf: tuple[ReviewPolicy, dict]) -> tuple:
+            policy, f = pf
+            strict = (policy == ReviewPolicy(), -policy.max_p_recorded, -policy.budget_percent)
+            return (f["recall"], f["precision"], *strict)
+
+        return max(meeting, key=preference)[0], True
+
+    def f1(pf: tuple[ReviewPolicy, dict]) -> float:
+        p, r = np.nan_to_num(pf[1]["precision"]), np.nan_to_num(pf[1]["recall"])
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    return max(swept, key=f1)[0], False
+
+
+def print_sweep(swept: list[tuple[ReviewPolicy, dict]], chosen: ReviewPolicy, met: bool) -> None:
+    print(
+        f"\nPolicies on the validation night (targets: flagged <= {TARGETS['share']:.0%}, "
+        f"precision >= {TARGETS['precision']:.2f}, recall >= {TARGETS['recall']:.2f}):"
+    )
+    header = (
+        f"{'budget':>7} {'p <=':>6} {'flagged':>8} {'share':>7} {'precision':>10} {'recall':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for policy, f in swept:
+        mark = " meets" if meets(f) else ""
+        mark += " <- chosen" if policy == chosen else ""
+        default = " (default)" if policy == ReviewPolicy() else ""
+        print(
+            f"{policy.budget_percent:>6g}% {policy.max_p_recorded:>6g} {f['flagged']:>8} "
+            f"{f['share']:>7.1%} {f['precision']:>10.3f} {f['recall']:>7.3f}{mark}{default}"
+        )
+    if not met:
+        print("No setting meets the targets on the validation night; chosen: the best F1.")
+
+
+def print_reliability(result: dict, plot: str | None) -> None:
+    """``p_recorded`` binned against the share of bins whose record is right."""
+    judged = ~np.isnan(result["p_recorded"])
+    table = reliability_bins(
+        torch.as_tensor(result["p_recorded"][judged]),
+        torch.as_tensor(result["errors"][judged] == 0),
+        bins=10,
+    )
+    print(
+        f"\nReliability of p_recorded on the validation night ({int(judged.sum())} bins; right ="
+        " the record as it was before the night changed some):"
+    )
+    header = f"{'p_recorded':>11} {'bins':>6} {'mean p':>7} {'right':>7}"
+    print(header)
+    print("-" * len(header))
+    for row in table:
+        print(
+            f"{row.low:>5.1f}-{row.high:<5.1f} {row.n:>6} {row.confidence:>7.3f} "
+            f"{row.accuracy:>7.3f}"
+        )
+    print(f"mean gap |right - p| weighted by bins: {reliability_error(table):.3f}")
+    print(
+        "p_recorded is the photo's chance of the recorded count, blind to the record; most "
+        "records are right here, so even a calibrated model's points sit above the diagonal: "
+        "read the table for share right rising with p."
+    )
+    if plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(figsize=(4.4, 4.2))
+        axes.plot([0, 1], [0, 1], ":", color="grey", lw=0.8, label="calibrated")
+        points = [(row.confidence, row.accuracy) for row in table if row.n]
+        axes.plot(*zip(*points, strict=True), "o-", ms=4, label="validation night")
+        axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="p_recorded", ylabel="share of records right")
+        axes.set_title("reliability of p_recorded (real bins)")
+        axes.legend(frameon=False, loc="upper left")
+        figure.savefig(plot, dpi=120, bbox_inches="tight")
+        print(f"reliability diagram: {plot}")
+
+
+def print_targets(result: dict, rules: list[str]) -> None:
+    print(
+        f"\nOn the test night (targets: flagged <= {TARGETS['share']:.0%}, precision >= "
+        f"{TARGETS['precision']:.2f}, recall >= {TARGETS['recall']:.2f}):"
+    )
+    for name in rules:
+        f = result["rules"][name]
+        print(
+            f"  {name}: flagged {f['share']:.1%}, precision {f['precision']:.3f}, recall "
+            f"{f['recall']:.3f}: {'met' if meets(f) else 'missed'}"
+        )
+
+
+def real_nights(workdir: Path, registry: Path, *, seed: int, share: float, plot: str | None):
+    """The real nights: validation (seed + 1) to tune and check calibration, test (seed) to
+    report."""
+    val = score_night(
+        workdir,
+        registry,
+        *real_night(workdir, registry, split="val", seed=seed + 1, share=share),
+        name="val",
+    )
+    test = score_night(
+        workdir,
+        registry,
+        *real_night(workdir, registry, split="test", seed=seed, share=share),
+        name="test",
+    )
+    swept = sweep(val)
+    chosen, met = choose(swept)
+    rules = [name for name in test["rules"] if name.startswith("queue")]
+    if chosen != ReviewPolicy():
+        rules.append(f"tuned on val: {chosen.budget_percent:g}%, p<={chosen.max_p_recorded:g}")
+        test["rules"][rules[-1]] = policy_figures(test, chosen)
+    print_table([val, test])
+    print_sweep(swept, chosen, met)
+    print_reliability(val, plot)
+    print_targets(test, rules)
 
 
 def _changes(text: str) -> dict:
@@ -241,12 +510,35 @@ def main() -> None:
     parser.add_argument("--arrivals", type=int, default=600)
     parser.add_argument("--mismatch-rate", type=float, default=0.05)
     parser.add_argument("--workdir", help="keep everything here (default: a temporary folder)")
+    parser.add_argument(
+        "--real",
+        metavar="R",
+        help="real nights instead: the held-out bins of output R (fed by `bincount pipeline` "
+        "from ../shared/abid, with a promoted champion), test and validation splits",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=7, help="the real test night's seed (validation: seed + 1)"
+    )
+    parser.add_argument(
+        "--changed-share",
+        type=float,
+        default=0.08,
+        help="share of the real bins recorded with 1-5 items given a record changed by 2 or 3",
+    )
+    parser.add_argument("--plot", help="save the reliability diagram of p_recorded here (PNG)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-review-") as temporary:
         workdir = Path(args.workdir or temporary)
         workdir.mkdir(parents=True, exist_ok=True)
-        if args.output:  # its registry is copied: the bench never writes into your output
+        # An output's registry is copied: the bench never writes into your output.
+        if args.real:
+            registry = Path(args.real)
+            champion = resolve_version(Location(str(registry)), "champion")
+            print(f"champion {champion} of {registry}\n")
+            real_nights(workdir, registry, seed=args.seed, share=args.changed_share, plot=args.plot)
+            return
+        if args.output:
             registry = Path(args.output)
         else:
             recipe = {**DEMO_RECIPE, **_changes(args.recipe)}
