@@ -242,9 +242,7 @@ def build_manifest(
     ).sort_by("image_id")
     manifest = table_contract("manifest").conform(manifest)
 
-    reviewed = any(v is not None for v in verdicts)
-    # A manifest without reviews keeps the version it had before labels had a lineage.
-    version = _version(manifest if reviewed else manifest.select(_BASE_COLUMNS), policy)
+    version = manifest_version(manifest, policy.name)
     distribution = {s: Counter() for s in SPLITS}
     for label, split in zip(labels, splits, strict=True):
         distribution[split][label] += 1
@@ -278,10 +276,7 @@ def build_manifest(
         created_at=clock().isoformat() if created else None,
     )
     if created:
-        output.write_parquet(f"{folder}/part-0.parquet", manifest)
-        # The description is written last: a manifest without it is incomplete and is rebuilt.
-        document = json.dumps(details.model_dump(mode="json"), indent=2)
-        output.write_bytes(f"{folder}/_manifest.json", document.encode())
+        write_manifest(output, manifest, details)
     output.write_bytes(LATEST_MANIFEST, json.dumps({"version": version}).encode())
     return ManifestSummary(
         version=version,
@@ -341,8 +336,24 @@ def _benchmark_details(
     )
 
 
-def _version(manifest: pa.Table, policy: CountPolicy) -> str:
-    digest = hashlib.sha256(policy.name.encode())
+def manifest_version(manifest: pa.Table, policy: str) -> str:
+    """The version of a manifest's rows under count policy ``policy``: a hash of its content."""
+    reviewed = manifest["review_verdict"].null_count < manifest.num_rows
+    # A manifest without reviews keeps the version it had before labels had a lineage.
+    return _version(manifest if reviewed else manifest.select(_BASE_COLUMNS), policy)
+
+
+def write_manifest(output: Location, manifest: pa.Table, details: ManifestDetails) -> None:
+    """Write a manifest's rows, then its description, under ``manifests/<version>/``."""
+    folder = f"{MANIFESTS}/{details.version}"
+    output.write_parquet(f"{folder}/part-0.parquet", manifest)
+    # The description is written last: a manifest without it is incomplete and is rebuilt.
+    document = json.dumps(details.model_dump(mode="json"), indent=2)
+    output.write_bytes(f"{folder}/_manifest.json", document.encode())
+
+
+def _version(manifest: pa.Table, policy: str) -> str:
+    digest = hashlib.sha256(policy.encode())
     for column in manifest.column_names:
         digest.update(b"\x1d" + column.encode())
         for value in manifest.column(column).to_pylist():
