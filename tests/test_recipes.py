@@ -171,7 +171,13 @@ def test_the_backbone_lr_scale_changes_the_version_only_away_from_its_default():
         json.dumps(
             {
                 "config": given.model_dump(
-                    exclude={"compile", "backbone_lr_scale", "frozen_blocks", "label_smoothing"}
+                    exclude={
+                        "compile",
+                        "backbone_lr_scale",
+                        "frozen_blocks",
+                        "cache_trunk",
+                        "label_smoothing",
+                    }
                 ),
                 "manifest": "m",
             },

@@ -136,3 +136,39 @@ def test_shifted_moves_the_map_and_fills_the_border_with_zeros(dy, dx):
             inside = 0 <= source[0] < 5 and 0 <= source[1] < 4
             want = features[:, :, source[0], source[1]] if inside else torch.zeros(2, 3)
             assert torch.equal(moved[:, :, y, x], want)
+
+
+def test_an_uncached_trunk_trains_on_augmented_photos_and_still_learns_nothing():
+    """``cache_trunk`` false: the model itself trains on the loader's augmented photos; the
+    frozen trunk runs every batch, takes no gradient and keeps its batch-norm statistics."""
+    from bincount.model.device import Runtime
+    from bincount.model.traindata import TrainingInputs
+
+    config = TrainConfig(
+        recipe="real", frozen_blocks=2, cache_trunk=False, batch_size=4, max_count=5
+    )
+    model = lite0(2)
+    freeze_trunk(model, 2)
+    images = np.random.default_rng(1).integers(0, 256, (12, 64, 64, 3), dtype=np.uint8)
+    splits = {
+        "train": in_memory_split(images[:8], np.arange(8) % 6),
+        "val": in_memory_split(images[8:], np.arange(4) % 6),
+    }
+    inputs = TrainingInputs.of(model, splits, config, Runtime(torch.device("cpu")))
+    assert inputs.trained is model and isinstance(inputs.train, BatchLoader)
+    assert inputs.train.augment == "count_preserving"
+    trunk = [model.backbone.conv_stem, model.backbone.bn1, *model.backbone.blocks[:2]]
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in trunk]
+    top_before = model.backbone.blocks[2][0].bn1.running_mean.clone()
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    for batch, labels in inputs.train:
+        model.loss(model(batch), labels).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(p.grad is None for m in trunk for p in m.parameters())
+    for module, state in zip(trunk, before, strict=True):
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, state[key]), key
+    assert not torch.equal(model.backbone.blocks[2][0].bn1.running_mean, top_before)
+    assert inputs.validation_logits().shape[1] == 4

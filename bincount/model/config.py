@@ -202,6 +202,12 @@ class TrainConfig(BaseModel):
         description="keep the stem and the first N blocks of an EfficientNet-Lite at their "
         "ImageNet weights and compute their output once per image; epochs train the rest",
     )
+    cache_trunk: bool = Field(
+        True,
+        description="with frozen_blocks: compute the frozen trunk's output once per image and "
+        "augment it (flips, shifts); false: run the trunk on every augmented batch (brightness "
+        "and contrast too), without gradients",
+    )
     label_smoothing: float = Field(
         0.0, ge=0, lt=1, description="share of each target spread over the other counts"
     )
@@ -359,7 +365,12 @@ class TrainConfig(BaseModel):
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-_FIELDS_ADDED_LATER = {"backbone_lr_scale": 1.0, "frozen_blocks": 0, "label_smoothing": 0.0}
+_FIELDS_ADDED_LATER = {
+    "backbone_lr_scale": 1.0,
+    "frozen_blocks": 0,
+    "cache_trunk": True,
+    "label_smoothing": 0.0,
+}
 
 
 def default_recipe(device: str | None = None) -> str:

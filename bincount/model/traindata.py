@@ -1,5 +1,6 @@
 """What a training run feeds its model: cached images, or a frozen trunk's outputs computed
-once (``frozen_blocks``), for training and for the validation that picks the best epoch."""
+once (``frozen_blocks`` with ``cache_trunk``), for training and for the validation that picks
+the best epoch."""
 
 from __future__ import annotations
 
@@ -56,7 +57,9 @@ class TrainingInputs:
             mean=mean,
             std=std,
         )
-        if not config.frozen_blocks:
+        if not config.frozen_blocks or not config.cache_trunk:
+            # A trunk run on every batch: its weights take no gradient (freeze_trunk), so the
+            # backward pass stops at the first trained block.
 
             def images() -> torch.Tensor:
                 return predict_split(
