@@ -74,8 +74,8 @@ def test_two_real_folders_make_one_manifest_and_the_real_recipe_trains_on_it(
         if image_id in first_splits:
             assert split == first_splits[image_id]
 
-    # The real recipe resolves with its budget and trains on the two folders' bins (one epoch:
-    # the frozen trunk runs once over the photos, then the top trains).
+    # The real recipe resolves with its budget and trains on the two folders' bins (one epoch
+    # at its 160 px, the frozen stem and first blocks run on every augmented batch).
     assert TrainConfig(recipe="real").max_minutes == RECIPES["real"]["max_minutes"]
     trained = run(capsys, "train", "--output", output, "--recipe", "real", "--epochs", "1",
                   "--batch-size", "8")  # fmt: skip
