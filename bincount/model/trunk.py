@@ -7,10 +7,11 @@ weights, in evaluation mode (batch-norm statistics as loaded): their output for 
 changes during training, so it is computed once per image and view and kept in memory as
 float16. The saved model is the whole network; scoring runs it from the photo as any other.
 
-What an epoch costs falls with the trunk: on 2 busy CPU cores (load 5-9) the ``real`` recipe's
-top (the last block and the head convolution, on the first six blocks' output) trained at
-30-175 images/s at 224 px; the whole network does several times the work per image (by its
-layer sizes, not timed).
+What an epoch costs falls with the trunk: on 2 busy CPU cores (load 5-9) the top of a Lite0
+with six frozen blocks (the last block and the head convolution) trained at 30-175 images/s at
+224 px; the whole network does several times the work per image (by its layer sizes, not
+timed). With ``cache_trunk`` false (the ``real`` recipe) only :func:`freeze_trunk` is used:
+the trunk stays frozen but runs on every augmented batch, and the backward pass stops above it.
 """
 
 from __future__ import annotations
