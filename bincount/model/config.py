@@ -121,11 +121,12 @@ RECIPES: dict[str, dict] = {
     # photos (cache_trunk false: brightness and contrast too, not only flips and shifts of
     # its cached outputs); which way is better was not resolved by 725 test bins, and
     # validation preferred this one (42.0 % against 40.7 %).
-    # Softmax with label smoothing: some records are wrong. 5 epochs: every longer run was
-    # at its best on validation by the third. Measured 2026-12-06 on 2 quiet CPU cores, all
-    # 5,310 train bins: 37.1 % accuracy, RMSE 1.127 on the 725 held-out test bins (majority
-    # class 26.6 %, 1.340; the variants tried 36.6-41.8 %), 10.0 min wall, 3.65 GB peak RSS
-    # (bench/README.md "Real bins": the variants, the learning curve). Short of 45 %.
+    # Softmax with label smoothing: some records are wrong. 5 epochs: every longer run had
+    # its lowest validation loss at the third, then over-fitted. Measured 2026-12-06 on 2
+    # quiet CPU cores, all 5,310 train bins: 37.1 % accuracy, RMSE 1.127 on the 725 held-out
+    # test bins (seed 1: 39.7 %, 1.107; majority class 26.6 %, 1.340; the variants tried
+    # 36.6-41.8 %), 10.0 min wall, 3.65 GB peak RSS (bench/README.md "Real bins": the
+    # variants, the learning curve). Short of 45 %.
     "real": {
         "arch": "tf_efficientnet_lite0",
         "pretrained": True,
