@@ -207,7 +207,7 @@ class TrainConfig(BaseModel):
         ge=0,
         le=16,
         description="keep the stem and the first N blocks of an EfficientNet-Lite at their "
-        "ImageNet weights and compute their output once per image; epochs train the rest",
+        "ImageNet weights (no gradient, batch norm as loaded); epochs train the rest",
     )
     cache_trunk: bool = Field(
         True,
