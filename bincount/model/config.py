@@ -115,18 +115,18 @@ RECIPES: dict[str, dict] = {
         "test_time_flips": True,
     },
     # Every real label of ../shared/abid (two sources, 6,704 bins of 0-5 items) on 2 CPU
-    # cores: the ImageNet EfficientNet-Lite0 fine-tuned at 160 px, all but its stem and first
-    # two blocks (frozen, run on every batch without gradients: the backward pass, the
-    # costly part at full resolution, stops above them). The trunk runs on the augmented
-    # photos (cache_trunk false: brightness and contrast too, not only flips and shifts of
-    # its cached outputs); which way is better was not resolved by 725 test bins, and
-    # validation preferred this one (42.0 % against 40.7 %).
+    # cores: two models averaged (``ensemble``, seeds 0 and 1), each the ImageNet
+    # EfficientNet-Lite0 fine-tuned at 160 px, all but its stem and first two blocks (frozen,
+    # run on every batch without gradients: the backward pass, the costly part at full
+    # resolution, stops above them). The trunk runs on the augmented photos (cache_trunk
+    # false: brightness and contrast too, not only flips and shifts of its cached outputs).
     # Softmax with label smoothing: some records are wrong. 5 epochs: every longer run had
-    # its lowest validation loss at the third, then over-fitted. Measured 2026-12-06 on 2
-    # quiet CPU cores, all 5,310 train bins: 37.1 % accuracy, RMSE 1.127 on the 725 held-out
-    # test bins (seed 1: 39.7 %, 1.107; majority class 26.6 %, 1.340; the variants tried
-    # 36.6-41.8 %), 10.0 min wall, 3.65 GB peak RSS (bench/README.md "Real bins": the
-    # variants, the learning curve). Short of 45 %.
+    # its lowest validation loss at the third, then over-fitted. 15 minutes' budget per model.
+    # Measured 2026-12-07 on 2 quiet CPU cores, all 5,310 train bins: 40.7 % accuracy, RMSE
+    # 1.078 on the 725 held-out test bins (44.1 %, 1.026 on validation), where its two models
+    # alone reach 37.1 % / 1.127 and 39.7 % / 1.107 (majority class 26.6 %, 1.340); 22.2 min
+    # wall, 3.69 GB peak RSS (bench/README.md "Real bins": the variants, the learning curve;
+    # 160 px beat 128 px, 224 px bought nothing at twice the time). Short of 45 %.
     "real": {
         "arch": "tf_efficientnet_lite0",
         "pretrained": True,
@@ -143,9 +143,10 @@ RECIPES: dict[str, dict] = {
         "schedule": "cosine",
         "warmup_epochs": 0.3,
         "patience": 5,
-        "max_minutes": 30.0,
+        "max_minutes": 15.0,
         "augment": "count_preserving",
         "test_time_flips": True,
+        "ensemble": 2,
     },
 }
 
@@ -238,6 +239,13 @@ class TrainConfig(BaseModel):
         True, description="predict from the image and its mirrors averaged (3 forward passes)"
     )
     seed: int = 0
+    ensemble: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="train this many models (seeds seed, seed+1, ...), each its own run and "
+        "registered version, and serve their logits averaged; max_minutes is each one's budget",
+    )
     weights: str | None = Field(None, description="a user-supplied weights file to start from")
     compile: bool | CompileMode = Field(
         False,
@@ -329,6 +337,15 @@ class TrainConfig(BaseModel):
             )
         return self
 
+    def member_configs(self) -> list[TrainConfig]:
+        """What each model of an ensemble trains as: this config alone (ensemble 1), seeds
+        ``seed``, ``seed + 1``, ... So the first member is the model this config trains
+        without ``ensemble``, the same version, trained once."""
+        return [
+            self.model_copy(update={"ensemble": 1, "seed": self.seed + member})
+            for member in range(self.ensemble)
+        ]
+
     def for_device(self, device: str | None = None) -> TrainConfig:
         """With no recipe, this config on the recipe for where it trains ("gpu" on CUDA, else
         "cpu"), the fields given explicitly kept; with one, this config."""
@@ -377,6 +394,7 @@ _FIELDS_ADDED_LATER = {
     "frozen_blocks": 0,
     "cache_trunk": True,
     "label_smoothing": 0.0,
+    "ensemble": 1,
 }
 
 

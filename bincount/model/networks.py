@@ -41,16 +41,37 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 class CountingModel(nn.Module):
-    """A backbone whose classifier emits the head's logits."""
+    """A backbone whose classifier emits the head's logits; or, with ``members`` > 1, an
+    ensemble: that many such models (``members``), trained apart, whose head logits are
+    averaged (for softmax, the normalised geometric mean of their probabilities), with one
+    temperature of its own fitted on the average."""
 
-    def __init__(self, arch: str, *, head: Head, max_count: int, open_top: bool = False) -> None:
+    def __init__(
+        self,
+        arch: str,
+        *,
+        head: Head,
+        max_count: int,
+        open_top: bool = False,
+        members: int = 1,
+    ) -> None:
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"Expected head in {HEADS}, but got {head!r}")
         self.zoo, name = resolve_architecture(arch)
         if max_count < 1:
             raise ValueError(f"Expected max_count >= 1, but got {max_count}")
+        if members < 1:
+            raise ValueError(f"Expected members >= 1, but got {members}")
         self.arch, self.head, self.max_count, self.open_top = arch, head, max_count, open_top
+        if members > 1:
+            self.members = nn.ModuleList(
+                CountingModel(arch, head=head, max_count=max_count, open_top=open_top)
+                for _ in range(members)
+            )
+            self.input_mean, self.input_std = self.members[0].input_mean, self.members[0].input_std
+            self.register_buffer("temperature", torch.ones(()))
+            return
         # ordinal: the backbone's last layer is the shared score; biases are the thresholds.
         outputs = self.num_classes if head == "ce" else 1
         if self.zoo == "timm":
@@ -72,8 +93,14 @@ class CountingModel(nn.Module):
         # Fitted on the validation split after training (model.calibration); 1 = as trained.
         self.register_buffer("temperature", torch.ones(()))
 
+    @property
+    def is_ensemble(self) -> bool:
+        return hasattr(self, "members")
+
     def classifier(self) -> nn.Module:
         """The backbone's last layer, the one that emits the head's logits."""
+        if self.is_ensemble:
+            raise ValueError("Expected a single model: an ensemble is trained member by member")
         if self.zoo == "timm":
             return self.backbone.get_classifier()
         linear = [module for module in self.backbone.modules() if isinstance(module, nn.Linear)]
@@ -120,6 +147,8 @@ class CountingModel(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.is_ensemble:  # each member's logits as trained (its own temperature unused)
+            return torch.stack([member(images) for member in self.members]).mean(dim=0)
         return self.head_logits(self.backbone(images))
 
     def head_logits(self, scores: torch.Tensor) -> torch.Tensor:
@@ -236,4 +265,5 @@ def build_model(config: TrainConfig) -> CountingModel:
         head=config.loss,
         max_count=config.max_count,
         open_top=bool(config.open_top),
+        members=config.ensemble,
     )

@@ -40,9 +40,15 @@ from bincount.model.networks import (
     load_weights_file,
 )
 from bincount.model.optim import EpochMetrics, Schedule, TrainState, build_optimizer
-from bincount.model.prediction import evaluation_of
+from bincount.model.prediction import evaluation_of, predict_split
 from bincount.model.records import TrainingMetrics
-from bincount.model.registry import ModelFiles, model_folder, read_model_record, save_model
+from bincount.model.registry import (
+    ModelFiles,
+    load_model,
+    model_folder,
+    read_model_record,
+    save_model,
+)
 from bincount.model.traindata import TrainingInputs
 from bincount.model.trunk import freeze_trunk
 
@@ -85,6 +91,17 @@ def train_model(
     existing = _finished(output, version)
     if existing is not None:
         return existing
+    if config.ensemble > 1:
+        return _train_ensemble(
+            output,
+            config,
+            version=version,
+            manifest_version=manifest_version,
+            runtime=runtime,
+            lineage=lineage,
+            on_epoch=on_epoch,
+            device=device,
+        )
 
     torch.manual_seed(config.seed)
     splits = load_cached_splits(output, manifest_version, config.image_size, ("train", "val"))
@@ -192,6 +209,95 @@ def train_model(
     if runtime.world_size > 1:
         dist.barrier()
     return result
+
+
+def _train_ensemble(
+    output: Location,
+    config: TrainConfig,
+    *,
+    version: str,
+    manifest_version: str,
+    runtime: Runtime,
+    lineage: dict | None,
+    on_epoch: Callable[[EpochMetrics, list[dict]], None] | None,
+    device: str | None,
+) -> TrainResult:
+    """Each member trained (or found) as a model of its own (``config.member_configs()``: own
+    version, checkpoint and resume), then their average calibrated on the validation split and
+    registered as the ensemble's version.
+
+    The ensemble's best-epoch row holds its own validation loss, accuracy and RMSE; its other
+    figures are the mean of its members' best epochs. Its history is its members' epochs, each
+    row marked with the member it belongs to."""
+    members = [
+        train_model(
+            output,
+            member,
+            manifest_version=manifest_version,
+            lineage=lineage,
+            on_epoch=on_epoch,
+            device=device,
+        )
+        for member in config.member_configs()
+    ]
+    model = build_model(config)
+    records = []
+    for network, member in zip(model.members, members, strict=True):
+        trained, record = load_model(output, member.version)
+        network.load_state_dict(trained.state_dict())
+        records.append(record)
+    model = model.to(runtime.device, memory_format=torch.channels_last)
+    split = load_cached_splits(output, manifest_version, config.image_size, ("val",))["val"]
+    view_logits, _ = predict_split(model, split, runtime=runtime, flips=config.test_time_flips)
+    calibration = calibrate(model, split, view_logits)
+    val = evaluation_of(model, view_logits, split.labels)
+    bests = [record.metrics.best_epoch.model_dump() for record in records]
+    best = {key: sum(row.get(key) or 0 for row in bests) / len(bests) for key in bests[0]}
+    best.update(
+        epoch=max(row["epoch"] for row in bests),
+        val_loss=val["loss"],
+        val_accuracy=val["metrics"].accuracy,
+        val_rmse=val["metrics"].rmse,
+    )
+    history = [
+        {**row, "member": index} for index, member in enumerate(members) for row in member.history
+    ]
+    logger.info(
+        "ensemble of %d (%s): val accuracy %.4f, RMSE %.4f (members %s)",
+        len(members),
+        ", ".join(member.version for member in members),
+        best["val_accuracy"],
+        best["val_rmse"],
+        ", ".join(f"{member.val_accuracy:.4f}" for member in members),
+    )
+    if runtime.is_main:
+        save_model(
+            output,
+            ModelFiles(
+                version=version,
+                state_dict=model.state_dict(),
+                config=config,
+                manifest_version=manifest_version,
+                metrics=TrainingMetrics(best_epoch=best, history=history, calibration=calibration),
+                lineage={
+                    **(lineage or {}),
+                    "device": str(runtime.device),
+                    "world_size": runtime.world_size,
+                    "torch": torch.__version__,
+                    "members": [member.version for member in members],
+                },
+            ),
+        )
+    if runtime.world_size > 1:
+        dist.barrier()
+    return TrainResult(
+        version=version,
+        uri=output.uri(model_folder(version)),
+        best_epoch=best["epoch"],
+        val_accuracy=best["val_accuracy"],
+        val_rmse=best["val_rmse"],
+        history=history,
+    )
 
 
 def calibrate(
