@@ -177,6 +177,7 @@ def test_the_backbone_lr_scale_changes_the_version_only_away_from_its_default():
                         "frozen_blocks",
                         "cache_trunk",
                         "label_smoothing",
+                        "ensemble",
                     }
                 ),
                 "manifest": "m",

@@ -18,11 +18,20 @@ predictions of ``|accuracy(bin) - confidence(bin)|``.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from bincount.images.shards import CachedSplit
+    from bincount.model.networks import CountingModel
+
+logger = logging.getLogger(__name__)
 
 # log T is searched over [-3, 3] (T from 0.05 to 20): a grid, then golden-section refinement.
 _LOG_T_RANGE = (-3.0, 3.0)
@@ -192,3 +201,30 @@ def calibration_report(
         reliability_before=reliability_table(before, labels, bins=bins),
         reliability_after=reliability_table(after, labels, bins=bins),
     )
+
+
+def calibrate(
+    model: CountingModel, split: CachedSplit, view_logits: torch.Tensor
+) -> CalibrationReport:
+    """Fit the model's temperature on ``split`` (the validation split) and set it on the model,
+    from the logits of its views (``TrainingInputs.validation_logits``, ``predict_split``).
+
+    Fitted on the probabilities the model serves (averaged over the test-time flips when the
+    config uses them), so what scoring reports is what was calibrated.
+    """
+    model.temperature.fill_(1.0)
+    labels = torch.from_numpy(split.labels).long()
+    raw = functools.partial(model.probabilities, calibrated=False)
+    temperature = fit_temperature(raw, view_logits, labels)
+    model.temperature.fill_(temperature)
+    report = calibration_report(raw, view_logits, labels, temperature)
+    logger.info(
+        "calibrated on %d validation images: temperature %.3f, ECE %.3f -> %.3f, NLL %.3f -> %.3f",
+        report.n,
+        temperature,
+        report.ece_before,
+        report.ece_after,
+        report.nll_before,
+        report.nll_after,
+    )
+    return report

@@ -337,15 +337,6 @@ class TrainConfig(BaseModel):
             )
         return self
 
-    def member_configs(self) -> list[TrainConfig]:
-        """What each model of an ensemble trains as: this config alone (ensemble 1), seeds
-        ``seed``, ``seed + 1``, ... So the first member is the model this config trains
-        without ``ensemble``, the same version, trained once."""
-        return [
-            self.model_copy(update={"ensemble": 1, "seed": self.seed + member})
-            for member in range(self.ensemble)
-        ]
-
     def for_device(self, device: str | None = None) -> TrainConfig:
         """With no recipe, this config on the recipe for where it trains ("gpu" on CUDA, else
         "cpu"), the fields given explicitly kept; with one, this config."""

@@ -11,7 +11,6 @@ a fingerprint of the ids, :meth:`BatchLoader.share_line`); rank 0 alone writes.
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
 import time
@@ -26,13 +25,10 @@ from bincount.core.progress import Progress
 from bincount.core.storage import Location
 from bincount.data.manifest import load_manifest
 from bincount.images.shards import CachedSplit, load_cached_splits
-from bincount.model.calibration import (
-    CalibrationReport,
-    calibration_report,
-    fit_temperature,
-)
+from bincount.model.calibration import calibrate
 from bincount.model.config import TrainConfig
 from bincount.model.device import Runtime, resolve_runtime
+from bincount.model.ensemble import assemble_ensemble, member_configs
 from bincount.model.networks import (
     CountingModel,
     build_model,
@@ -40,15 +36,9 @@ from bincount.model.networks import (
     load_weights_file,
 )
 from bincount.model.optim import EpochMetrics, Schedule, TrainState, build_optimizer
-from bincount.model.prediction import evaluation_of, predict_split
+from bincount.model.prediction import evaluation_of
 from bincount.model.records import TrainingMetrics
-from bincount.model.registry import (
-    ModelFiles,
-    load_model,
-    model_folder,
-    read_model_record,
-    save_model,
-)
+from bincount.model.registry import ModelFiles, model_folder, read_model_record, save_model
 from bincount.model.traindata import TrainingInputs
 from bincount.model.trunk import freeze_trunk
 
@@ -91,16 +81,36 @@ def train_model(
     existing = _finished(output, version)
     if existing is not None:
         return existing
-    if config.ensemble > 1:
-        return _train_ensemble(
-            output,
-            config,
+    if config.ensemble > 1:  # each member through this function, then one model of them
+        members = [
+            train_model(
+                output,
+                member,
+                manifest_version=manifest_version,
+                lineage=lineage,
+                on_epoch=on_epoch,
+                device=device,
+            )
+            for member in member_configs(config)
+        ]
+        model, calibration, best = assemble_ensemble(
+            output, config, [member.version for member in members], runtime=runtime
+        )
+        history = [
+            {**row, "member": index}
+            for index, member in enumerate(members)
+            for row in member.history
+        ]
+        summary = TrainingMetrics(best_epoch=best, history=history, calibration=calibration)
+        lineage = {**(lineage or {}), "members": [member.version for member in members]}
+        _register(output, version, model, config, manifest_version, runtime, lineage, summary)
+        return TrainResult(
             version=version,
-            manifest_version=manifest_version,
-            runtime=runtime,
-            lineage=lineage,
-            on_epoch=on_epoch,
-            device=device,
+            uri=output.uri(folder),
+            best_epoch=best["epoch"],
+            val_accuracy=best["val_accuracy"],
+            val_rmse=best["val_rmse"],
+            history=history,
         )
 
     torch.manual_seed(config.seed)
@@ -186,90 +196,23 @@ def train_model(
         history=state.history,
         resumed_from_epoch=state.resumed_from,
     )
-    if runtime.is_main:
-        save_model(
-            output,
-            ModelFiles(
-                version=version,
-                state_dict=model.state_dict(),
-                config=config,
-                manifest_version=manifest_version,
-                metrics=TrainingMetrics(
-                    best_epoch=best, history=state.history, calibration=calibration
-                ),
-                lineage={
-                    **(lineage or {}),
-                    "device": str(runtime.device),
-                    "world_size": runtime.world_size,
-                    "torch": torch.__version__,
-                    "resumed_from_epoch": state.resumed_from,
-                },
-            ),
-        )
-    if runtime.world_size > 1:
-        dist.barrier()
+    summary = TrainingMetrics(best_epoch=best, history=state.history, calibration=calibration)
+    lineage = {**(lineage or {}), "resumed_from_epoch": state.resumed_from}
+    _register(output, version, model, config, manifest_version, runtime, lineage, summary)
     return result
 
 
-def _train_ensemble(
+def _register(
     output: Location,
-    config: TrainConfig,
-    *,
     version: str,
+    model: CountingModel,
+    config: TrainConfig,
     manifest_version: str,
     runtime: Runtime,
-    lineage: dict | None,
-    on_epoch: Callable[[EpochMetrics, list[dict]], None] | None,
-    device: str | None,
-) -> TrainResult:
-    """Each member trained (or found) as a model of its own (``config.member_configs()``: own
-    version, checkpoint and resume), then their average calibrated on the validation split and
-    registered as the ensemble's version.
-
-    The ensemble's best-epoch row holds its own validation loss, accuracy and RMSE; its other
-    figures are the mean of its members' best epochs. Its history is its members' epochs, each
-    row marked with the member it belongs to."""
-    members = [
-        train_model(
-            output,
-            member,
-            manifest_version=manifest_version,
-            lineage=lineage,
-            on_epoch=on_epoch,
-            device=device,
-        )
-        for member in config.member_configs()
-    ]
-    model = build_model(config)
-    records = []
-    for network, member in zip(model.members, members, strict=True):
-        trained, record = load_model(output, member.version)
-        network.load_state_dict(trained.state_dict())
-        records.append(record)
-    model = model.to(runtime.device, memory_format=torch.channels_last)
-    split = load_cached_splits(output, manifest_version, config.image_size, ("val",))["val"]
-    view_logits, _ = predict_split(model, split, runtime=runtime, flips=config.test_time_flips)
-    calibration = calibrate(model, split, view_logits)
-    val = evaluation_of(model, view_logits, split.labels)
-    bests = [record.metrics.best_epoch.model_dump() for record in records]
-    best = {key: sum(row.get(key) or 0 for row in bests) / len(bests) for key in bests[0]}
-    best.update(
-        epoch=max(row["epoch"] for row in bests),
-        val_loss=val["loss"],
-        val_accuracy=val["metrics"].accuracy,
-        val_rmse=val["metrics"].rmse,
-    )
-    history = [
-        {**row, "member": index} for index, member in enumerate(members) for row in member.history
-    ]
-    logger.info(
-        "ensemble of %d (%s): val accuracy %.4f, RMSE %.4f (members %s)",
-        len(members),
-        ", ".join(member.version for member in members),
-        best["val_accuracy"],
-        best["val_rmse"],
-        ", ".join(f"{member.val_accuracy:.4f}" for member in members),
-    )
+    lineage: dict,
+    metrics: TrainingMetrics,
+) -> None:
+    """Rank 0 saves the finished model in the registry; every rank waits for it."""
     if runtime.is_main:
         save_model(
             output,
@@ -278,53 +221,17 @@ def _train_ensemble(
                 state_dict=model.state_dict(),
                 config=config,
                 manifest_version=manifest_version,
-                metrics=TrainingMetrics(best_epoch=best, history=history, calibration=calibration),
+                metrics=metrics,
                 lineage={
-                    **(lineage or {}),
+                    **lineage,
                     "device": str(runtime.device),
                     "world_size": runtime.world_size,
                     "torch": torch.__version__,
-                    "members": [member.version for member in members],
                 },
             ),
         )
     if runtime.world_size > 1:
         dist.barrier()
-    return TrainResult(
-        version=version,
-        uri=output.uri(model_folder(version)),
-        best_epoch=best["epoch"],
-        val_accuracy=best["val_accuracy"],
-        val_rmse=best["val_rmse"],
-        history=history,
-    )
-
-
-def calibrate(
-    model: CountingModel, split: CachedSplit, view_logits: torch.Tensor
-) -> CalibrationReport:
-    """Fit the model's temperature on ``split`` (the validation split) and set it on the model,
-    from the logits of its views (:meth:`TrainingInputs.validation_logits`).
-
-    Fitted on the probabilities the model serves (averaged over the test-time flips when the
-    config uses them), so what scoring reports is what was calibrated.
-    """
-    model.temperature.fill_(1.0)
-    labels = torch.from_numpy(split.labels).long()
-    raw = functools.partial(model.probabilities, calibrated=False)
-    temperature = fit_temperature(raw, view_logits, labels)
-    model.temperature.fill_(temperature)
-    report = calibration_report(raw, view_logits, labels, temperature)
-    logger.info(
-        "calibrated on %d validation images: temperature %.3f, ECE %.3f -> %.3f, NLL %.3f -> %.3f",
-        report.n,
-        temperature,
-        report.ece_before,
-        report.ece_after,
-        report.nll_before,
-        report.nll_after,
-    )
-    return report
 
 
 def _train_epoch(
