@@ -2,7 +2,9 @@
 
 The loop in one reading: resolve the device and process group → load the cached splits →
 build model, optimiser and schedule → resume from the checkpoint if one exists → per epoch:
-train, validate, checkpoint, report → keep the best weights in the registry.
+train, validate, checkpoint, report → keep the best weights in the registry. A config with
+``ensemble`` N trains each of its members so, then registers their average
+(``bincount.model.ensemble``).
 
 The same entry point runs under ``torchrun`` for distributed data parallel (gloo on CPU, NCCL on
 GPU): each rank trains on its share of every epoch's permutation and logs which (a count and
