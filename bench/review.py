@@ -33,7 +33,7 @@ changed is not always a false alarm. Both nights are ingested and scored as the 
 the same table for both nights; a sweep of budgets and evidence thresholds on the validation
 night against the targets (flagged <= 10%, precision >= 0.40, recall >= 0.50), the chosen
 setting's figures on the test night; and the reliability of ``p_recorded`` on the validation
-night (``--plot`` saves the diagram as a PNG). A night changes about 40 records, so which ones
+night (``--plot`` saves the diagram as a PNG). A night changes about 50 records, so which ones
 decides much of its figures: the sweep and the test figures are also the mean over ``--draws``
 draws of the changed records on the same scored photos (:func:`redraws`).
 
@@ -176,7 +176,7 @@ def redraws(result: dict, *, draws: int, seed: int, share: float) -> list[dict]:
     """The scored night, then ``draws - 1`` more draws of which records are changed (the same
     photos, the same candidates and rule, other seeds), each as ``p_recorded`` and ``errors``.
 
-    A real night changes about 40 records: one draw decides much of its precision and recall.
+    A real night changes about 50 records: one draw decides much of its precision and recall.
     The photos' count probabilities do not depend on the record, so another draw is the same
     scores with other records, and ``p_recorded`` is what scoring computes from them
     (``record_probability``, checked against the scored night's own column)."""

@@ -35,12 +35,17 @@ def member_configs(config: TrainConfig) -> list[TrainConfig]:
 
 
 def assemble_ensemble(
-    output: Location, config: TrainConfig, members: list[str], *, runtime: Runtime
+    output: Location,
+    config: TrainConfig,
+    members: list[str],
+    *,
+    manifest_version: str,
+    runtime: Runtime,
 ) -> tuple[CountingModel, CalibrationReport, dict]:
     """The ensemble of the registered models ``members`` (the versions of
-    :func:`member_configs`, trained), calibrated on its manifest's validation split; and its
-    best-epoch row: its own validation loss, accuracy and RMSE, the latest of its members' best
-    epochs, the mean of their other figures."""
+    :func:`member_configs`, trained), calibrated on the validation split of the manifest they
+    learnt from; and its best-epoch row: its own validation loss, accuracy and RMSE, the latest
+    of its members' best epochs, the mean of their other figures."""
     model = build_model(config)
     bests = []
     for network, version in zip(model.members, members, strict=True):
@@ -48,7 +53,6 @@ def assemble_ensemble(
         network.load_state_dict(trained.state_dict())
         bests.append(record.metrics.best_epoch.model_dump())
     model = model.to(runtime.device)
-    manifest_version = record.lineage.manifest_version
     split = load_cached_splits(output, manifest_version, config.image_size, ("val",))["val"]
     view_logits, _ = predict_split(model, split, runtime=runtime, flips=config.test_time_flips)
     calibration = calibrate(model, split, view_logits)

@@ -96,7 +96,11 @@ def train_model(
             for member in member_configs(config)
         ]
         model, calibration, best = assemble_ensemble(
-            output, config, [member.version for member in members], runtime=runtime
+            output,
+            config,
+            [member.version for member in members],
+            manifest_version=manifest_version,
+            runtime=runtime,
         )
         history = [
             {**row, "member": index}
