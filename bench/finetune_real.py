@@ -38,7 +38,8 @@ import pyarrow as pa
 
 from bincount.core.storage import Location
 from bincount.data.manifest import MANIFESTS, load_manifest
-from bincount.model.config import RECIPES, TrainConfig
+from bincount.model.config import TrainConfig
+from bincount.model.recipes import RECIPES
 from bincount.testing.pipeline import run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]

@@ -46,8 +46,9 @@ from pathlib import Path
 from bincount.core.storage import Location
 from bincount.data.manifest import load_manifest
 from bincount.data.subsets import train_subset
-from bincount.model.config import RECIPES, TrainConfig
+from bincount.model.config import TrainConfig
 from bincount.model.metrics import ABID_BASELINE, majority_baseline
+from bincount.model.recipes import RECIPES
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ABID = REPO.parent / "shared" / "abid"

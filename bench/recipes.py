@@ -29,8 +29,9 @@ import torch
 
 from bincount.core.storage import Location
 from bincount.data.manifest import load_manifest
-from bincount.model.config import RECIPES, TrainConfig
+from bincount.model.config import TrainConfig
 from bincount.model.optim import EpochMetrics
+from bincount.model.recipes import RECIPES
 from bincount.synth import synthesize
 from bincount.testing.pipeline import run_pipeline
 

@@ -64,7 +64,8 @@ from bincount.core.tables import current_bins, read_table
 from bincount.data.ingest import ingest_metadata
 from bincount.data.manifest import DEFAULT_POLICY, load_manifest
 from bincount.model.calibration import reliability_bins, reliability_error
-from bincount.model.config import DEMO_RECIPE, TrainConfig
+from bincount.model.config import TrainConfig
+from bincount.model.recipes import DEMO_RECIPE
 from bincount.model.registry import resolve_version
 from bincount.nightly.scoring import score_images
 from bincount.review.ranking import (

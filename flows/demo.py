@@ -6,7 +6,8 @@ import os
 
 from prefect import flow
 
-from bincount.model.config import DEMO_RECIPE, TrainConfig
+from bincount.model.config import TrainConfig
+from bincount.model.recipes import DEMO_RECIPE
 from bincount.nightly.monitoring import DRIFT_EVENT
 from bincount.review.ranking import probability_text
 from bincount.synth import MAX_COUNT_LIMIT, default_truth

@@ -15,7 +15,8 @@ import pytest
 from pydantic import BaseModel
 
 from bincount.core.settings import Settings, get_settings
-from bincount.model.config import RECIPES, TrainConfig
+from bincount.model.config import TrainConfig
+from bincount.model.recipes import RECIPES
 from bincount.nightly.monitoring import DriftPolicy
 from bincount.review.ranking import ReviewPolicy
 from flows.cli import COMMANDS, console, load, main, parse, settings_environment

@@ -141,7 +141,8 @@ def test_every_declared_parameter_validates_against_its_flow():
 def test_the_weekly_retrain_trains_the_gpu_recipe_and_refuses_a_cpu(prefect_api, tmp_path):
     import torch
 
-    from bincount.model.config import RECIPES, TrainConfig
+    from bincount.model.config import TrainConfig
+    from bincount.model.recipes import RECIPES
     from flows.retrain import retrain
 
     declared = declared_deployments()["weekly-retrain"]

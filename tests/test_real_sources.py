@@ -14,7 +14,8 @@ import pytest
 from bincount.core.storage import Location
 from bincount.core.tables import read_table
 from bincount.data.manifest import load_manifest
-from bincount.model.config import RECIPES, TrainConfig
+from bincount.model.config import TrainConfig
+from bincount.model.recipes import RECIPES
 
 pytestmark = pytest.mark.real_data
 

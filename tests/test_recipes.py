@@ -11,10 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from bincount.model.config import DEMO_RECIPE, RECIPES, TrainConfig
+from bincount.model.config import TrainConfig
 from bincount.model.inputs import augment_batch
 from bincount.model.networks import CountingModel
 from bincount.model.optim import Schedule, TrainState, build_optimizer
+from bincount.model.recipes import DEMO_RECIPE, RECIPES
 from flows.cli import parse
 
 

@@ -64,7 +64,8 @@ def fields(target: str) -> str:
 
 # -- training recipes ----------------------------------------------------------------------------
 def recipes() -> str:
-    from bincount.model.config import DEMO_RECIPE, RECIPES, TrainConfig
+    from bincount.model.config import TrainConfig
+    from bincount.model.recipes import DEMO_RECIPE, RECIPES
 
     columns = {name: TrainConfig(recipe=name) for name in RECIPES}
     columns["demo"] = TrainConfig(**DEMO_RECIPE)
