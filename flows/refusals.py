@@ -23,24 +23,15 @@ FAULTS: tuple[type[BaseException], ...] = (KeyError, IndexError)
 
 def refusal_types() -> tuple[type[BaseException], ...]:
     """What the library raises to refuse its input: :data:`REFUSALS`, a contract past its
-    thresholds, a manifest asked of bins not validated since they changed (or a companion of
-    bins changed since the manifest), and a source that could not be read (the circuit
-    breaker)."""
+    thresholds, a manifest asked of bins not validated since they changed, and a source
+    that could not be read (the circuit breaker)."""
     # Imported when a command fails, not before: the overall help imports no pyarrow.
     from bincount.core.faults import SourceUnreadable
     from bincount.core.lease import LeaseHeld
     from bincount.data.manifest import StaleValidation
-    from bincount.data.overrange import CompanionMismatch
     from bincount.data.validate import ContractViolation
 
-    return (
-        *REFUSALS,
-        ContractViolation,
-        StaleValidation,
-        CompanionMismatch,
-        LeaseHeld,
-        SourceUnreadable,
-    )
+    return (*REFUSALS, ContractViolation, StaleValidation, LeaseHeld, SourceUnreadable)
 
 
 def is_refusal(error: BaseException | None) -> bool:

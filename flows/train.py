@@ -7,7 +7,6 @@ from prefect import flow
 from bincount.model.config import TrainConfig
 from flows.naming import run_name
 from tasks.images import cache_manifest_images
-from tasks.manifest import build_companion_manifest
 from tasks.runtime import output_lease
 from tasks.training import train_counting_model
 
@@ -19,18 +18,9 @@ def train(
     config: TrainConfig = TrainConfig(),  # noqa: B008 (immutable: a frozen pydantic model)
     device: str | None = None,
 ) -> dict:
-    """Cache the manifest's images at the training size, then train and register a model.
-
-    With ``over_range_class`` the images trained on are those of the manifest's ``open:K``
-    companion: its bins and those above K (the manifest's own are cached too: evaluation
-    reads them)."""
+    """Cache the manifest's images at the training size, then train and register a model."""
     config = config.for_device(device)  # no recipe given: the device's; saved with the model
-    companion = None
-    if config.over_range_class:
-        with output_lease(output, "manifest"):
-            companion = build_companion_manifest(output, manifest).version
-        cache_manifest_images(output, companion, config.image_size)
     cache_manifest_images(output, manifest, config.image_size)
     with output_lease(output, "register"):  # its checkpoints, then its model version
-        result = train_counting_model(output, manifest, config, device, train_manifest=companion)
+        result = train_counting_model(output, manifest, config, device)
     return result.__dict__

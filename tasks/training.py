@@ -20,17 +20,12 @@ from tasks.runtime import current_run_id, resolve_output, timed_task
 
 @timed_task("training_timeout_s", name="train-model", cache_policy=NO_CACHE)
 def train_counting_model(
-    output: str | None,
-    manifest: str | None,
-    config: TrainConfig,
-    device: str | None = None,
-    train_manifest: str | None = None,
+    output: str | None, manifest: str | None, config: TrainConfig, device: str | None = None
 ) -> TrainResult:
-    """Train (resuming from the last checkpoint if a run was stopped) and register the model;
-    with ``over_range_class``, on the manifest's companion ``train_manifest``."""
+    """Train (resuming from the last checkpoint if a run was stopped) and register the model."""
     output_location = resolve_output(output)
     _, details = load_manifest(output_location, manifest)
-    version = config.for_manifest(details).fingerprint(details.version, train_manifest)
+    version = config.for_manifest(details).fingerprint(details.version)
     logger = get_run_logger()
     artifact: list[UUID] = []  # the run's one training artifact, redrawn in place every epoch
 
@@ -53,7 +48,6 @@ def train_counting_model(
         output_location,
         config,
         manifest_version=details.version,
-        train_manifest=train_manifest,
         lineage={"run_id": current_run_id(), "manifest_source": details.source},
         on_epoch=report,
         device=device,

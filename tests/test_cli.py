@@ -276,7 +276,6 @@ def test_the_library_refusals_are_told_from_faults_of_the_program():
     from pydantic import ValidationError
 
     from bincount.data.manifest import StaleValidation
-    from bincount.data.overrange import CompanionMismatch
     from bincount.data.validate import ContractViolation
     from bincount.review.outcomes import VerdictError
     from flows.refusals import is_refusal
@@ -286,7 +285,6 @@ def test_the_library_refusals_are_told_from_faults_of_the_program():
     except ValidationError as error:
         invalid = error
     refused = [VerdictError(["x"]), ContractViolation("x"), StaleValidation("x"), invalid]
-    refused += [CompanionMismatch("x")]
     refused += [LookupError("no champion"), FileNotFoundError("no manifest")]
     assert all(is_refusal(error) for error in refused)
     faults = [KeyError("x"), IndexError("x"), RuntimeError("x"), TypeError("x")]

@@ -179,7 +179,6 @@ def test_the_backbone_lr_scale_changes_the_version_only_away_from_its_default():
                         "cache_trunk",
                         "label_smoothing",
                         "ensemble",
-                        "over_range_class",
                     }
                 ),
                 "manifest": "m",

@@ -164,13 +164,11 @@ def build_manifest(
     val_percent: float = 10.0,
     test_percent: float = 10.0,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    latest: bool = True,
 ) -> ManifestSummary:
     """Build the manifest of the validated current bins (or return the identical existing one).
 
     Each image URI is under the source its bin was ingested from; ``source`` stands for bins
-    ingested before sources were recorded. With ``latest`` false the output's latest manifest
-    stays the one it was (a companion built for training, ``bincount.data.overrange``).
+    ingested before sources were recorded.
     """
     if not (val_percent >= 0 and test_percent >= 0 and val_percent + test_percent < 100):
         raise ValueError(
@@ -279,8 +277,7 @@ def build_manifest(
     )
     if created:
         write_manifest(output, manifest, details)
-    if latest:
-        output.write_bytes(LATEST_MANIFEST, json.dumps({"version": version}).encode())
+    output.write_bytes(LATEST_MANIFEST, json.dumps({"version": version}).encode())
     return ManifestSummary(
         version=version,
         uri=output.uri(folder),

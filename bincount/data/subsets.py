@@ -49,22 +49,6 @@ def train_subset(
     if size >= train.num_rows:
         return parent
     kept = set(train_order(train["image_id"].to_pylist(), seed=seed)[:size])
-    how = {"bins": size, "of": train.num_rows, "seed": seed}
-    return derived_manifest(output, version, kept, train_subset=how, clock=clock)
-
-
-def derived_manifest(
-    output: Location,
-    version: str,
-    kept: set[str],
-    *,
-    train_subset: dict,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-) -> ManifestDetails:
-    """The manifest of ``version`` with only the train rows whose id is in ``kept``, its val
-    and test rows as they are, recording what it was derived from (``subset_of``) and how
-    (``train_subset``); written once, and found again."""
-    rows, parent = load_manifest(output, version)
     keep = pc.or_(pc.not_equal(rows["split"], "train"), pc.is_in(rows["image_id"], pa.array(kept)))
     subset = rows.filter(keep)
     derived = manifest_version(subset, parent.policy)
@@ -82,7 +66,7 @@ def derived_manifest(
             "labels": _label_sources(subset),
             "created_at": clock().isoformat(),
             "subset_of": parent.version,
-            "train_subset": train_subset,
+            "train_subset": {"bins": size, "of": train.num_rows, "seed": seed},
         }
     )
     write_manifest(output, subset, details)

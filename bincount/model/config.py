@@ -72,11 +72,6 @@ class TrainConfig(BaseModel):
         "augment it (flips, shifts); false: run the trunk on every augmented batch (brightness "
         "and contrast too), without gradients",
     )
-    over_range_class: bool = Field(
-        False,
-        description="with a manifest of counts 0..K (moderate, max:K): train on its bins above K "
-        'too, as one class "more than K" that the served model drops (softmax only)',
-    )
     label_smoothing: float = Field(
         0.0, ge=0, lt=1, description="share of each target spread over the other counts"
     )
@@ -181,15 +176,6 @@ class TrainConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _over_range_class_is_softmax(self) -> TrainConfig:
-        if self.over_range_class and (self.loss != "ce" or self.open_top):
-            raise ValueError(
-                "Expected over_range_class with the softmax head (loss ce) on a manifest of "
-                f"counts 0..K, but got loss {self.loss!r}, open_top {self.open_top}"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _frozen_backbone_has_features(self) -> TrainConfig:
         if self.frozen_blocks and not (self.pretrained or self.weights):
             raise ValueError(
@@ -235,19 +221,18 @@ class TrainConfig(BaseModel):
             )
         return self.model_copy(update={**update, "max_count": max(1, int(largest))})
 
-    def fingerprint(self, manifest_version: str, train_manifest: str | None = None) -> str:
-        """The model version: a hash of the config and the data it learns from (the manifest,
-        and the companion it trains on with ``over_range_class``)."""
+    def fingerprint(self, manifest_version: str) -> str:
+        """The model version: a hash of the config and the data it learns from."""
         # How the model is run, not what it learns: compiling leaves the version as it was.
         # Fields added later count only away from their default, so the versions of the
         # models registered before them stay as they were.
         exclude = {"compile"} | {
             name for name, default in _FIELDS_ADDED_LATER.items() if getattr(self, name) == default
         }
-        data = {"config": self.model_dump(exclude=exclude), "manifest": manifest_version}
-        if train_manifest is not None:
-            data["train_manifest"] = train_manifest
-        payload = json.dumps(data, sort_keys=True)
+        payload = json.dumps(
+            {"config": self.model_dump(exclude=exclude), "manifest": manifest_version},
+            sort_keys=True,
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -257,7 +242,6 @@ _FIELDS_ADDED_LATER = {
     "cache_trunk": True,
     "label_smoothing": 0.0,
     "ensemble": 1,
-    "over_range_class": False,
 }
 
 

@@ -18,7 +18,6 @@ from bincount.model.calibration import CalibrationReport, calibrate
 from bincount.model.config import TrainConfig
 from bincount.model.device import Runtime
 from bincount.model.networks import CountingModel, build_model
-from bincount.model.overrange import within_range
 from bincount.model.prediction import evaluation_of, predict_split
 from bincount.model.records import EpochFigures
 from bincount.model.registry import load_model
@@ -40,15 +39,13 @@ def assemble_ensemble(
     config: TrainConfig,
     members: list[str],
     *,
-    cache_version: str,
+    manifest_version: str,
     runtime: Runtime,
 ) -> tuple[CountingModel, CalibrationReport, dict]:
     """The ensemble of the registered models ``members`` (the versions of
-    :func:`member_configs`, trained), calibrated on the validation split of the manifest whose
-    image cache they learnt from (``cache_version``; with ``over_range_class``, its bins within
-    0..K, as the members were validated); and its best-epoch row: its own validation loss,
-    accuracy and RMSE, the latest of its members' best epochs, the mean of their other
-    figures."""
+    :func:`member_configs`, trained), calibrated on the validation split of the manifest they
+    learnt from; and its best-epoch row: its own validation loss, accuracy and RMSE, the latest
+    of its members' best epochs, the mean of their other figures."""
     model = build_model(config)
     bests = []
     for network, version in zip(model.members, members, strict=True):
@@ -56,9 +53,7 @@ def assemble_ensemble(
         network.load_state_dict(trained.state_dict())
         bests.append(record.metrics.best_epoch.model_dump())
     model = model.to(runtime.device)
-    split = load_cached_splits(output, cache_version, config.image_size, ("val",))["val"]
-    if config.over_range_class:
-        split = within_range(split, config.max_count)
+    split = load_cached_splits(output, manifest_version, config.image_size, ("val",))["val"]
     view_logits, _ = predict_split(model, split, runtime=runtime, flips=config.test_time_flips)
     calibration = calibrate(model, split, view_logits)
     val = evaluation_of(model, view_logits, split.labels)

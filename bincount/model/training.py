@@ -38,7 +38,6 @@ from bincount.model.networks import (
     load_weights_file,
 )
 from bincount.model.optim import EpochMetrics, Schedule, TrainState, build_optimizer
-from bincount.model.overrange import close_top, mask_top, within_range
 from bincount.model.prediction import evaluation_of
 from bincount.model.records import TrainingMetrics
 from bincount.model.registry import ModelFiles, model_folder, read_model_record, save_model
@@ -72,22 +71,13 @@ def train_model(
     config: TrainConfig,
     *,
     manifest_version: str,
-    train_manifest: str | None = None,
     lineage: dict | None = None,
     on_epoch: Callable[[EpochMetrics, list[dict]], None] | None = None,
     device: str | None = None,
 ) -> TrainResult:
-    """Train (or resume, or find finished) the model of ``config`` on a manifest's cache; with
-    ``over_range_class``, on the cache of ``train_manifest``, the manifest's ``open:K``
-    companion (``bincount.data.overrange``)."""
+    """Train (or resume, or find finished) the model of ``config`` on a manifest's cache."""
     config = config.for_manifest(load_manifest(output, manifest_version)[1])
-    if config.over_range_class and train_manifest is None:
-        raise ValueError(
-            "Expected the open:K companion of the manifest to train with over_range_class: "
-            "`bincount train` builds it"
-        )
-    train_manifest = train_manifest if config.over_range_class else None
-    version = config.fingerprint(manifest_version, train_manifest)
+    version = config.fingerprint(manifest_version)
     folder = model_folder(version)
     runtime = resolve_runtime(device)
     existing = _finished(output, version)
@@ -99,7 +89,6 @@ def train_model(
                 output,
                 member,
                 manifest_version=manifest_version,
-                train_manifest=train_manifest,
                 lineage=lineage,
                 on_epoch=on_epoch,
                 device=device,
@@ -110,7 +99,7 @@ def train_model(
             output,
             config,
             [member.version for member in members],
-            cache_version=train_manifest or manifest_version,
+            manifest_version=manifest_version,
             runtime=runtime,
         )
         history = [
@@ -120,8 +109,6 @@ def train_model(
         ]
         summary = TrainingMetrics(best_epoch=best, history=history, calibration=calibration)
         lineage = {**(lineage or {}), "members": [member.version for member in members]}
-        if train_manifest is not None:
-            lineage["train_manifest"] = train_manifest
         _register(output, version, model, config, manifest_version, runtime, lineage, summary)
         return TrainResult(
             version=version,
@@ -133,19 +120,12 @@ def train_model(
         )
 
     torch.manual_seed(config.seed)
-    cached = train_manifest or manifest_version
-    splits = load_cached_splits(output, cached, config.image_size, ("train", "val"))
-    if config.over_range_class:  # validated as served: the bins within 0..K
-        splits["val"] = within_range(splits["val"], config.max_count)
-        lineage = {**(lineage or {}), "train_manifest": train_manifest}
+    splits = load_cached_splits(output, manifest_version, config.image_size, ("train", "val"))
     if not len(splits["train"]):
-        raise ValueError(f"Expected training images in manifest {cached}, but got none")
+        raise ValueError(f"Expected training images in manifest {manifest_version}, but got none")
     if not len(splits["val"]):
-        raise ValueError(f"Expected validation images in manifest {cached}, got none")
-    # With over_range_class the network trains with the class K+1 (closed after training).
-    model = build_model(
-        config.model_copy(update={"open_top": True}) if config.over_range_class else config
-    )
+        raise ValueError(f"Expected validation images in manifest {manifest_version}, got none")
+    model = build_model(config)
     _check_labels(splits, model.num_classes)
     if config.pretrained:
         load_pretrained_weights(model)
@@ -186,10 +166,7 @@ def train_model(
             smoothing=config.label_smoothing,
         )
         seconds = time.perf_counter() - started
-        val_logits = inputs.validation_logits()
-        if config.over_range_class:
-            val_logits = mask_top(val_logits)
-        val = evaluation_of(model, val_logits, splits["val"].labels)
+        val = evaluation_of(model, inputs.validation_logits(), splits["val"].labels)
         metrics = EpochMetrics(
             epoch=state.epoch + 1,
             train_loss=train_loss,
@@ -214,8 +191,6 @@ def train_model(
 
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
-    if config.over_range_class:
-        close_top(model)  # registered as served: counts 0..K
     calibration = calibrate(model, splits["val"], inputs.validation_logits())
     best = state.best_metrics()
     result = TrainResult(

@@ -19,7 +19,6 @@ from bincount.core.settings import Settings
 from bincount.core.storage import Location
 from bincount.data.ingest import ingest_metadata
 from bincount.data.manifest import CountPolicy, ManifestSummary, build_manifest, load_manifest
-from bincount.data.overrange import companion_manifest
 from bincount.data.validate import validate_bins
 from bincount.images.cache import build_image_cache
 from bincount.model.config import TrainConfig
@@ -136,35 +135,25 @@ def run_pipeline(
     if last < STEPS.index("cache"):
         return run
 
-    # With over_range_class, training reads the manifest's open:K companion (flows/train.py).
-    companion = None
-    if config.over_range_class:
-        companion = companion_manifest(source, output, run.manifest_version).version
-    for version in filter(None, (companion, run.manifest_version)):
-        rows, details = load_manifest(output, version)
-        build_image_cache(
-            source,
-            output,
-            rows,
-            manifest_version=version,
-            size=config.image_size,
-            concurrency=settings.max_concurrency,
-            limits=settings.image_limits(),
-            sources=details.sources,
-            shard_size=shard_size or settings.cache_shard_size,
-            workers=workers,
-        )
+    rows, details = load_manifest(output, run.manifest_version)
+    build_image_cache(
+        source,
+        output,
+        rows,
+        manifest_version=run.manifest_version,
+        size=config.image_size,
+        concurrency=settings.max_concurrency,
+        limits=settings.image_limits(),
+        sources=details.sources,
+        shard_size=shard_size or settings.cache_shard_size,
+        workers=workers,
+    )
     lap("cache")
     if last < STEPS.index("train"):
         return run
 
     training = train_model(
-        output,
-        config,
-        manifest_version=run.manifest_version,
-        train_manifest=companion,
-        on_epoch=on_epoch,
-        device=device,
+        output, config, manifest_version=run.manifest_version, on_epoch=on_epoch, device=device
     )
     lap("train")
     run = replace(run, training=training)
