@@ -10,9 +10,11 @@ import torch
 
 from bincount.images.vision import torchvision
 from bincount.model.architectures import resolve_architecture
+from bincount.model.config import TrainConfig
 from bincount.model.networks import (
     IMAGENET_MEAN,
     CountingModel,
+    build_model,
     load_pretrained_weights,
     load_weights_file,
 )
@@ -80,6 +82,46 @@ def test_counts_from_probabilities_agree_with_the_head(head):
     assert model.count_from_probabilities(probabilities).tolist() == model.predict(logits).tolist()
     if head == "ce":
         assert model.predict(logits).tolist() == logits.argmax(dim=1).tolist()
+
+
+def test_the_median_count_is_where_the_cumulative_probability_reaches_one_half():
+    # Two counts far apart and nearly as likely: the mode picks one end, the median the
+    # count between them; a clear favourite is both.
+    probabilities = torch.tensor(
+        [
+            [0.00, 0.36, 0.00, 0.30, 0.00, 0.34],  # mode 1; cumulative 0.36, 0.36, 0.66: median 3
+            [0.05, 0.05, 0.70, 0.10, 0.05, 0.05],  # mode and median 2
+            [0.10, 0.40, 0.00, 0.00, 0.00, 0.50],  # cumulative exactly 0.5 at 1: median 1
+        ]
+    )
+    mode = CountingModel("mobilenet_v3_small", head="ce", max_count=5)
+    median = CountingModel("mobilenet_v3_small", head="ce", max_count=5, count_estimate="median")
+    assert mode.count_estimate == "mode"
+    assert mode.count_from_probabilities(probabilities).tolist() == [1, 2, 5]
+    assert median.count_from_probabilities(probabilities).tolist() == [3, 2, 1]
+    # CORAL's own rule (the thresholds passed) is the median; asked for, its mode is the argmax.
+    ordinal = CountingModel("mobilenet_v3_small", head="ordinal", max_count=5)
+    assert ordinal.count_estimate == "median"
+    assert ordinal.count_from_probabilities(probabilities).tolist() == [3, 2, 1]
+    ordinal_mode = CountingModel(
+        "mobilenet_v3_small", head="ordinal", max_count=5, count_estimate="mode"
+    )
+    assert ordinal_mode.count_from_probabilities(probabilities).tolist() == [1, 2, 5]
+    with pytest.raises(ValueError, match="Expected count_estimate in"):
+        CountingModel("mobilenet_v3_small", head="ce", max_count=5, count_estimate="mean")
+
+
+def test_an_ensemble_and_a_model_from_its_config_keep_the_count_estimate():
+    config = TrainConfig(
+        arch="mobilenet_v3_small", max_count=5, count_estimate="median", ensemble=2
+    )
+    model = build_model(config)
+    assert model.count_estimate == "median"
+    probabilities = torch.tensor([[0.00, 0.36, 0.00, 0.30, 0.00, 0.34]])
+    assert model.count_from_probabilities(probabilities).tolist() == [3]
+    # Set, it is part of the model's version (it picks the epoch kept and what is served).
+    assert TrainConfig(arch="mobilenet_v3_small").fingerprint("m") != config.fingerprint("m")
+    assert build_model(TrainConfig(arch="mobilenet_v3_small", max_count=5)).count_estimate == "mode"
 
 
 def test_timm_and_torchvision_backbones_carry_their_own_normalisation():

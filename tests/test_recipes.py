@@ -179,6 +179,7 @@ def test_the_backbone_lr_scale_changes_the_version_only_away_from_its_default():
                         "cache_trunk",
                         "label_smoothing",
                         "ensemble",
+                        "count_estimate",
                     }
                 ),
                 "manifest": "m",

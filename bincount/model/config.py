@@ -91,6 +91,11 @@ class TrainConfig(BaseModel):
         "count_preserving",
         description="flips, brightness and contrast; horizontal flips only; or none",
     )
+    count_estimate: Literal["mode", "median"] | None = Field(
+        None,
+        description="the count predicted from the probabilities: the most probable (mode) or "
+        "the median; unset, the head's own (mode for ce, median for ordinal)",
+    )
     test_time_flips: bool = Field(
         True, description="predict from the image and its mirrors averaged (3 forward passes)"
     )
@@ -242,6 +247,7 @@ _FIELDS_ADDED_LATER = {
     "cache_trunk": True,
     "label_smoothing": 0.0,
     "ensemble": 1,
+    "count_estimate": None,
 }
 
 

@@ -35,6 +35,11 @@ logger = logging.getLogger(__name__)
 
 Head = Literal["ce", "ordinal"]
 HEADS: tuple[str, ...] = ("ce", "ordinal")
+# The count a model predicts from its probabilities: the most probable one, or the median (the
+# smallest count whose cumulative probability reaches one half). Unset, the head's own: the
+# mode for softmax, the median for CORAL (what counting its thresholds above 0.5 gives).
+CountEstimate = Literal["mode", "median"]
+COUNT_ESTIMATES: tuple[str, ...] = ("mode", "median")
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -54,10 +59,18 @@ class CountingModel(nn.Module):
         max_count: int,
         open_top: bool = False,
         members: int = 1,
+        count_estimate: CountEstimate | None = None,
     ) -> None:
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"Expected head in {HEADS}, but got {head!r}")
+        if count_estimate is not None and count_estimate not in COUNT_ESTIMATES:
+            raise ValueError(
+                f"Expected count_estimate in {COUNT_ESTIMATES} or None, but got {count_estimate!r}"
+            )
+        self.count_estimate: CountEstimate = count_estimate or (
+            "mode" if head == "ce" else "median"
+        )
         self.zoo, name = resolve_architecture(arch)
         if max_count < 1:
             raise ValueError(f"Expected max_count >= 1, but got {max_count}")
@@ -191,12 +204,14 @@ class CountingModel(nn.Module):
         return self.count_from_probabilities(self.probabilities(logits))
 
     def count_from_probabilities(self, probabilities: torch.Tensor) -> torch.Tensor:
-        """The count the head would predict from (possibly averaged) per-count probabilities.
+        """The count the model predicts from (possibly averaged) per-count probabilities.
 
-        ``ce`` takes the most probable count; ``ordinal`` counts the thresholds k with
-        P(count > k) > 0.5, as CORAL predicts.
+        ``mode``: the most probable count, the one most often exactly right (softmax's own).
+        ``median``: the smallest count whose cumulative probability reaches one half, i.e. the
+        number of k with P(count > k) > 0.5, as CORAL predicts from its thresholds; the count
+        with the least expected absolute error, so it is further off less often (RMSE).
         """
-        if self.head == "ce":
+        if self.count_estimate == "mode":
             return probabilities.argmax(dim=1)
         exceed = probabilities.flip(1).cumsum(1).flip(1)[:, 1:]  # P(count > k), k = 0..K-1
         return (exceed > 0.5).sum(dim=1)
@@ -266,4 +281,5 @@ def build_model(config: TrainConfig) -> CountingModel:
         max_count=config.max_count,
         open_top=bool(config.open_top),
         members=config.ensemble,
+        count_estimate=config.count_estimate,
     )
