@@ -2,7 +2,8 @@
 
 A network trained with cross-entropy is usually over-confident. Temperature scaling (Guo et al.,
 2017) divides its logits by one scalar T > 0 fitted on held-out data to minimise the negative
-log-likelihood: the predicted count never changes, the probabilities do. For the review queue
+log-likelihood: the most probable count of a view never changes (a softmax's median can: it
+reads the whole distribution), the probabilities do. For the review queue
 that matters: "the model gives the recorded count a 2% chance" is only a reason to send a person
 to the bin if, among bins given 2%, about 2% really hold that count.
 
