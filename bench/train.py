@@ -5,7 +5,7 @@ Three measurements, printed side by side in one table:
 1. **Peak memory of a training epoch** over generated caches of ``--memory-sizes`` images (4k
    and 40k) at ``--memory-image-size`` px (64) with a small model. Each case runs in a fresh
    process: load the cache (``load_cached_splits``), train one epoch through the real loop
-   (``BatchLoader`` → ``_train_epoch``), predict the validation split (``predict_split``), then
+   (``BatchLoader`` → ``train_epoch``), predict the validation split (``predict_split``), then
    report ``ru_maxrss``, the process's resident-memory high-water mark. The caches are written
    straight from generated uint8 shards (``bincount.testing.caches``) in the layout
    ``build_image_cache`` writes: decoding 40k synthetic JPEGs would take minutes on 2 cores and
@@ -62,9 +62,8 @@ from bincount.model.config import TrainConfig
 from bincount.model.device import Runtime, resolve_runtime
 from bincount.model.inputs import BatchLoader, input_normalization
 from bincount.model.networks import CountingModel
-from bincount.model.optim import Schedule, TrainState
+from bincount.model.optim import Schedule, TrainState, train_epoch
 from bincount.model.prediction import predict_split
-from bincount.model.training import _train_epoch
 from bincount.synth import synthesize
 from bincount.testing.caches import write_generated_cache
 from bincount.testing.pipeline import run_pipeline
@@ -97,7 +96,7 @@ def epoch_in_fresh_process(workdir: str, images: int, size: int, arch: str, batc
     )
     config = TrainConfig(arch=arch, epochs=1, batch_size=batch, image_size=size)
     started = time.perf_counter()
-    _, seen, _ = _train_epoch(
+    _, seen, _ = train_epoch(
         model,
         model,
         loader,
@@ -198,7 +197,7 @@ class Cycled:
 
 def timed_steps(contender: Contender, batches, steps: int, runtime: Runtime) -> float:
     """Seconds for ``steps`` optimiser steps over an iterator of (images, counts): the step
-    ``_train_epoch`` takes, through the compiled module when there is one."""
+    ``train_epoch`` takes, through the compiled module when there is one."""
     model, optimizer = contender.model, contender.optimizer
     contender.step_module.train()
     synchronize(runtime)

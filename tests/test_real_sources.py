@@ -76,10 +76,12 @@ def test_two_real_folders_make_one_manifest_and_the_real_recipe_trains_on_it(
             assert split == first_splits[image_id]
 
     # The real recipe resolves with its budget and trains on the two folders' bins (one epoch
-    # at its 160 px, the frozen stem and first blocks run on every augmented batch).
+    # at its 160 px, the frozen stem and first blocks run on every augmented batch), after an
+    # epoch on a few of its synthetic bins.
     assert TrainConfig(recipe="real").max_minutes == RECIPES["real"]["max_minutes"]
     trained = run(capsys, "train", "--output", output, "--recipe", "real", "--epochs", "1",
-                  "--batch-size", "8")  # fmt: skip
+                  "--batch-size", "8", "--synthetic-bins", "32",
+                  "--synthetic-epochs", "1")  # fmt: skip
     assert trained["best_epoch"] == 1
     assert 0 <= trained["val_accuracy"] <= 1
     evaluated = run(capsys, "evaluate", "--output", output, "--model", trained["version"])

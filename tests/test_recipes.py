@@ -180,6 +180,8 @@ def test_the_backbone_lr_scale_changes_the_version_only_away_from_its_default():
                         "label_smoothing",
                         "ensemble",
                         "count_estimate",
+                        "synthetic_bins",
+                        "synthetic_epochs",
                     }
                 ),
                 "manifest": "m",

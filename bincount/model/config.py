@@ -91,6 +91,14 @@ class TrainConfig(BaseModel):
         "count_preserving",
         description="flips, brightness and contrast; horizontal flips only; or none",
     )
+    synthetic_bins: int = Field(
+        0,
+        ge=0,
+        le=200_000,
+        description="first train on this many synthetic bins (bincount.synth, counts "
+        "0..max_count), then on the manifest's (0: none)",
+    )
+    synthetic_epochs: int = Field(2, ge=1, le=100, description="epochs over the synthetic bins")
     count_estimate: Literal["mode", "median"] | None = Field(
         None,
         description="the count predicted from the probabilities: the most probable (mode) or "
@@ -248,6 +256,8 @@ _FIELDS_ADDED_LATER = {
     "label_smoothing": 0.0,
     "ensemble": 1,
     "count_estimate": None,
+    "synthetic_bins": 0,
+    "synthetic_epochs": 2,
 }
 
 

@@ -1,18 +1,26 @@
-"""The optimiser, its learning-rate schedule, and the state a checkpoint resumes from."""
+"""The optimiser, its learning-rate schedule, the state a checkpoint resumes from, and one epoch's
+optimiser steps."""
 
 from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from bincount.core.progress import Progress
 from bincount.model.config import TrainConfig
 from bincount.model.networks import (
     CountingModel,
 )
+
+if TYPE_CHECKING:
+    from bincount.model.device import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +89,7 @@ class TrainState:
     since_best: int = 0
     stopped: bool = False
     resumed_from: int | None = None
+    synthetic: dict | None = None  # what synthetic pretraining did, before the first epoch
 
     def record(self, metrics: EpochMetrics, model: nn.Module, *, patience: int) -> None:
         """Append an epoch; keep the best weights (accuracy, ties broken by RMSE)."""
@@ -141,3 +150,54 @@ class EpochMetrics:
                 else ""
             )
         )
+
+
+def train_epoch(
+    wrapped: nn.Module,
+    model: CountingModel,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    state: TrainState,
+    runtime: Runtime,
+    *,
+    time_first_step: bool = False,
+    smoothing: float = 0.0,
+) -> tuple[float, int, float | None]:
+    """One epoch's optimiser steps: the mean training loss, the images seen, and with
+    ``time_first_step`` the seconds of the first step (the GPU waited for), else None. A
+    compiled model compiles its forward and backward there; "reduce-overhead" records its CUDA
+    graphs over the next steps, which bench/train.py's compile seconds count too.
+
+    Every step has the same shapes (the loader drops the last, partial batch), as CUDA graphs
+    need: a compiled model replays its graphs rather than compiling again."""
+    wrapped.train()
+    # Summed on the device: reading the loss every step would make the host wait for the GPU
+    # and stop it queueing the next batch's copy and kernels ahead.
+    total_loss, seen = torch.zeros((), device=runtime.device), 0
+    started = time.perf_counter()
+    first_step = None
+    progress = Progress(logger, f"epoch {state.epoch + 1} training batches", len(loader))
+    for images, counts in loader:  # on the device already, converted and augmented
+        step_started = time.perf_counter()
+        lr = schedule.lr(state)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        with runtime.autocast():
+            logits = wrapped(images)
+        loss = model.loss(logits.float(), counts, smoothing=smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.detach() * len(counts)
+        seen += len(counts)
+        if time_first_step and first_step is None:
+            if runtime.device.type == "cuda":  # once a run: the step's kernels, not their queueing
+                torch.cuda.synchronize(runtime.device)
+            first_step = time.perf_counter() - step_started
+        state.step += 1
+        progress.advance()
+        if schedule.out_of_time(state.train_seconds + time.perf_counter() - started):
+            break
+    state.train_seconds += time.perf_counter() - started
+    return total_loss.item() / max(seen, 1), seen, first_step

@@ -136,6 +136,8 @@ RECIPES: dict[str, dict] = {
         "augment": "count_preserving",
         "test_time_flips": True,
         "ensemble": 2,
+        "synthetic_bins": 8000,
+        "synthetic_epochs": 2,
     },
 }
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from bincount.core.progress import Progress
 from bincount.core.storage import Location
 from bincount.data.manifest import load_manifest
 from bincount.images.shards import CachedSplit, load_cached_splits
@@ -37,10 +36,17 @@ from bincount.model.networks import (
     load_pretrained_weights,
     load_weights_file,
 )
-from bincount.model.optim import EpochMetrics, Schedule, TrainState, build_optimizer
+from bincount.model.optim import (
+    EpochMetrics,
+    Schedule,
+    TrainState,
+    build_optimizer,
+    train_epoch,
+)
 from bincount.model.prediction import evaluation_of
 from bincount.model.records import TrainingMetrics
 from bincount.model.registry import ModelFiles, model_folder, read_model_record, save_model
+from bincount.model.synthetic import pretrain_on_synthetic
 from bincount.model.traindata import TrainingInputs
 from bincount.model.trunk import freeze_trunk
 
@@ -119,6 +125,11 @@ def train_model(
             history=history,
         )
 
+    if config.synthetic_bins and runtime.world_size > 1:
+        raise ValueError(
+            "Expected synthetic pretraining (synthetic_bins) in one process, but got "
+            f"{runtime.world_size}: train with synthetic_bins 0 under torchrun"
+        )
     torch.manual_seed(config.seed)
     splits = load_cached_splits(output, manifest_version, config.image_size, ("train", "val"))
     if not len(splits["train"]):
@@ -146,6 +157,9 @@ def train_model(
     optimizer = build_optimizer(model, config)
     train_loader = inputs.train
     state = _resume(output, folder, model, optimizer)
+    if config.synthetic_bins and state.resumed_from is None:  # then the real bins' own optimiser
+        state.synthetic = pretrain_on_synthetic(model, config, runtime)
+        optimizer = build_optimizer(model, config)
     schedule = Schedule(config, steps_per_epoch=len(train_loader))
 
     first_epoch_of_run = state.epoch
@@ -154,7 +168,7 @@ def train_model(
         if runtime.world_size > 1:  # each rank its own images: what it trains on, checkably
             logger.info(train_loader.share_line())
         started = time.perf_counter()
-        train_loss, images, first_step = _train_epoch(
+        train_loss, images, first_step = train_epoch(
             wrapped,
             model,
             train_loader,
@@ -204,6 +218,8 @@ def train_model(
     )
     summary = TrainingMetrics(best_epoch=best, history=state.history, calibration=calibration)
     lineage = {**(lineage or {}), "resumed_from_epoch": state.resumed_from}
+    if state.synthetic is not None:
+        lineage["synthetic_pretraining"] = state.synthetic
     _register(output, version, model, config, manifest_version, runtime, lineage, summary)
     return result
 
@@ -238,57 +254,6 @@ def _register(
         )
     if runtime.world_size > 1:
         dist.barrier()
-
-
-def _train_epoch(
-    wrapped: nn.Module,
-    model: CountingModel,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    schedule: Schedule,
-    state: TrainState,
-    runtime: Runtime,
-    *,
-    time_first_step: bool = False,
-    smoothing: float = 0.0,
-) -> tuple[float, int, float | None]:
-    """One epoch's optimiser steps: the mean training loss, the images seen, and with
-    ``time_first_step`` the seconds of the first step (the GPU waited for), else None. A
-    compiled model compiles its forward and backward there; "reduce-overhead" records its CUDA
-    graphs over the next steps, which bench/train.py's compile seconds count too.
-
-    Every step has the same shapes (the loader drops the last, partial batch), as CUDA graphs
-    need: a compiled model replays its graphs rather than compiling again."""
-    wrapped.train()
-    # Summed on the device: reading the loss every step would make the host wait for the GPU
-    # and stop it queueing the next batch's copy and kernels ahead.
-    total_loss, seen = torch.zeros((), device=runtime.device), 0
-    started = time.perf_counter()
-    first_step = None
-    progress = Progress(logger, f"epoch {state.epoch + 1} training batches", len(loader))
-    for images, counts in loader:  # on the device already, converted and augmented
-        step_started = time.perf_counter()
-        lr = schedule.lr(state)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        with runtime.autocast():
-            logits = wrapped(images)
-        loss = model.loss(logits.float(), counts, smoothing=smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total_loss += loss.detach() * len(counts)
-        seen += len(counts)
-        if time_first_step and first_step is None:
-            if runtime.device.type == "cuda":  # once a run: the step's kernels, not their queueing
-                torch.cuda.synchronize(runtime.device)
-            first_step = time.perf_counter() - step_started
-        state.step += 1
-        progress.advance()
-        if schedule.out_of_time(state.train_seconds + time.perf_counter() - started):
-            break
-    state.train_seconds += time.perf_counter() - started
-    return total_loss.item() / max(seen, 1), seen, first_step
 
 
 def _check_labels(splits: dict[str, CachedSplit], num_classes: int) -> None:

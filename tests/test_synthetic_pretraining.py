@@ -1,0 +1,67 @@
+"""Synthetic pretraining: rendered bins, the same whoever renders them, trained on before the
+manifest's bins, and recorded in the model's lineage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bincount.core.storage import Location
+from bincount.model.config import TrainConfig
+from bincount.model.registry import read_model_record
+from bincount.model.synthetic import synthetic_split
+from bincount.model.training import train_model
+from bincount.synth import bin_id, make_bin
+from bincount.testing.pipeline import run_pipeline, tiny_config
+from tests.builders import write_clean_bucket
+
+
+def test_synthetic_bins_are_the_same_whoever_renders_them():
+    alone = synthetic_split(bins=70, size=32, max_count=5, seed=3, workers=1)
+    shared = synthetic_split(bins=70, size=32, max_count=5, seed=3, workers=2)  # two chunks
+    np.testing.assert_array_equal(alone.images, shared.images)
+    np.testing.assert_array_equal(alone.labels, shared.labels)
+    assert alone.images.shape == (70, 32, 32, 3) and alone.labels.max() <= 5
+    assert len(set(alone.labels.tolist())) > 2  # counts drawn as real bins are
+    # Each is the bin bincount.synth renders for that seed and ordinal, at its count.
+    record, _, _ = make_bin(seed=3, ordinal=69, bin_id=bin_id(69), max_count=5)
+    assert alone.labels[69] == record.count
+    # Read as a cached split is: by index, into a buffer or not.
+    out = np.empty((2, 32, 32, 3), np.uint8)
+    np.testing.assert_array_equal(alone.read(np.array([5, 1]), out), alone.images[[5, 1]])
+    np.testing.assert_array_equal(alone.read(np.array([2])), alone.images[[2]])
+    with pytest.raises(ValueError, match="at least 1 synthetic bin"):
+        synthetic_split(bins=0, size=32, max_count=5)
+
+
+def test_a_model_pretrained_on_synthetic_bins_records_it(tmp_path):
+    root = tmp_path / "bucket"
+    write_clean_bucket(root, 40)
+    output = Location(str(tmp_path / "out"))
+    run = run_pipeline(
+        Location(str(root)), output, policy="max:5", config=tiny_config(), until="cache"
+    )
+    config = tiny_config(synthetic_bins=48, synthetic_epochs=2)
+    result = train_model(output, config, manifest_version=run.manifest_version)
+    record = read_model_record(output, result.version)
+    pretraining = record.lineage.model_dump()["synthetic_pretraining"]
+    assert (pretraining["bins"], pretraining["epochs"]) == (48, 2)
+    assert len(pretraining["train_loss"]) == 2 and all(
+        np.isfinite(loss) for loss in pretraining["train_loss"]
+    )
+    assert record.config.synthetic_bins == 48
+    # Another model than the one trained without it (and found, not trained, the second time).
+    plain = train_model(output, tiny_config(), manifest_version=run.manifest_version)
+    assert plain.version != result.version
+    assert (
+        "synthetic_pretraining" not in read_model_record(output, plain.version).lineage.model_dump()
+    )
+    again = train_model(output, config, manifest_version=run.manifest_version)
+    assert (again.version, again.created) == (result.version, False)
+
+
+def test_the_fields_leave_earlier_versions_as_they_were():
+    assert TrainConfig().fingerprint("m") == TrainConfig(synthetic_bins=0).fingerprint("m")
+    assert TrainConfig(synthetic_bins=100).fingerprint("m") != TrainConfig().fingerprint("m")
+    with pytest.raises(ValueError):
+        TrainConfig(synthetic_bins=-1)
