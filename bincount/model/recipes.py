@@ -105,17 +105,17 @@ RECIPES: dict[str, dict] = {
     },
     # Every real label of ../shared/abid (two sources, 6,704 bins of 0-5 items) on 2 CPU
     # cores: two models averaged (``ensemble``, seeds 0 and 1), each the ImageNet
-    # EfficientNet-Lite0 fine-tuned at 160 px, all but its stem and first two blocks (frozen,
-    # run on every batch without gradients: the backward pass, the costly part at full
-    # resolution, stops above them). The trunk runs on the augmented photos (cache_trunk
-    # false: brightness and contrast too, not only flips and shifts of its cached outputs).
-    # Softmax with label smoothing: some records are wrong. 5 epochs: every longer run had
-    # its lowest validation loss at the third, then over-fitted. 15 minutes' budget per model.
-    # Measured 2026-12-07 on 2 quiet CPU cores, all 5,310 train bins: 40.7 % accuracy, RMSE
-    # 1.078 on the 725 held-out test bins (44.1 %, 1.026 on validation), where its two models
-    # alone reach 37.1 % / 1.127 and 39.7 % / 1.107 (majority class 26.6 %, 1.340); 22.2 min
-    # wall, 3.69 GB peak RSS (bench/README.md "Real bins": the variants, the learning curve;
-    # 160 px beat 128 px, 224 px bought nothing at twice the time). Short of 45 %.
+    # EfficientNet-Lite0 at 160 px, first two epochs on 8,000 synthetic bins (exact labels:
+    # counting before looks), then fine-tuned on the real bins, all but its stem and first two
+    # blocks (frozen, run on every batch without gradients: the backward pass, the costly part
+    # at full resolution, stops above them; cache_trunk false: brightness and contrast too).
+    # Softmax with label smoothing: some records are wrong. 5 real epochs: every longer run had
+    # its lowest validation loss at the third, then over-fitted. 15 minutes' budget per model
+    # for the real epochs. Measured 2026-12-07 on 2 quiet CPU cores, all 5,310 train bins:
+    # 46.1 % accuracy, RMSE 1.023 on the 725 held-out test bins, 41.6 %, 1.031 on validation
+    # (without the synthetic epochs: 40.7 %, 1.078 and 44.1 %, 1.026; majority class 26.6 %,
+    # 1.340); 36.8 min wall, 4.25 GB peak RSS (3.69 GB without: the synthetic photos, 0.6 GB,
+    # are held while they train). bench/README.md "Real bins": the variants, the learning curve.
     "real": {
         "arch": "tf_efficientnet_lite0",
         "pretrained": True,
