@@ -125,3 +125,20 @@ def trained(tmp_path_factory) -> Path:
     write_clean_bucket(root / "bucket", 40)
     run_pipeline(Location(str(root / "bucket")), Location(str(root / "out")), policy="open:3")
     return root
+
+
+@pytest.fixture
+def cached_manifest(tmp_path):
+    """40 bins of real JPEGs, ingested, validated, in a manifest (counts 0-5) and cached at the
+    tests' tiny size: the output's Location and the manifest version."""
+    from bincount.core.storage import Location
+    from bincount.testing.pipeline import run_pipeline, tiny_config
+    from tests.builders import write_clean_bucket
+
+    root = tmp_path / "bucket"
+    write_clean_bucket(root, 40)
+    output = Location(str(tmp_path / "out"))
+    run = run_pipeline(
+        Location(str(root)), output, policy="max:5", config=tiny_config(), until="cache"
+    )
+    return output, run.manifest_version

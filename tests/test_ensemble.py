@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from bincount.core.storage import Location
 from bincount.images.shards import load_cached_splits
 from bincount.model.config import TrainConfig
 from bincount.model.ensemble import member_configs
@@ -16,20 +15,7 @@ from bincount.model.evaluation import evaluate_model
 from bincount.model.networks import CountingModel, build_model
 from bincount.model.registry import load_model, read_model_record
 from bincount.model.training import train_model
-from bincount.testing.pipeline import run_pipeline, tiny_config
-from tests.builders import write_clean_bucket
-
-
-@pytest.fixture
-def manifest_output(tmp_path):
-    """40 bins of real JPEGs, ingested, validated and in a manifest (counts 0-5)."""
-    root = tmp_path / "bucket"
-    write_clean_bucket(root, 40)
-    output = Location(str(tmp_path / "out"))
-    run = run_pipeline(
-        Location(str(root)), output, policy="max:5", config=tiny_config(), until="cache"
-    )
-    return output, run.manifest_version
+from bincount.testing.pipeline import tiny_config
 
 
 @pytest.mark.parametrize("loss", ["ce", "ordinal"])
@@ -66,8 +52,8 @@ def test_members_are_the_config_alone_at_consecutive_seeds():
         TrainConfig(ensemble=0)
 
 
-def test_an_ensemble_trains_its_members_as_models_of_their_own(manifest_output):
-    output, manifest = manifest_output
+def test_an_ensemble_trains_its_members_as_models_of_their_own(cached_manifest):
+    output, manifest = cached_manifest
     config = tiny_config(epochs=2, lr=1e-3, ensemble=2)
     result = train_model(output, config, manifest_version=manifest)
     record = read_model_record(output, result.version)

@@ -6,14 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bincount.core.storage import Location
 from bincount.model.config import TrainConfig
 from bincount.model.registry import read_model_record
 from bincount.model.synthetic import synthetic_split
 from bincount.model.training import train_model
 from bincount.synth import bin_id, make_bin
-from bincount.testing.pipeline import run_pipeline, tiny_config
-from tests.builders import write_clean_bucket
+from bincount.testing.pipeline import tiny_config
 
 
 def test_synthetic_bins_are_the_same_whoever_renders_them():
@@ -34,15 +32,10 @@ def test_synthetic_bins_are_the_same_whoever_renders_them():
         synthetic_split(bins=0, size=32, max_count=5)
 
 
-def test_a_model_pretrained_on_synthetic_bins_records_it(tmp_path):
-    root = tmp_path / "bucket"
-    write_clean_bucket(root, 40)
-    output = Location(str(tmp_path / "out"))
-    run = run_pipeline(
-        Location(str(root)), output, policy="max:5", config=tiny_config(), until="cache"
-    )
+def test_a_model_pretrained_on_synthetic_bins_records_it(cached_manifest):
+    output, manifest = cached_manifest
     config = tiny_config(synthetic_bins=48, synthetic_epochs=2)
-    result = train_model(output, config, manifest_version=run.manifest_version)
+    result = train_model(output, config, manifest_version=manifest)
     record = read_model_record(output, result.version)
     pretraining = record.lineage.model_dump()["synthetic_pretraining"]
     assert (pretraining["bins"], pretraining["epochs"]) == (48, 2)
@@ -51,12 +44,12 @@ def test_a_model_pretrained_on_synthetic_bins_records_it(tmp_path):
     )
     assert record.config.synthetic_bins == 48
     # Another model than the one trained without it (and found, not trained, the second time).
-    plain = train_model(output, tiny_config(), manifest_version=run.manifest_version)
+    plain = train_model(output, tiny_config(), manifest_version=manifest)
     assert plain.version != result.version
     assert (
         "synthetic_pretraining" not in read_model_record(output, plain.version).lineage.model_dump()
     )
-    again = train_model(output, config, manifest_version=run.manifest_version)
+    again = train_model(output, config, manifest_version=manifest)
     assert (again.version, again.created) == (result.version, False)
 
 

@@ -24,9 +24,9 @@ from bincount.images.decode import decode_image
 from bincount.images.shards import CachedSplit
 from bincount.model.config import TrainConfig
 from bincount.model.device import Runtime
-from bincount.model.inputs import BatchLoader, input_normalization
 from bincount.model.networks import CountingModel
 from bincount.model.optim import Schedule, TrainState, build_optimizer, train_epoch
+from bincount.model.traindata import training_batches
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class InMemorySplit(CachedSplit):
     def read(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64)
         if out is None:
-            return self.images[indices].copy()
+            return self.images[indices]  # fancy indexing copies already
         np.take(self.images, indices, axis=0, out=out)
         return out
 
@@ -117,20 +117,7 @@ def pretrain_on_synthetic(model: CountingModel, config: TrainConfig, runtime: Ru
 
     max_count = min(model.max_count, MAX_COUNT_LIMIT)  # counts the head has, and synth draws
     split = synthetic_split(bins=config.synthetic_bins, size=config.image_size, max_count=max_count)
-    mean, std = input_normalization(model)
-    loader = BatchLoader(
-        split,
-        batch_size=config.batch_size,
-        shuffle=True,
-        augment=config.augment,
-        seed=config.seed,
-        drop_last=True,
-        rank=runtime.rank,
-        world_size=runtime.world_size,
-        device=runtime.device,
-        mean=mean,
-        std=std,
-    )
+    loader = training_batches(model, split, config, runtime)
     schedule_config = config.model_copy(
         update={"epochs": config.synthetic_epochs, "max_minutes": None, "schedule": "cosine"}
     )

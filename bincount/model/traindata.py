@@ -27,6 +27,27 @@ from bincount.model.trunk import (
 logger = logging.getLogger(__name__)
 
 
+def training_batches(
+    model: CountingModel, split: CachedSplit, config: TrainConfig, runtime: Runtime
+) -> BatchLoader:
+    """The training order of ``split``'s images: shuffled by the config's seed, augmented as it
+    says, in batches of its size (the last, partial one dropped), this rank's share."""
+    mean, std = input_normalization(model)
+    return BatchLoader(
+        split,
+        batch_size=config.batch_size,
+        shuffle=True,
+        augment=config.augment,
+        seed=config.seed,
+        drop_last=True,
+        rank=runtime.rank,
+        world_size=runtime.world_size,
+        device=runtime.device,
+        mean=mean,
+        std=std,
+    )
+
+
 @dataclass
 class TrainingInputs:
     """The module the optimiser trains, its batches, and the validation split's logits."""
@@ -43,20 +64,7 @@ class TrainingInputs:
         config: TrainConfig,
         runtime: Runtime,
     ) -> TrainingInputs:
-        mean, std = input_normalization(model)
-        order = BatchLoader(
-            splits["train"],
-            batch_size=config.batch_size,
-            shuffle=True,
-            augment=config.augment,
-            seed=config.seed,
-            drop_last=True,
-            rank=runtime.rank,
-            world_size=runtime.world_size,
-            device=runtime.device,
-            mean=mean,
-            std=std,
-        )
+        order = training_batches(model, splits["train"], config, runtime)
         if not config.frozen_blocks or not config.cache_trunk:
             # A trunk run on every batch: its weights take no gradient (freeze_trunk), so the
             # backward pass stops at the first trained block.
