@@ -3,14 +3,18 @@ the real labels.
 
 A bin rendered by :mod:`bincount.synth` holds exactly the items its label says, so the network
 first learns to count on bins whose labels are never wrong, then the real photos teach it what
-real bins look like. The rendered photos are decoded at the training size as the image cache
-decodes real ones (squashed, never cropped) and kept in memory for the few epochs they are
-needed; nothing is written to the output. Each model renders the same bins (a seed of their
-own, not the model's), so the members of an ensemble differ only as their training does.
+real bins look like. The rendered photos are squashed to the training size as the image cache
+squashes real ones (never cropped) and held in memory as JPEG bytes, decoded batch by batch:
+8,000 bins at 160 px take about 0.1 GB so, 0.6 GB decoded. Nothing is written to the output.
+Each model renders the same bins (a seed of their own, not the model's), so the members of an
+ensemble differ only as their training does, and the last bins rendered are kept for the next
+model of the process: the second member of an ensemble does not render them again.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import logging
 import multiprocessing
 import os
@@ -19,6 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from bincount.images.decode import decode_image
 from bincount.images.shards import CachedSplit
@@ -33,80 +38,91 @@ logger = logging.getLogger(__name__)
 # The synthetic bucket's seed for pretraining: fixed, so every model sees the same bins.
 SYNTHETIC_SEED = 20_261_207
 _CHUNK = 64
+_QUALITY = 95  # of the JPEG (colour kept whole) a rendered photo is held as, once squashed
 
 
 @dataclass
-class InMemorySplit(CachedSplit):
-    """A split whose images are held in one uint8 array (N, S, S, 3) rather than in shards."""
+class EncodedSplit(CachedSplit):
+    """A split whose images are held in memory as JPEG bytes at the split's size, decoded when
+    read, rather than in shards."""
 
-    images: np.ndarray | None = None
+    photos: tuple[bytes, ...] = ()
 
     def read(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64)
         if out is None:
-            return self.images[indices]  # fancy indexing copies already
-        np.take(self.images, indices, axis=0, out=out)
+            out = np.empty((len(indices), self.size, self.size, 3), np.uint8)
+        for row, index in enumerate(indices):
+            out[row] = decode_image(self.photos[index], self.size)
         return out
 
 
 def synthetic_split(
     *, bins: int, size: int, max_count: int, seed: int = SYNTHETIC_SEED, workers: int | None = None
-) -> InMemorySplit:
+) -> EncodedSplit:
     """``bins`` synthetic bins (counts 0..``max_count`` as real bins are distributed), their
-    photos decoded to ``size`` px, rendered by ``workers`` processes (default: every core)."""
+    photos squashed to ``size`` px, rendered by ``workers`` processes (default: every core);
+    the same arguments again (workers aside) get the bins already rendered."""
     if bins < 1:
         raise ValueError(f"Expected at least 1 synthetic bin, but got {bins}")
-    started = time.perf_counter()
-    chunks = [range(start, min(start + _CHUNK, bins)) for start in range(0, bins, _CHUNK)]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(chunks)))
-    args = [(seed, chunk.start, chunk.stop, max_count, size) for chunk in chunks]
-    images = np.empty((bins, size, size, 3), np.uint8)  # filled chunk by chunk: held once
-    labels = np.empty(bins, np.int64)
-    if workers == 1:
-        parts = map(_render, *zip(*args, strict=True))
-        _fill(images, labels, chunks, parts)
-    else:
-        # spawn, not fork: training may hold threads (Prefect, torch's pools).
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            _fill(images, labels, chunks, pool.map(_render, *zip(*args, strict=True)))
-    logger.info(
-        "synthetic pretraining: %d bins rendered at %d px in %.0f s (counts %s)",
-        bins,
-        size,
-        time.perf_counter() - started,
-        np.bincount(labels, minlength=max_count + 1).tolist(),
-    )
-    return InMemorySplit(
+    photos, labels = _rendered(bins, size, max_count, seed, workers)
+    return EncodedSplit(
         labels=labels,
         image_ids=[f"synthetic-{seed}-{ordinal}" for ordinal in range(bins)],
         shards=np.zeros(bins, np.int64),
         offsets=np.arange(bins, dtype=np.int64),
         size=size,
-        images=images,
+        photos=photos,
     )
 
 
-def _fill(images: np.ndarray, labels: np.ndarray, chunks: list[range], parts) -> None:
-    for chunk, (chunk_images, chunk_labels) in zip(chunks, parts, strict=True):
-        images[chunk.start : chunk.stop] = chunk_images
-        labels[chunk.start : chunk.stop] = chunk_labels
+@functools.lru_cache(maxsize=1)  # the last bins rendered: the next member of an ensemble's
+def _rendered(
+    bins: int, size: int, max_count: int, seed: int, workers: int | None
+) -> tuple[tuple[bytes, ...], np.ndarray]:
+    started = time.perf_counter()
+    chunks = [range(start, min(start + _CHUNK, bins)) for start in range(0, bins, _CHUNK)]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(chunks)))
+    args = [(seed, chunk.start, chunk.stop, max_count, size) for chunk in chunks]
+    if workers == 1:
+        parts = list(map(_render, *zip(*args, strict=True)))
+    else:
+        # spawn, not fork: training may hold threads (Prefect, torch's pools).
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            parts = list(pool.map(_render, *zip(*args, strict=True)))
+    photos = tuple(photo for chunk_photos, _ in parts for photo in chunk_photos)
+    labels = np.concatenate([chunk_labels for _, chunk_labels in parts])
+    labels.flags.writeable = False  # shared by every split made of these bins
+    logger.info(
+        "synthetic pretraining: %d bins rendered at %d px in %.0f s, %.0f MB held (counts %s)",
+        bins,
+        size,
+        time.perf_counter() - started,
+        sum(map(len, photos)) / 1e6,
+        np.bincount(labels, minlength=max_count + 1).tolist(),
+    )
+    return photos, labels
 
 
 def _render(
     seed: int, first: int, stop: int, max_count: int, size: int
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[list[bytes], np.ndarray]:
     from bincount.synth import bin_id, make_bin
 
-    images = np.empty((stop - first, size, size, 3), np.uint8)
+    photos = []
     labels = np.empty(stop - first, np.int64)
     for row, ordinal in enumerate(range(first, stop)):
         record, jpeg, _ = make_bin(
             seed=seed, ordinal=ordinal, bin_id=bin_id(ordinal), max_count=max_count
         )
-        images[row] = decode_image(jpeg, size)
+        squashed = io.BytesIO()
+        Image.fromarray(decode_image(jpeg, size)).save(
+            squashed, "JPEG", quality=_QUALITY, subsampling=0
+        )
+        photos.append(squashed.getvalue())
         labels[row] = record.count
-    return images, labels
+    return photos, labels
 
 
 def pretrain_on_synthetic(model: CountingModel, config: TrainConfig, runtime: Runtime) -> dict:
