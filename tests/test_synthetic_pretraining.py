@@ -40,11 +40,15 @@ def test_synthetic_bins_are_the_same_whoever_renders_them():
 
 def test_a_model_pretrained_on_synthetic_bins_records_it(cached_manifest):
     output, manifest = cached_manifest
-    config = tiny_config(synthetic_bins=48, synthetic_epochs=2)
+    config = tiny_config(synthetic_bins=48, synthetic_epochs=2, max_minutes=60)
     result = train_model(output, config, manifest_version=manifest)
     record = read_model_record(output, result.version)
     pretraining = record.lineage.model_dump()["synthetic_pretraining"]
     assert (pretraining["bins"], pretraining["epochs"]) == (48, 2)
+    # Its share of the hour, by steps: 2 epochs of 3 batches (48 bins, 16 a batch) against
+    # the real epoch's whole batches.
+    real_steps = 60 * 6 / pretraining["budget_minutes"] - 6
+    assert real_steps >= 1 and real_steps == pytest.approx(round(real_steps), abs=0.05)
     assert len(pretraining["train_loss"]) == 2 and all(
         np.isfinite(loss) for loss in pretraining["train_loss"]
     )
@@ -57,6 +61,16 @@ def test_a_model_pretrained_on_synthetic_bins_records_it(cached_manifest):
     )
     again = train_model(output, config, manifest_version=manifest)
     assert (again.version, again.created) == (result.version, False)
+
+
+def test_the_real_epochs_get_what_the_synthetic_ones_left_of_the_budget():
+    from bincount.model.synthetic import real_epochs_budget
+
+    config = tiny_config(synthetic_bins=48, max_minutes=10)
+    assert real_epochs_budget(config, {"seconds": 120.0}).max_minutes == pytest.approx(8.0)
+    assert real_epochs_budget(config, None) is config  # not pretrained (or resumed without)
+    unbounded = tiny_config(synthetic_bins=48)
+    assert real_epochs_budget(unbounded, {"seconds": 120.0}).max_minutes is None
 
 
 def test_the_fields_leave_earlier_versions_as_they_were():

@@ -85,7 +85,10 @@ class TrainConfig(BaseModel):
     warmup_epochs: float = Field(0.5, ge=0)
     patience: int = Field(8, ge=1, description="epochs without a better val score before stopping")
     max_minutes: float | None = Field(
-        None, gt=0, description="stop after this much training time (the schedule follows it)"
+        None,
+        gt=0,
+        description="stop after this much training time (the schedule follows it); with "
+        "synthetic_bins the synthetic epochs take their share of it, by steps",
     )
     augment: Literal["count_preserving", "hflip", "none"] = Field(
         "count_preserving",

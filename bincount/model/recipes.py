@@ -110,12 +110,13 @@ RECIPES: dict[str, dict] = {
     # blocks (frozen, run on every batch without gradients: the backward pass, the costly part
     # at full resolution, stops above them; cache_trunk false: brightness and contrast too).
     # Softmax with label smoothing: some records are wrong. 5 real epochs: every longer run had
-    # its lowest validation loss at the third, then over-fitted. 15 minutes' budget per model
-    # for the real epochs. Measured 2026-12-07 on 2 quiet CPU cores, all 5,310 train bins:
-    # 46.1 % accuracy, RMSE 1.023 on the 725 held-out test bins, 41.6 %, 1.031 on validation
+    # its lowest validation loss at the third, then over-fitted. 16 minutes' budget per model,
+    # synthetic and real epochs together (about 15 used on a quiet machine), so that a slower
+    # one stops within 40 minutes. Measured 2026-12-07 on 2 CPU cores, all 5,310 train bins:
+    # 46.1 % accuracy, RMSE 1.023 on the 725 held-out test bins, 41.3 %, 1.023 on validation
     # (without the synthetic epochs: 40.7 %, 1.078 and 44.1 %, 1.026; majority class 26.6 %,
-    # 1.340); 36.8 min wall, 4.25 GB peak RSS (3.69 GB without: the synthetic photos, 0.6 GB,
-    # are held while they train). bench/README.md "Real bins": the variants, the learning curve.
+    # 1.340); 39.2 min wall with the machine slowing down, 3.76 GB peak RSS (the rendered photos
+    # held as JPEG). bench/README.md "Real bins": the variants, the learning curve.
     "real": {
         "arch": "tf_efficientnet_lite0",
         "pretrained": True,
@@ -132,7 +133,7 @@ RECIPES: dict[str, dict] = {
         "schedule": "cosine",
         "warmup_epochs": 0.3,
         "patience": 5,
-        "max_minutes": 15.0,
+        "max_minutes": 16.0,
         "augment": "count_preserving",
         "test_time_flips": True,
         "ensemble": 2,

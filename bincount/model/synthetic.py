@@ -125,22 +125,34 @@ def _render(
     return photos, labels
 
 
-def pretrain_on_synthetic(model: CountingModel, config: TrainConfig, runtime: Runtime) -> dict:
+def pretrain_on_synthetic(
+    model: CountingModel, config: TrainConfig, runtime: Runtime, *, real_steps: int
+) -> dict:
     """Train ``model`` for ``config.synthetic_epochs`` on ``config.synthetic_bins`` rendered
     bins with an optimiser and schedule of their own (warmup, cosine to zero; no label
-    smoothing: these labels are exact); what it did, for the model's lineage."""
+    smoothing: these labels are exact); what it did, for the model's lineage.
+
+    With ``config.max_minutes`` the synthetic epochs take their share of it: their steps'
+    share of theirs and the ``real_steps`` to follow (the same network, the same photo size:
+    a step costs the same), their schedule following that budget as a run's follows its own,
+    so a slow machine shortens both and the model keeps within its budget."""
     from bincount.synth import MAX_COUNT_LIMIT
 
     max_count = min(model.max_count, MAX_COUNT_LIMIT)  # counts the head has, and synth draws
     split = synthetic_split(bins=config.synthetic_bins, size=config.image_size, max_count=max_count)
     loader = training_batches(model, split, config, runtime)
+    steps = config.synthetic_epochs * len(loader)
+    minutes = config.max_minutes and config.max_minutes * steps / (steps + real_steps)
     schedule_config = config.model_copy(
-        update={"epochs": config.synthetic_epochs, "max_minutes": None, "schedule": "cosine"}
+        update={"epochs": config.synthetic_epochs, "max_minutes": minutes, "schedule": "cosine"}
     )
     optimizer = build_optimizer(model, schedule_config)
     schedule, state = Schedule(schedule_config, steps_per_epoch=len(loader)), TrainState()
     losses = []
     for epoch in range(config.synthetic_epochs):
+        if schedule.out_of_time(state.train_seconds):
+            logger.info("synthetic pretraining: its %.1f minutes spent", minutes)
+            break
         loader.epoch = epoch
         loss, _, _ = train_epoch(model, model, loader, optimizer, schedule, state, runtime)
         state.epoch += 1
@@ -157,4 +169,14 @@ def pretrain_on_synthetic(model: CountingModel, config: TrainConfig, runtime: Ru
         "seed": SYNTHETIC_SEED,
         "train_loss": losses,
         "seconds": round(state.train_seconds, 1),
+        "budget_minutes": round(minutes, 2) if minutes else None,
     }
+
+
+def real_epochs_budget(config: TrainConfig, synthetic: dict | None) -> TrainConfig:
+    """``config`` with the minutes its synthetic epochs (``synthetic``, what
+    :func:`pretrain_on_synthetic` did) left of ``max_minutes``: the real epochs' budget."""
+    if not config.max_minutes or not synthetic:
+        return config
+    spent = synthetic["seconds"] / 60
+    return config.model_copy(update={"max_minutes": max(config.max_minutes - spent, 0.01)})

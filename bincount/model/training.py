@@ -46,7 +46,7 @@ from bincount.model.optim import (
 from bincount.model.prediction import evaluation_of
 from bincount.model.records import TrainingMetrics
 from bincount.model.registry import ModelFiles, model_folder, read_model_record, save_model
-from bincount.model.synthetic import pretrain_on_synthetic
+from bincount.model.synthetic import pretrain_on_synthetic, real_epochs_budget
 from bincount.model.traindata import TrainingInputs
 from bincount.model.trunk import freeze_trunk
 
@@ -158,9 +158,13 @@ def train_model(
     train_loader = inputs.train
     state = _resume(output, folder, model, optimizer)
     if config.synthetic_bins and state.resumed_from is None:  # then the real bins' own optimiser
-        state.synthetic = pretrain_on_synthetic(model, config, runtime)
+        real_steps = config.epochs * len(train_loader)
+        state.synthetic = pretrain_on_synthetic(model, config, runtime, real_steps=real_steps)
         optimizer = build_optimizer(model, config)
-    schedule = Schedule(config, steps_per_epoch=len(train_loader))
+    # What the synthetic epochs left of the budget (a resumed run reads them in its state).
+    schedule = Schedule(
+        real_epochs_budget(config, state.synthetic), steps_per_epoch=len(train_loader)
+    )
 
     first_epoch_of_run = state.epoch
     while state.epoch < config.epochs and not state.stopped:
