@@ -112,11 +112,12 @@ RECIPES: dict[str, dict] = {
     # Softmax with label smoothing: some records are wrong. 5 real epochs: every longer run had
     # its lowest validation loss at the third, then over-fitted. 16 minutes' budget per model,
     # synthetic and real epochs together (about 15 used on a quiet machine), so that a slower
-    # one stops within 40 minutes. Measured 2026-12-07 on 2 CPU cores, all 5,310 train bins:
-    # 46.1 % accuracy, RMSE 1.023 on the 725 held-out test bins, 41.3 %, 1.023 on validation
-    # (without the synthetic epochs: 40.7 %, 1.078 and 44.1 %, 1.026; majority class 26.6 %,
-    # 1.340); 39.2 min wall with the machine slowing down, 3.76 GB peak RSS (the rendered photos
-    # held as JPEG). bench/README.md "Real bins": the variants, the learning curve.
+    # one stops within 40 minutes. Measured 2026-12-07 on 2 CPU cores, all 5,310 train bins,
+    # three runs: 46.1, 43.9 and 43.4 % accuracy (RMSE 1.023-1.044) on the 725 held-out test
+    # bins, 41.3-41.6 % (RMSE 1.010-1.031) on validation (without the synthetic epochs: 40.7 %,
+    # 1.078 and 44.1 %, 1.026; majority class 26.6 %, 1.340); as it stands 37.2 min wall on a
+    # slowing host, 3.91 GB peak RSS (the rendered photos held as JPEG). bench/README.md "Real
+    # bins": the variants, the learning curve.
     "real": {
         "arch": "tf_efficientnet_lite0",
         "pretrained": True,
