@@ -5,10 +5,10 @@ A bin rendered by :mod:`bincount.synth` holds exactly the items its label says, 
 first learns to count on bins whose labels are never wrong, then the real photos teach it what
 real bins look like. The rendered photos are squashed to the training size as the image cache
 squashes real ones (never cropped) and held in memory as JPEG bytes, decoded batch by batch:
-8,000 bins at 160 px take about 0.1 GB so, 0.6 GB decoded. Nothing is written to the output.
-Each model renders the same bins (a seed of their own, not the model's), so the members of an
-ensemble differ only as their training does, and the last bins rendered are kept for the next
-model of the process: the second member of an ensemble does not render them again.
+8,000 bins at 160 px take about 0.08 GB so, against 0.6 GB decoded. Nothing is written to the
+output. Each model renders the same bins (a seed of their own, not the model's), so the members
+of an ensemble differ only as their training does, and the last bins rendered are kept for the
+next model of the process: the second member of an ensemble does not render them again.
 """
 
 from __future__ import annotations
