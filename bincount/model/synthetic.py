@@ -62,7 +62,7 @@ def synthetic_split(
 ) -> EncodedSplit:
     """``bins`` synthetic bins (counts 0..``max_count`` as real bins are distributed), their
     photos squashed to ``size`` px, rendered by ``workers`` processes (default: every core);
-    the same arguments again (workers aside) get the bins already rendered."""
+    the same arguments again (workers too) get the bins already rendered."""
     if bins < 1:
         raise ValueError(f"Expected at least 1 synthetic bin, but got {bins}")
     photos, labels = _rendered(bins, size, max_count, seed, workers)
