@@ -17,7 +17,6 @@ from bincount.model.networks import (
     build_model,
     load_pretrained_weights,
     load_weights_file,
-    nearby_targets,
 )
 from bincount.model.pretrained import (
     BUNDLED_WEIGHTS,
@@ -52,47 +51,6 @@ def test_ordinal_prediction_counts_the_thresholds_passed():
     assert probabilities.argmax(dim=1).tolist() == [2, 0]
     targets = torch.tensor([2, 0])
     assert model.loss(logits, targets) < model.loss(logits, torch.tensor([5, 5]))
-
-
-def test_nearby_smoothing_gives_a_neighbour_more_than_a_count_further_off():
-    targets = nearby_targets(torch.tensor([0, 3, 5, 6]), num_classes=7, smoothing=0.25)
-    torch.testing.assert_close(targets.sum(dim=1), torch.ones(4))
-    interior = targets[1]  # recorded 3: symmetric, falling with the distance
-    assert interior[3] == pytest.approx(0.75, abs=0.001)
-    assert interior[2] == interior[4] and interior[1] == interior[5] and interior[0] == interior[6]
-    assert interior[2] > 4 * interior[1] > 16 * interior[0] > 0
-    # A count takes the same share wherever the record is; at the ends the record keeps what
-    # the missing side would have taken.
-    torch.testing.assert_close(targets[0, 1], interior[4])
-    torch.testing.assert_close(targets[2, 4], interior[2])
-    assert targets[0, 0] == targets[3, 6] > interior[3]
-    assert targets.argmax(dim=1).tolist() == [0, 3, 5, 6]
-    assert torch.equal(nearby_targets(torch.tensor([2]), 6, 0.0), torch.eye(6)[[2]])
-
-
-@pytest.mark.parametrize("head", ["ce", "ordinal"])
-def test_nearby_smoothing_costs_a_count_one_off_less_than_one_three_off(head):
-    model = CountingModel("mobilenet_v3_small", head=head, max_count=5)
-    # The same confidence in 2 and in 0, for a record of 3: one off, three off.
-    ce_logits = 4 * torch.eye(6)[[2, 0]]
-    logits = ce_logits if head == "ce" else torch.tensor([[4.0, 4, -4, -4, -4], [-4.0] * 5])
-    recorded = torch.tensor([3])
-    one_off, three_off = (
-        model.loss(logits[[row]], recorded, smoothing=0.25, spread="nearby") for row in (0, 1)
-    )
-    assert one_off < three_off
-    if head == "ce":
-        # Uniform smoothing cannot tell them apart; the nearby targets' cross-entropy is theirs.
-        uniform = [model.loss(logits[[row]], recorded, smoothing=0.25) for row in (0, 1)]
-        torch.testing.assert_close(uniform[0], uniform[1])
-        soft = nearby_targets(recorded, 6, 0.25)
-        expected = -(soft * logits[[0]].log_softmax(dim=1)).sum()
-        torch.testing.assert_close(one_off, expected)
-    # No smoothing, no difference between the spreads.
-    torch.testing.assert_close(
-        model.loss(logits, torch.tensor([3, 1]), spread="nearby"),
-        model.loss(logits, torch.tensor([3, 1])),
-    )
 
 
 def test_a_backbone_weights_file_loads_everything_but_the_head(tmp_path):

@@ -178,7 +178,6 @@ def test_the_backbone_lr_scale_changes_the_version_only_away_from_its_default():
                         "frozen_blocks",
                         "cache_trunk",
                         "label_smoothing",
-                        "smoothing_spread",
                         "ensemble",
                         "count_estimate",
                         "synthetic_bins",

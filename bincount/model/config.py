@@ -75,12 +75,6 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(
         0.0, ge=0, lt=1, description="share of each target spread over the other counts"
     )
-    smoothing_spread: Literal["uniform", "nearby"] = Field(
-        "uniform",
-        description="how label_smoothing's share is spread: evenly over every count, or over "
-        "the other counts in proportion to exp(-d^2/2), d their distance from the record (a "
-        "record is more often one off than three)",
-    )
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD's momentum")
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["cosine", "step"] = Field(
@@ -263,7 +257,6 @@ _FIELDS_ADDED_LATER = {
     "frozen_blocks": 0,
     "cache_trunk": True,
     "label_smoothing": 0.0,
-    "smoothing_spread": "uniform",
     "ensemble": 1,
     "count_estimate": None,
     "synthetic_bins": 0,

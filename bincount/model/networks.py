@@ -18,7 +18,6 @@ with an open top (``open_top``), one more class K+1 meaning "more than K":
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -172,23 +171,10 @@ class CountingModel(nn.Module):
         return scores + self.thresholds  # (N, 1) + (K,) → (N, K): logit of count > k
 
     def loss(
-        self,
-        logits: torch.Tensor,
-        counts: torch.Tensor,
-        *,
-        smoothing: float = 0.0,
-        spread: str = "uniform",
+        self, logits: torch.Tensor, counts: torch.Tensor, *, smoothing: float = 0.0
     ) -> torch.Tensor:
         """The head's training loss; ``smoothing`` moves that share of each target off the
-        recorded count (some records do not match their photo): evenly over every count
-        (``uniform``), or to the other counts by their distance from it (``nearby``,
-        :func:`nearby_targets`)."""
-        if spread == "nearby" and smoothing:
-            targets = nearby_targets(counts, self.num_classes, smoothing).to(logits.dtype)
-            if self.head == "ce":
-                return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-            exceed = targets.flip(1).cumsum(1).flip(1)[:, 1:]  # P(count > k), k = 0..K-1
-            return F.binary_cross_entropy_with_logits(logits, exceed.clamp(0, 1))
+        recorded count (some records do not match their photo)."""
         if self.head == "ce":
             return F.cross_entropy(logits, counts, label_smoothing=smoothing)
         levels = torch.arange(self.num_classes - 1, device=counts.device)
@@ -229,23 +215,6 @@ class CountingModel(nn.Module):
             return probabilities.argmax(dim=1)
         exceed = probabilities.flip(1).cumsum(1).flip(1)[:, 1:]  # P(count > k), k = 0..K-1
         return (exceed > 0.5).sum(dim=1)
-
-
-def nearby_targets(counts: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
-    """Soft targets, shape (N, num_classes), each row summing to 1: a count at distance d from
-    the record takes ``smoothing`` x exp(-d²/2) / (the sum of exp(-d²/2) over every whole d
-    but 0), and the record keeps the rest. A record one off its photo is likelier than one
-    three off: a neighbour takes 0.4 of the share, a count two away 0.09, three away 0.007
-    (soft ordinal labels, Díaz and Marathe, CVPR 2019). A record at the end of the range has
-    neighbours on one side only and keeps what the other side would have taken: a bin
-    recorded empty is not pushed toward one item harder than a bin of three is toward two or
-    four. "More than K", where the head has it, is the count K + 1."""
-    classes = torch.arange(num_classes, device=counts.device, dtype=torch.float32)
-    distance = classes.unsqueeze(0) - counts.unsqueeze(1).float()
-    weights = torch.exp(-(distance**2) / 2) * (distance != 0)
-    whole_line = 2 * sum(math.exp(-(d**2) / 2) for d in range(1, 10))
-    targets = smoothing * weights / whole_line
-    return targets.scatter(1, counts.unsqueeze(1), 1 - targets.sum(dim=1, keepdim=True))
 
 
 def load_pretrained_weights(model: CountingModel) -> dict[str, list[str]]:

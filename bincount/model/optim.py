@@ -163,7 +163,6 @@ def train_epoch(
     *,
     time_first_step: bool = False,
     smoothing: float = 0.0,
-    spread: str = "uniform",
 ) -> tuple[float, int, float | None]:
     """One epoch's optimiser steps: the mean training loss, the images seen, and with
     ``time_first_step`` the seconds of the first step (the GPU waited for), else None. A
@@ -186,7 +185,7 @@ def train_epoch(
             group["lr"] = lr * group.get("lr_scale", 1.0)
         with runtime.autocast():
             logits = wrapped(images)
-        loss = model.loss(logits.float(), counts, smoothing=smoothing, spread=spread)
+        loss = model.loss(logits.float(), counts, smoothing=smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -182,7 +182,6 @@ def train_model(
             runtime,
             time_first_step=state.epoch == first_epoch_of_run,
             smoothing=config.label_smoothing,
-            spread=config.smoothing_spread,
         )
         seconds = time.perf_counter() - started
         val = evaluation_of(model, inputs.validation_logits(), splits["val"].labels)
