@@ -18,7 +18,9 @@ import importlib.util
 import inspect
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +137,7 @@ def console(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in tokens
     tokens = [token for token in tokens if token != "--debug"]
     _quiet()
+    _exit_on_termination()
     try:
         invocation = parse(tokens)  # imports the flow, and so Prefect's logging
         if invocation is None:
@@ -342,6 +345,20 @@ def _shown_training_configs(function: Callable[..., Any]) -> dict:
         "override them."
     )
     return {name: Shown(config.for_device(), note) for name, config in configs.items()}
+
+
+def _exit_on_termination() -> None:
+    """SIGTERM (what ``kill``, systemd and container runtimes send) ends the program as Ctrl-C
+    does, by unwinding, with exit status 143: a flow run in progress is marked Crashed and lets
+    its lease go (Prefect's own handler, then this one), and the temporary Prefect server the
+    command started is stopped at exit. Python's default would end the process where it stood
+    and leave that server running, an orphan holding its port."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
 
 
 def _quiet() -> None:

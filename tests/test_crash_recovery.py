@@ -20,7 +20,13 @@ from bincount.core.storage import Location
 from bincount.core.tables import read_table
 from bincount.testing.prefectserver import PrefectServer
 from tests.deployhelpers import BIN, deploy_the_file, environment
-from tests.test_lease import scored_ids, scoring_environment, start_scoring, wait_for_parts
+from tests.test_lease import (
+    scored_ids,
+    scoring_environment,
+    start_scoring,
+    stop_group,
+    wait_for_parts,
+)
 
 
 def flow_run_state(run_id: str, api_url: str | None = None):
@@ -302,3 +308,62 @@ def test_a_scoring_run_across_a_prefect_server_outage_ends_final_and_the_next_co
     finally:
         server.stop()
     _assert_the_night_completed_once(out, bucket, ids)
+
+
+# -- a run stopped with SIGTERM ------------------------------------------------------------------
+def test_a_scoring_run_stopped_with_sigterm_ends_crashed_lets_its_lease_go_and_its_server_stop(
+    trained, s3_server, bucket, tmp_path
+):
+    """SIGTERM, what ``kill``, systemd and container runtimes send, ends a ``bincount`` command
+    as Ctrl-C does: the run is marked Crashed, its lease is let go (the next run need not wait
+    out its time to live), and the temporary Prefect server the command started stops with it,
+    rather than running on as an orphan holding its port."""
+    import sqlite3
+
+    import psutil
+
+    from bincount.testing.proxycontrol import fault_proxy
+    from bincount.testing.s3server import upload_tree
+    from tests.builders import write_clean_bucket
+
+    write_clean_bucket(tmp_path / "bucket", 120, start=30000)
+    upload_tree(s3_server.endpoint_url, bucket, tmp_path / "bucket")
+    out = tmp_path / "out"
+    shutil.copytree(trained / "out", out)
+    home = tmp_path / "prefect-home"
+    log = open(tmp_path / "stopped.log", "w")  # noqa: SIM115 (open while the run lasts)
+    with fault_proxy(s3_server.endpoint_url, latency_ms=80) as proxy:
+        environment = scoring_environment(proxy.endpoint_url)
+        del environment["PREFECT_API_URL"]  # no server given: the command starts its own
+        environment["PREFECT_HOME"] = str(home)
+        stopped = start_scoring(f"s3://{bucket}", str(out), environment, log)
+        try:
+            wait_for_parts(out, 2, stopped)
+            servers = [
+                child
+                for child in psutil.Process(stopped.pid).children(recursive=True)
+                if "uvicorn" in " ".join(child.cmdline())
+            ]
+            assert servers, "the command should have started a temporary Prefect server"
+            stopped.send_signal(signal.SIGTERM)
+            assert stopped.wait(timeout=120) == 128 + signal.SIGTERM
+        finally:
+            stop_group(stopped)
+    _, running_on = psutil.wait_procs(servers, timeout=60)
+    for server in running_on:  # the suite leaves no process behind, even when this fails
+        with suppress(psutil.NoSuchProcess):
+            server.kill()
+    assert not running_on, "the temporary Prefect server outlived its command"
+
+    (lease,) = _lease_records(out, "score")[-1:]
+    assert lease.released and lease.holder.pid == stopped.pid
+    # The run as the UI of that server would show it (its database stays in PREFECT_HOME).
+    with sqlite3.connect(home / "prefect.db") as database:
+        states = dict(
+            database.execute(
+                "SELECT flow.name, flow_run.state_type FROM flow_run "
+                "JOIN flow ON flow.id = flow_run.flow_id"
+            ).fetchall()
+        )
+    assert states == {"ingest": "COMPLETED", "score": "CRASHED"}  # stopped while scoring
+    assert len(list(out.rglob("scores/*/part-*"))) < 120 // 20  # stopped midway
