@@ -182,6 +182,7 @@ def test_the_backbone_lr_scale_changes_the_version_only_away_from_its_default():
                         "count_estimate",
                         "synthetic_bins",
                         "synthetic_epochs",
+                        "synthetic_mix",
                     }
                 ),
                 "manifest": "m",

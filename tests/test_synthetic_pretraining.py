@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from bincount.images.decode import decode_image
 from bincount.model.config import TrainConfig
@@ -78,3 +79,56 @@ def test_the_fields_leave_earlier_versions_as_they_were():
     assert TrainConfig(synthetic_bins=100).fingerprint("m") != TrainConfig().fingerprint("m")
     with pytest.raises(ValueError):
         TrainConfig(synthetic_bins=-1)
+
+
+def test_every_real_batch_can_carry_synthetic_bins_after_the_synthetic_epochs(cached_manifest):
+    from bincount.images.shards import load_cached_splits
+    from bincount.model.device import resolve_runtime
+    from bincount.model.networks import build_model
+    from bincount.model.synthetic import mixed_batches
+
+    output, manifest = cached_manifest
+    config = tiny_config(synthetic_bins=48, synthetic_epochs=1, synthetic_mix=0.25, max_count=5)
+    train = load_cached_splits(output, manifest, config.image_size, ("train",))["train"]
+    model = build_model(config)
+    batches = mixed_batches(model, train, config, resolve_runtime("cpu"))
+    synthetic_share = round(config.batch_size * 0.25)
+    # As many batches as the real bins make at the smaller real share, each the full size:
+    # the real bins' counts first, then the synthetic bins'.
+    assert len(batches) == len(train) // (config.batch_size - synthetic_share) >= 1
+    first = list(batches)
+    assert len(first) == len(batches)
+    synthetic = synthetic_split(bins=48, size=config.image_size, max_count=5)
+    drawn = []
+    for images, counts in first:
+        assert images.shape[0] == counts.shape[0] == config.batch_size
+        assert set(counts[-synthetic_share:].tolist()) <= set(synthetic.labels.tolist())
+        drawn.append(counts[-synthetic_share:])
+    # The same epoch again is the same batches (resumable); the next draws other bins.
+    again = list(batches)
+    for (images, counts), (images_again, counts_again) in zip(first, again, strict=True):
+        assert torch.equal(images, images_again) and torch.equal(counts, counts_again)
+    batches.epoch = 1
+    assert any(
+        not torch.equal(images, later)
+        for (images, _), (later, _) in zip(first, list(batches), strict=True)
+    )
+    # A model trained so records it, and trains as any other.
+    result = train_model(output, config, manifest_version=manifest)
+    assert read_model_record(output, result.version).config.synthetic_mix == 0.25
+    assert result.history and all(np.isfinite(row["train_loss"]) for row in result.history)
+
+
+def test_a_synthetic_mix_needs_synthetic_bins_and_room_in_the_batch():
+    with pytest.raises(ValueError, match="synthetic_bins with synthetic_mix"):
+        TrainConfig(synthetic_mix=0.25)
+    with pytest.raises(ValueError, match="at least one real and one synthetic"):
+        TrainConfig(synthetic_bins=10, synthetic_mix=0.01, batch_size=16)
+    with pytest.raises(ValueError, match="cache_trunk false"):
+        TrainConfig(
+            synthetic_bins=10, synthetic_mix=0.25, pretrained=True, frozen_blocks=2,
+            arch="tf_efficientnet_lite0",
+        )  # fmt: skip
+    assert TrainConfig(synthetic_bins=10).fingerprint("m") == TrainConfig(
+        synthetic_bins=10, synthetic_mix=0.0
+    ).fingerprint("m")

@@ -102,6 +102,13 @@ class TrainConfig(BaseModel):
         "0..max_count), then on the manifest's (0: none)",
     )
     synthetic_epochs: int = Field(2, ge=1, le=100, description="epochs over the synthetic bins")
+    synthetic_mix: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="after the synthetic epochs, this share of every real batch is synthetic "
+        "bins still (a fresh draw of them each epoch; 0: real bins only)",
+    )
     count_estimate: Literal["mode", "median"] | None = Field(
         None,
         description="the count predicted from the probabilities: the most probable (mode) or "
@@ -209,6 +216,28 @@ class TrainConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _synthetic_mix_has_bins(self) -> TrainConfig:
+        if not self.synthetic_mix:
+            return self
+        if not self.synthetic_bins:
+            raise ValueError(
+                f"Expected synthetic_bins with synthetic_mix {self.synthetic_mix}, but got none "
+                "(without synthetic bins, set synthetic_mix 0 too)"
+            )
+        if self.frozen_blocks and self.cache_trunk:
+            raise ValueError(
+                "Expected cache_trunk false with synthetic_mix: the cached trunk outputs are "
+                "the real bins' alone"
+            )
+        synthetic_share = round(self.batch_size * self.synthetic_mix)
+        if not 1 <= synthetic_share < self.batch_size:
+            raise ValueError(
+                f"Expected synthetic_mix {self.synthetic_mix} of batch_size {self.batch_size} "
+                "to leave at least one real and one synthetic bin a batch"
+            )
+        return self
+
     def for_device(self, device: str | None = None) -> TrainConfig:
         """With no recipe, this config on the recipe for where it trains ("gpu" on CUDA, else
         "cpu"), the fields given explicitly kept; with one, this config."""
@@ -261,6 +290,7 @@ _FIELDS_ADDED_LATER = {
     "count_estimate": None,
     "synthetic_bins": 0,
     "synthetic_epochs": 2,
+    "synthetic_mix": 0.0,
 }
 
 

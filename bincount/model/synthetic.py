@@ -13,22 +13,27 @@ next model of the process: the second member of an ensemble does not render them
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
+import itertools
 import logging
 import multiprocessing
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image
 
 from bincount.images.decode import decode_image
 from bincount.images.shards import CachedSplit
 from bincount.model.config import TrainConfig
 from bincount.model.device import Runtime
+from bincount.model.inputs import BatchLoader
 from bincount.model.networks import CountingModel
 from bincount.model.optim import Schedule, TrainState, build_optimizer, train_epoch
 from bincount.model.traindata import training_batches
@@ -123,6 +128,70 @@ def _render(
         photos.append(squashed.getvalue())
         labels[row] = record.count
     return photos, labels
+
+
+class MixedBatches:
+    """Real batches, each with a fixed share of synthetic bins after it (``synthetic_mix``):
+    the real bins' order as their own loader gives it (``epoch``, ``share_line``), and the
+    synthetic bins drawn afresh every epoch, in an order of their own that the pretraining
+    epochs never used, so a resumed epoch is the same again."""
+
+    def __init__(self, real: BatchLoader, synthetic: BatchLoader) -> None:
+        self.real, self.synthetic = real, synthetic
+
+    @property
+    def epoch(self) -> int:
+        return self.real.epoch
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self.real.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.real)
+
+    def share_line(self) -> str:
+        return self.real.share_line()
+
+    @property
+    def wait_seconds(self) -> float:
+        return self.real.wait_seconds + self.synthetic.wait_seconds
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        with contextlib.closing(self._synthetic_batches()) as synthetic:
+            for images, counts in self.real:
+                more_images, more_counts = next(synthetic)
+                yield torch.cat([images, more_images]), torch.cat([counts, more_counts])
+
+    def _synthetic_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for cycle in itertools.count():  # a real epoch longer than the synthetic bins go round
+            self.synthetic.epoch = (self.epoch + 1) * 1000 + cycle  # pretraining's: 0, 1, ...
+            yield from self.synthetic
+
+
+def mixed_batches(
+    model: CountingModel, real: CachedSplit, config: TrainConfig, runtime: Runtime
+) -> MixedBatches:
+    """The real epochs' batches with ``config.synthetic_mix`` of each one synthetic bins, the
+    same bins the synthetic epochs train on (rendered once), augmented as the real ones."""
+    from bincount.synth import MAX_COUNT_LIMIT
+
+    synthetic_share = round(config.batch_size * config.synthetic_mix)
+    bins = synthetic_split(
+        bins=config.synthetic_bins,
+        size=config.image_size,
+        max_count=min(model.max_count, MAX_COUNT_LIMIT),
+    )
+    real_loader = training_batches(
+        model,
+        real,
+        config.model_copy(update={"batch_size": config.batch_size - synthetic_share}),
+        runtime,
+    )
+    synthetic_loader = training_batches(
+        model, bins, config.model_copy(update={"batch_size": synthetic_share}), runtime
+    )
+    return MixedBatches(real_loader, synthetic_loader)
 
 
 def pretrain_on_synthetic(

@@ -46,7 +46,7 @@ from bincount.model.optim import (
 from bincount.model.prediction import evaluation_of
 from bincount.model.records import TrainingMetrics
 from bincount.model.registry import ModelFiles, model_folder, read_model_record, save_model
-from bincount.model.synthetic import pretrain_on_synthetic, real_epochs_budget
+from bincount.model.synthetic import mixed_batches, pretrain_on_synthetic, real_epochs_budget
 from bincount.model.traindata import TrainingInputs
 from bincount.model.trunk import freeze_trunk
 
@@ -156,6 +156,8 @@ def train_model(
         wrapped = torch.compile(wrapped, mode=config.compile_mode)
     optimizer = build_optimizer(model, config)
     train_loader = inputs.train
+    if config.synthetic_mix:  # the trunk runs on every batch (checked by the config)
+        train_loader = mixed_batches(model, splits["train"], config, runtime)
     state = _resume(output, folder, model, optimizer)
     if config.synthetic_bins and state.resumed_from is None:  # then the real bins' own optimiser
         real_steps = config.epochs * len(train_loader)
