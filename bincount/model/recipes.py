@@ -116,9 +116,10 @@ RECIPES: dict[str, dict] = {
     # used on a quiet machine), so that a slower one stops within 40 minutes. Measured
     # 2026-12-07 on 2 CPU cores, all 5,310 train bins: 46.8 % accuracy (RMSE 1.043) on the 725
     # held-out test bins and 43.2 % (RMSE 1.027) on validation, one run; the recipe before the
-    # mix (two synthetic epochs, then real bins only; the same steps) 43.4-46.1 % on test and
+    # mix (two synthetic epochs, then real bins only) 43.4-46.1 % on test and
     # 41.3-41.6 % on validation in three runs (majority class 26.6 %, 1.340). 37.2 min wall and
-    # 3.91 GB peak RSS as it was on a quiet host (the mix adds no steps: 3.65 GB measured).
+    # 3.91 GB peak RSS before the mix on a quiet host (675 steps a model now, 665 then; 3.65 GB
+    # measured with the mix).
     # bench/README.md "Real bins": the variants, the learning curve.
     "real": {
         "arch": "tf_efficientnet_lite0",

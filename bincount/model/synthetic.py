@@ -9,6 +9,10 @@ squashes real ones (never cropped) and held in memory as JPEG bytes, decoded bat
 output. Each model renders the same bins (a seed of their own, not the model's), so the members
 of an ensemble differ only as their training does, and the last bins rendered are kept for the
 next model of the process: the second member of an ensemble does not render them again.
+
+With ``TrainConfig.synthetic_mix`` the rendered bins stay in the real epochs too: a share of
+every real batch (:class:`MixedBatches`), so the exact labels keep pulling while the real
+photos, whose records are sometimes wrong, are learned.
 """
 
 from __future__ import annotations
