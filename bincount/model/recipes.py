@@ -118,7 +118,7 @@ RECIPES: dict[str, dict] = {
     # held-out test bins and 43.2 % (RMSE 1.027) on validation, one run; the recipe before the
     # mix (two synthetic epochs, then real bins only) 43.4-46.1 % on test and
     # 41.3-41.6 % on validation in three runs (majority class 26.6 %, 1.340). 37.2 min wall and
-    # 3.91 GB peak RSS before the mix on a quiet host (675 steps a model now, 665 then; 3.65 GB
+    # 3.91 GB peak RSS before the mix on a quiet host (675 steps a model now, 660 then; 3.65 GB
     # measured with the mix).
     # bench/README.md "Real bins": the variants, the learning curve.
     "real": {
