@@ -338,7 +338,7 @@ def test_a_scoring_run_stopped_with_sigterm_ends_crashed_lets_its_lease_go_and_i
         environment["PREFECT_HOME"] = str(home)
         stopped = start_scoring(f"s3://{bucket}", str(out), environment, log)
         try:
-            wait_for_parts(out, 2, stopped)
+            wait_for_parts(out, 2, stopped, timeout_s=600)  # a server to start first
             servers = [
                 child
                 for child in psutil.Process(stopped.pid).children(recursive=True)
