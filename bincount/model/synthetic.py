@@ -134,6 +134,15 @@ def _render(
     return photos, labels
 
 
+def _model_s_synthetic_bins(model: CountingModel, config: TrainConfig) -> EncodedSplit:
+    """The synthetic bins ``model`` trains on under ``config``, its synthetic epochs and its
+    mixed batches alike: one set, rendered once (``synthetic_split`` keeps the last)."""
+    from bincount.synth import MAX_COUNT_LIMIT
+
+    max_count = min(model.max_count, MAX_COUNT_LIMIT)  # counts the head has, and synth draws
+    return synthetic_split(bins=config.synthetic_bins, size=config.image_size, max_count=max_count)
+
+
 class MixedBatches:
     """Real batches, each with a fixed share of synthetic bins after it (``synthetic_mix``):
     the real bins' order as their own loader gives it (``epoch``, ``share_line``), and the
@@ -178,14 +187,8 @@ def mixed_batches(
 ) -> MixedBatches:
     """The real epochs' batches with ``config.synthetic_mix`` of each one synthetic bins, the
     same bins the synthetic epochs train on (rendered once), augmented as the real ones."""
-    from bincount.synth import MAX_COUNT_LIMIT
-
     synthetic_share = round(config.batch_size * config.synthetic_mix)
-    bins = synthetic_split(
-        bins=config.synthetic_bins,
-        size=config.image_size,
-        max_count=min(model.max_count, MAX_COUNT_LIMIT),
-    )
+    bins = _model_s_synthetic_bins(model, config)
     real_loader = training_batches(
         model,
         real,
@@ -209,10 +212,7 @@ def pretrain_on_synthetic(
     share of theirs and the ``real_steps`` to follow (the same network, the same photo size:
     a step costs the same), their schedule following that budget as a run's follows its own,
     so a slow machine shortens both and the model keeps within its budget."""
-    from bincount.synth import MAX_COUNT_LIMIT
-
-    max_count = min(model.max_count, MAX_COUNT_LIMIT)  # counts the head has, and synth draws
-    split = synthetic_split(bins=config.synthetic_bins, size=config.image_size, max_count=max_count)
+    split = _model_s_synthetic_bins(model, config)
     loader = training_batches(model, split, config, runtime)
     steps = config.synthetic_epochs * len(loader)
     minutes = config.max_minutes and config.max_minutes * steps / (steps + real_steps)
